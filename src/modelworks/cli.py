@@ -1,0 +1,207 @@
+"""`modelworks <stage>`: parse arguments, load the config, call the stage function. Nothing else.
+
+    modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
+    modelworks collect|preprocess|pretrain|evaluate [CONFIG] [options/overrides]
+    modelworks serve RUN_DIR [--serve.port N ...]
+
+CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from modelworks.config import Config, ConfigError, describe_fields, load_config
+from modelworks.errors import ModelworksError
+
+DEFAULT_CONFIG = Path("configs/quickstart.yaml")
+
+STAGE_HELP = {
+    "run": "run the whole lifecycle: collect, preprocess, pretrain, evaluate (skips what is done)",
+    "collect": "gather documents from the configured sources",
+    "preprocess": "clean, filter, dedup, split, train the tokenizer, pack token shards",
+    "pretrain": "train the model on the token shards (resumes an interrupted run)",
+    "evaluate": "validation loss/perplexity vs a unigram baseline, generations, report",
+    "serve": "serve a trained run over HTTP, OpenAI-compatible",
+}
+# which config sections each command lists in its --help (all keys are accepted by all)
+STAGE_SECTIONS = {
+    "run": None,
+    "collect": ("collect",),
+    "preprocess": ("preprocess",),
+    "pretrain": ("model", "pretrain"),
+    "evaluate": ("evaluate",),
+    "serve": ("serve",),
+}
+TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
+
+
+def _option_rows() -> list[tuple[str, object, str, str]]:
+    import dataclasses
+
+    from modelworks.models.registry import lookup
+
+    rows = [r for r in describe_fields(Config) if r[0] != "model"]
+    _, model_cls_cfg = lookup("gpt")
+    rows.append(("model.name", "gpt", "str", "registered architecture"))
+    for f in dataclasses.fields(model_cls_cfg):
+        rows.append((f"model.{f.name}", f.default, type(f.default).__name__, f"gpt: {f.name}"))
+    return rows
+
+
+def _model_comments() -> dict[str, str]:
+    """The inline comments of the model config dataclass, used as --help descriptions."""
+    import inspect
+
+    from modelworks.models import gpt
+
+    out = {}
+    for line in inspect.getsource(gpt.GPTConfig).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if "#" in rest and name.isidentifier():
+            out[f"model.{name}"] = rest.split("#", 1)[1].strip()
+    return out
+
+
+def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...] | None) -> None:
+    comments = _model_comments()
+    group = p.add_argument_group("config options (also accepted as KEY=VALUE)")
+    for key, default, type_name, desc in _option_rows():
+        top = key.split(".")[0]
+        if sections is not None and top not in sections and key not in TOP_LEVEL:
+            continue
+        desc = comments.get(key, desc)
+        group.add_argument(
+            f"--{key}",
+            dest=f"opt::{key}",
+            metavar=type_name.upper(),
+            default=argparse.SUPPRESS,
+            help=f"{desc} (default: {default})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelworks",
+        description="From raw data to a deployed model. Each stage is a command; "
+        "`modelworks run` runs them all on the built-in data.",
+        epilog="Every config option is also a --section.key VALUE flag and a section.key=VALUE "
+        "override; `modelworks STAGE --help` lists them with defaults.\n\n"
+        + "\n".join(
+            f"  {k:<28} {d!s:<14} {desc}" for k, d, _, desc in _option_rows() if k != "model"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in STAGE_HELP.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "serve":
+            p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
+            p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="config overrides")
+        else:
+            p.add_argument(
+                "args",
+                nargs="*",
+                metavar="CONFIG | KEY=VALUE",
+                help=f"a YAML config (default: {DEFAULT_CONFIG} if present, else built-in "
+                "defaults) and dotted overrides such as pretrain.lr=1e-3",
+            )
+        if name == "run":
+            p.add_argument(
+                "--force",
+                action="append",
+                default=[],
+                metavar="STAGE",
+                help="re-run this stage even if up to date (repeatable)",
+            )
+        _add_config_options(p, STAGE_SECTIONS[name])
+    return parser
+
+
+def _split_args(ns: argparse.Namespace) -> tuple[str | None, list[str]]:
+    config, overrides = None, []
+    for a in ns.args:
+        if "=" in a:
+            overrides.append(a)
+        elif config is None:
+            config = a
+        else:
+            raise ConfigError(f"two config files given ({config}, {a}); give one")
+    for k, v in vars(ns).items():
+        if k.startswith("opt::"):
+            overrides.append(f"{k[5:]}={v}")
+    return config, overrides
+
+
+def _load(ns: argparse.Namespace) -> Config:
+    path, overrides = _split_args(ns)
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = str(DEFAULT_CONFIG)
+    return load_config(path, overrides)
+
+
+def _serve(ns: argparse.Namespace) -> None:
+    from modelworks.config import validate_config
+    from modelworks.config import apply_override, parse_override
+    from modelworks.serve import serve
+
+    run_dir = Path(ns.run_dir)
+    stored = run_dir / "config.yaml"
+    if not (run_dir / "pretrain" / "manifest.json").is_file() or not stored.is_file():
+        raise ConfigError(
+            f"{run_dir} is not a finished run (no pretrain/ or config.yaml): "
+            "train one with `modelworks run` first"
+        )
+    data = yaml.safe_load(stored.read_text())
+    _, overrides = _split_args(ns)
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    cfg = validate_config(data, source=str(stored))
+    serve(run_dir, cfg.serve, cfg.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    debug = ns.debug or os.environ.get("MODELWORKS_DEBUG") == "1"
+    try:
+        if ns.command == "serve":
+            _serve(ns)
+            return 0
+        from modelworks.pipeline import run, stage_functions
+        from modelworks.progress import TqdmReporter
+
+        cfg = _load(ns)
+        reporter = TqdmReporter()
+        if ns.command == "run":
+            run(cfg, ns.force, reporter)
+            print(
+                f"done: report at {cfg.run_dir / 'evaluate' / 'report.html'}; "
+                f"serve with `modelworks serve {cfg.run_dir}`"
+            )
+        else:
+            stage_functions()[ns.command](cfg, reporter)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    except ModelworksError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Typed configuration: one pydantic model per stage, loaded from YAML plus dotted overrides.
+
+Every user-facing knob lives here with a default and a one-line description; the CLI builds its
+`--help` and its `--section.key VALUE` options from these models, so there is one source of truth.
+
+    cfg = load_config("configs/quickstart.yaml", ["pretrain.lr=1e-3", "model.n_layer=2"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelworks.errors import ModelworksError
+
+
+class ConfigError(ModelworksError, ValueError):
+    """A config that cannot be used; the message is one user-facing line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    type: Literal["python_docs", "files"] = Field(
+        "python_docs",
+        description="python_docs: Python's own documentation and stdlib docstrings; "
+        "files: local txt/md/jsonl files",
+    )
+    paths: list[str] = Field(
+        default_factory=list, description="globs of files to read (type=files)"
+    )
+    text_field: str = Field("text", description="field holding the text in jsonl files")
+    limit: int | None = Field(
+        None, ge=1, description="stop after this many documents from this source"
+    )
+
+
+class CollectConfig(_Section):
+    sources: list[SourceConfig] = Field(
+        default_factory=lambda: [SourceConfig()], description="where documents come from"
+    )
+
+
+class PreprocessConfig(_Section):
+    normalize: Literal["NFC", "NFKC", "none"] = Field(
+        "NFC", description="Unicode normal form applied to every document"
+    )
+    min_chars: int = Field(200, ge=0, description="drop documents shorter than this")
+    val_fraction: float = Field(
+        0.05, gt=0, lt=1, description="share of documents held out for validation"
+    )
+    vocab_size: int = Field(4096, ge=260, description="BPE vocabulary size, specials included")
+    shard_tokens: int = Field(
+        50_000_000, ge=1024, description="tokens per .bin shard before a new one starts"
+    )
+
+
+class ModelConfig(_Section):
+    """The architecture: `name` picks a registered model, the rest are its config fields."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = Field("gpt", description="registered architecture (see models/registry.py)")
+
+
+class PretrainConfig(_Section):
+    steps: int = Field(600, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="sequences per micro-batch")
+    seq_len: int = Field(128, ge=2, description="tokens per training sequence")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    min_lr: float = Field(3e-4, ge=0, description="learning rate at the end of cosine decay")
+    warmup_steps: int = Field(30, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="autocast dtype for forward/backward"
+    )
+    eval_every: int = Field(100, ge=1, description="steps between validation-loss checks")
+    eval_batches: int = Field(8, ge=1, description="batches per validation-loss check")
+    ckpt_every: int = Field(100, ge=1, description="steps between checkpoints")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept on disk")
+    log_every: int = Field(10, ge=1, description="steps between metrics lines")
+
+
+class EvaluateConfig(_Section):
+    batches: int = Field(
+        0, ge=0, description="validation batches for loss/perplexity; 0 = the whole split"
+    )
+    prompts: list[str] = Field(
+        default_factory=lambda: ["The list", "def ", "Return the", "A class"],
+        description="fixed prompts for sample generations",
+    )
+    max_new_tokens: int = Field(48, ge=1, description="tokens generated per prompt")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind (0 = any free port)")
+    model_name: str | None = Field(
+        None, description="name served in /v1/models (default: run name)"
+    )
+    max_tokens: int = Field(16, ge=1, description="default max_tokens for completions")
+
+
+class Config(_Section):
+    name: str = Field("quickstart", description="run name: artifacts go to <runs_dir>/<name>")
+    runs_dir: str = Field("runs", description="folder holding all runs")
+    seed: int = Field(1337, description="seed for every random choice")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError("must be a plain folder name (no '/', not starting with '.')")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def section_hash(self, *keys: str) -> str:
+        """A stable hash of the named parts of the config (what a stage depends on)."""
+        data = {k: _plain(getattr(self, k)) for k in keys}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'pretrain.lr=1e-3' -> (['pretrain', 'lr'], 0.001); values are parsed as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. pretrain.lr=1e-3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            node = _list_item(node, part, where)
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override {'.'.join(path)}: {where} is not a section")
+    last = path[-1]
+    if isinstance(node, list):
+        idx = _index(last, ".".join(path))
+        if idx >= len(node):
+            raise ConfigError(f"override {'.'.join(path)}: index {idx} is out of range")
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _index(part: str, where: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"override {where}: {part!r} must be a list index (0, 1, ...)")
+    return int(part)
+
+
+def _list_item(node: list, part: str, where: str) -> Any:
+    idx = _index(part, where)
+    while len(node) <= idx:  # sources.0.limit on a default list: materialise the default item
+        node.append({})
+    return node[idx]
+
+
+def _defaults_as_dict() -> dict:
+    return Config().model_dump(mode="json")
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    """Mappings merge key by key; anything else (lists included) in `over` replaces `base`."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or use the built-in defaults when path is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"config file {p}{where}: YAML does not parse: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p}: not UTF-8 text") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+        data = loaded
+    data = _deep_merge(_defaults_as_dict(), data)
+    if overrides:
+        for text in overrides:
+            keys, value = parse_override(text)
+            apply_override(data, keys, value)
+    return validate_config(data, source=str(path) if path else "defaults")
+
+
+def validate_config(data: dict, source: str = "config") -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown key {key!r}") from None
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        raise ConfigError(f"{source}: {key}{got_text}: {err['msg']}") from None
+    from modelworks.models.registry import model_config_from  # late: registry imports torch
+
+    model_config_from(cfg.model, source=source)  # validates architecture fields now, not later
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any, str, str]]:
+    """(dotted key, default, type name, description) for every leaf knob, for --help."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and ann is not ModelConfig:
+            rows.extend(describe_fields(ann, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        default = _plain(default)
+        if isinstance(default, list):
+            default = [_plain(d) for d in default]
+        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        rows.append((key, default, type_name, field.description or ""))
+    return rows

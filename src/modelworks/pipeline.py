@@ -1,0 +1,99 @@
+"""Runs the lifecycle: collect -> preprocess -> pretrain -> evaluate, skipping finished stages.
+
+A stage is skipped when its manifest is complete and records the same config hash and the same
+input digests; `force` re-runs named stages. A pretrain interrupted midway resumes from its last
+checkpoint on the next run.
+
+    modelworks run                       # configs/quickstart.yaml, or the built-in defaults
+    modelworks run configs/quickstart.yaml --force pretrain
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from modelworks.artifacts import (
+    StageWriter,
+    atomic_write_text,
+    input_ref,
+    is_up_to_date,
+    read_manifest,
+    recover,
+    require_stage,
+)
+from modelworks.config import Config, ConfigError, dump_config
+from modelworks.progress import Reporter
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    keys: tuple[str, ...]  # config parts the stage depends on
+    inputs: tuple[str, ...]  # upstream stages
+
+
+STAGES: dict[str, StageSpec] = {
+    "collect": StageSpec(("collect",), ()),
+    "preprocess": StageSpec(("preprocess", "seed"), ("collect",)),
+    "pretrain": StageSpec(("model", "pretrain", "seed"), ("preprocess",)),
+    "evaluate": StageSpec(("evaluate", "seed"), ("preprocess", "pretrain")),
+}
+
+
+def stage_writer(cfg: Config, stage: str) -> StageWriter:
+    """The writer for `stage`, with its config hash and verified upstream inputs."""
+    spec = STAGES[stage]
+    run_dir = cfg.run_dir
+    for s in (*spec.inputs, stage):
+        recover(run_dir, s)
+    inputs = [input_ref(run_dir, s, require_stage(run_dir, s, stage)) for s in spec.inputs]
+    config = {k: _dump(getattr(cfg, k)) for k in spec.keys}
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return StageWriter(run_dir, stage, config, cfg.section_hash(*spec.keys), inputs)
+
+
+def _dump(v):
+    return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+
+def stage_functions() -> dict[str, Callable[[Config, Reporter | None], dict]]:
+    from modelworks.collect import collect
+    from modelworks.evaluate import evaluate
+    from modelworks.preprocess import preprocess
+    from modelworks.train import pretrain
+
+    return {
+        "collect": collect,
+        "preprocess": preprocess,
+        "pretrain": pretrain,
+        "evaluate": evaluate,
+    }
+
+
+def run(cfg: Config, force: Iterable[str] = (), reporter: Reporter | None = None) -> dict:
+    """Run every stage that is missing or stale; returns {stage: 'ran' | 'skipped'}."""
+    reporter = reporter or Reporter()
+    force = set(force)
+    unknown = force - set(STAGES)
+    if unknown:
+        raise ConfigError(f"--force {sorted(unknown)[0]!r}: not a stage; stages: {list(STAGES)}")
+    done = {}
+    for stage, fn in stage_functions().items():
+        spec = STAGES[stage]
+        recover(cfg.run_dir, stage)
+        inputs = [
+            input_ref(cfg.run_dir, s, read_manifest(cfg.run_dir / s) or {"digest": None})
+            for s in spec.inputs
+        ]
+        fresh = is_up_to_date(cfg.run_dir, stage, cfg.section_hash(*spec.keys), inputs)
+        if fresh and stage not in force:
+            reporter.info(f"[{stage}] up to date, skipped ({cfg.run_dir / stage})")
+            done[stage] = "skipped"
+            continue
+        reporter.info(f"[{stage}] running")
+        if stage == "pretrain":  # the one resumable stage: --force discards its partial run
+            fn(cfg, reporter, resume=stage not in force)
+        else:
+            fn(cfg, reporter)
+        done[stage] = "ran"
+    return done

@@ -1,0 +1,109 @@
+"""Checkpoints that verify themselves, and model folders that load without pickle.
+
+A model folder holds `model.safetensors` and `config.json` ({"name": arch, "config": {...}}).
+A training checkpoint `checkpoints/step_NNNNNN/` adds `state.pt` (optimizer, RNG, data position;
+tensors and plain containers only, read with `torch.load(weights_only=True)`) and `checksums.json`
+with the sha256 of each file. It is written as `step_NNNNNN.tmp` and renamed when complete; on
+load, a checkpoint whose checksums fail is skipped for the previous good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+from torch import nn
+
+from modelworks.artifacts import atomic_write_json, sha256_file
+from modelworks.errors import ModelworksError
+from modelworks.models.registry import build_model, lookup, name_of
+
+log = logging.getLogger("modelworks")
+
+
+class CheckpointError(ModelworksError, RuntimeError):
+    pass
+
+
+def save_model(out_dir: Path, model: nn.Module) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    # safetensors' save_model drops the tied copy of shared tensors; load_model restores the tie
+    st_save_model(model, str(out_dir / "model.safetensors"))
+    atomic_write_json(
+        out_dir / "config.json", {"name": name_of(cfg), "config": dataclasses.asdict(cfg)}
+    )
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    model_dir = Path(model_dir)
+    cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise CheckpointError(f"{model_dir}: no model here (needs config.json + model.safetensors)")
+    meta = json.loads(cfg_path.read_text())
+    try:
+        _, config_cls = lookup(meta["name"])
+        model = build_model(config_cls(**meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: not a usable model config ({e})") from None
+    try:
+        missing, unexpected = st_load_model(model, str(weights), strict=False)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        msg = str(e).splitlines()[0]
+        raise CheckpointError(f"{weights}: cannot load weights ({msg})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: does not match {meta['name']} (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    return model.to(device)
+
+
+def save_checkpoint(root: Path, step: int, model: nn.Module, state: dict, keep_last: int) -> Path:
+    final = root / f"step_{step:06d}"
+    tmp = root / f"step_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(tmp, model)
+    torch.save(state, tmp / "state.pt")
+    sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    atomic_write_json(tmp / "checksums.json", {"step": step, "sha256": sums})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def verify(ckpt: Path) -> bool:
+    try:
+        sums = json.loads((ckpt / "checksums.json").read_text())["sha256"]
+        return all(sha256_file(ckpt / name) == digest for name, digest in sums.items())
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def latest_good(root: Path) -> Path | None:
+    """The newest checkpoint whose checksums verify; corrupt ones are logged and skipped."""
+    for ckpt in reversed(list_checkpoints(root)):
+        if verify(ckpt):
+            return ckpt
+        log.warning("checkpoint %s fails verification; trying the previous one", ckpt)
+    return None
+
+
+def load_state(ckpt: Path) -> dict:
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
