@@ -1,8 +1,8 @@
 """modelworks: collect -> preprocess -> pretrain -> evaluate -> deploy, each a command and a call.
 
-    from modelworks import load_config, run
-    cfg = load_config("configs/quickstart.yaml", ["pretrain.steps=100"])
-    run(cfg)
+from modelworks import load_config, run
+cfg = load_config("configs/quickstart.yaml", ["pretrain.steps=100"])
+run(cfg)
 """
 
 from modelworks.config import Config, load_config

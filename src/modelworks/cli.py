@@ -148,8 +148,7 @@ def _load(ns: argparse.Namespace) -> Config:
 
 
 def _serve(ns: argparse.Namespace) -> None:
-    from modelworks.config import validate_config
-    from modelworks.config import apply_override, parse_override
+    from modelworks.config import apply_override, parse_override, validate_config
     from modelworks.serve import serve
 
     run_dir = Path(ns.run_dir)

@@ -8,6 +8,7 @@ Every user-facing knob lives here with a default and a one-line description; the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -70,7 +71,7 @@ class ModelConfig(_Section):
 
 
 class PretrainConfig(_Section):
-    steps: int = Field(600, ge=1, description="optimizer steps")
+    steps: int = Field(400, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch")
     seq_len: int = Field(128, ge=2, description="tokens per training sequence")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
@@ -253,9 +254,12 @@ def validate_config(data: dict, source: str = "config") -> Config:
         got = err.get("input")
         got_text = "" if isinstance(got, dict) else f" (got {got!r})"
         raise ConfigError(f"{source}: {key}{got_text}: {err['msg']}") from None
+    # validate the architecture's fields now, and store them resolved, so that a config spelling
+    # out the defaults hashes the same as one leaving them out
     from modelworks.models.registry import model_config_from  # late: registry imports torch
 
-    model_config_from(cfg.model, source=source)  # validates architecture fields now, not later
+    arch = model_config_from(cfg.model, source=source)
+    cfg.model = ModelConfig(name=cfg.model.name, **dataclasses.asdict(arch))
     return cfg
 
 

@@ -72,10 +72,10 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
 
         e = cfg.evaluate
         generations = []
-        for prompt in e.prompts:
+        for i, prompt in enumerate(e.prompts):
             max_new = min(e.max_new_tokens, engine.context_len - 1 - len(engine.encode(prompt)))
             greedy = engine.generate(prompt, max_new, temperature=0.0)
-            sampled = engine.generate(prompt, max_new, e.temperature, e.top_p, seed=cfg.seed)
+            sampled = engine.generate(prompt, max_new, e.temperature, e.top_p, seed=cfg.seed + i)
             generations.append({"prompt": prompt, "greedy": greedy.text, "sampled": sampled.text})
         atomic_write_json(out / "generations.json", generations)
 

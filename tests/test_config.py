@@ -1,0 +1,89 @@
+import pytest
+
+from modelworks.config import ConfigError, load_config
+from tests.conftest import cli
+
+
+def test_defaults_equal_quickstart_file():
+    from tests.conftest import ROOT
+
+    assert load_config(ROOT / "configs/quickstart.yaml") == load_config(None)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["pretrain.lr=1e-3", "model.n_layer=2", "collect.sources.0.limit=5"])
+    assert cfg.pretrain.lr == 1e-3
+    assert cfg.model.n_layer == 2
+    assert cfg.collect.sources[0].limit == 5
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("pretrain.lrr=1", "unknown key 'pretrain.lrr'"),
+        ("pretrain.lr=abc", "pretrain.lr (got 'abc')"),
+        ("pretrain.steps=0", "pretrain.steps (got 0)"),
+        ("model.n_layr=3", "unknown key 'model.n_layr'"),
+        ("model.n_layer=two", "model.n_layer (got 'two'): expected int"),
+        ("model.n_head=3", "d_model=128 is not divisible by n_head=3"),
+        ("model.name=nope", "'nope' is not a registered model"),
+        ("preprocess.normalize=NFX", "preprocess.normalize (got 'NFX')"),
+        ("name=../escape", "name (got '../escape')"),
+        ("nonsense", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_that_does_not_parse(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  lr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+, column \d+: YAML does not parse"):
+        load_config(bad)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_file_values_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: mine\npretrain:\n  steps: 7\n")
+    cfg = load_config(f, ["pretrain.steps=9"])
+    assert (cfg.name, cfg.pretrain.steps, cfg.pretrain.lr) == ("mine", 9, 3e-3)
+
+
+def test_section_hash_changes_only_with_its_section():
+    a = load_config(None)
+    b = load_config(None, ["evaluate.max_new_tokens=3"])
+    assert a.section_hash("pretrain", "model") == b.section_hash("pretrain", "model")
+    assert a.section_hash("evaluate") != b.section_hash("evaluate")
+
+
+def test_help_lists_every_option_with_default_and_description():
+    out = cli("pretrain", "--help").stdout
+    for needle in [
+        "--pretrain.lr",
+        "peak learning rate",
+        "default: 0.003",
+        "--model.n_kv_head",
+        "grouped-query attention",
+    ]:
+        assert needle in out
+    top = cli("--help").stdout
+    assert "collect.sources" in top and "preprocess.vocab_size" in top and "serve.port" in top
+
+
+def test_cli_bad_config_is_one_line_and_nonzero(tmp_path):
+    proc = cli("run", "pretrain.lr=abc", f"runs_dir={tmp_path}", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "error: configs/quickstart.yaml: pretrain.lr (got 'abc'): Input should be a valid number, "
+        "unable to parse string as a number"
+    ]
