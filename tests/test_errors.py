@@ -34,7 +34,7 @@ def test_empty_source_file(tmp_path):
         f"collect.sources.0.paths=['{tmp_path}/empty.jsonl']",
         check=False,
     )
-    assert "yielded no documents" in _one_line_error(proc)
+    assert "yielded nothing" in _one_line_error(proc)
 
 
 @pytest.fixture(scope="module")

@@ -163,6 +163,8 @@ def _serve(ns: argparse.Namespace) -> None:
     for text in overrides:
         apply_override(data, *parse_override(text))
     cfg = validate_config(data, source=str(stored))
+    if cfg.task != "language_modeling":
+        raise ConfigError(f"{run_dir}: serving {cfg.task} runs is not supported yet")
     serve(run_dir, cfg.serve, cfg.device)
 
 
@@ -185,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         reporter = TqdmReporter()
         if ns.command == "run":
             run(cfg, ns.force, reporter)
-            print(
-                f"done: report at {cfg.run_dir / 'evaluate' / 'report.html'}; "
-                f"serve with `modelworks serve {cfg.run_dir}`"
-            )
+            done = f"done: report at {cfg.run_dir / 'evaluate' / 'report.html'}"
+            if cfg.task == "language_modeling":
+                done += f"; serve with `modelworks serve {cfg.run_dir}`"
+            print(done)
         else:
             stage_functions()[ns.command](cfg, reporter)
         return 0

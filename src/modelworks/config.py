@@ -29,13 +29,14 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    type: Literal["python_docs", "files"] = Field(
+    type: Literal["python_docs", "files", "sklearn_digits", "image_folder", "idx"] = Field(
         "python_docs",
         description="python_docs: Python's own documentation and stdlib docstrings; "
-        "files: local txt/md/jsonl files",
+        "files: local txt/md/jsonl; sklearn_digits: scikit-learn's 8x8 digits; "
+        "image_folder: root/<class>/<image>; idx: MNIST-style [images, labels] files",
     )
     paths: list[str] = Field(
-        default_factory=list, description="globs of files to read (type=files)"
+        default_factory=list, description="files, globs or folders to read (see type)"
     )
     text_field: str = Field("text", description="field holding the text in jsonl files")
     limit: int | None = Field(
@@ -58,6 +59,11 @@ class PreprocessConfig(_Section):
         0.05, gt=0, lt=1, description="share of documents held out for validation"
     )
     vocab_size: int = Field(4096, ge=260, description="BPE vocabulary size, specials included")
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share held out as a test split (image tasks)"
+    )
+    image_size: int = Field(28, ge=1, description="images are resized to this height and width")
+    channels: Literal[1, 3] = Field(1, description="1: grayscale, 3: RGB")
     shard_tokens: int = Field(
         50_000_000, ge=1024, description="tokens per .bin shard before a new one starts"
     )
@@ -71,25 +77,54 @@ class ModelConfig(_Section):
 
 
 class PretrainConfig(_Section):
+    """The training loop's knobs (the `pretrain:` section; fine-tuning reuses the same loop)."""
+
     steps: int = Field(400, ge=1, description="optimizer steps")
-    batch_size: int = Field(16, ge=1, description="sequences per micro-batch")
+    batch_size: int = Field(16, ge=1, description="sequences (or examples) per micro-batch")
     seq_len: int = Field(128, ge=2, description="tokens per training sequence")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field(
+        "adamw", description="adamw (decoupled decay), adam, or sgd with momentum"
+    )
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
-    min_lr: float = Field(3e-4, ge=0, description="learning rate at the end of cosine decay")
+    min_lr: float = Field(3e-4, ge=0, description="learning rate at the end of the decay")
+    schedule: Literal["cosine", "wsd", "constant"] = Field(
+        "cosine", description="after warmup: cosine decay, warmup-stable-decay, or constant"
+    )
+    decay_fraction: float = Field(
+        0.2, gt=0, le=1, description="wsd: share of steps spent decaying at the end"
+    )
     warmup_steps: int = Field(30, ge=0, description="linear warmup steps")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay")
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
-    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
+    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay (adamw)")
+    decay_embeddings: bool = Field(
+        False, description="also decay embeddings (norms and biases never are)"
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1 (sgd: momentum)")
+    beta2: float = Field(0.95, ge=0, lt=1, description="Adam beta2")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype for forward/backward"
     )
-    eval_every: int = Field(100, ge=1, description="steps between validation-loss checks")
-    eval_batches: int = Field(8, ge=1, description="batches per validation-loss check")
+    compile: bool = Field(False, description="torch.compile the model")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each block's activations in backward to save memory"
+    )
+    eval_every: int = Field(100, ge=1, description="steps between validation checks")
+    eval_batches: int = Field(8, ge=1, description="batches per validation check")
+    early_stop_patience: int = Field(
+        0, ge=0, description="stop after this many checks without improvement; 0 = never"
+    )
+    best_metric: str = Field(
+        "val_loss", description="validation metric that picks the best checkpoint and early stop"
+    )
+    best_mode: Literal["min", "max"] = Field("min", description="whether best_metric should fall")
     ckpt_every: int = Field(100, ge=1, description="steps between checkpoints")
-    keep_last: int = Field(2, ge=1, description="checkpoints kept on disk")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept on disk (plus best/)")
     log_every: int = Field(10, ge=1, description="steps between metrics lines")
+    tensorboard: bool = Field(False, description="also log to TensorBoard (needs tensorboard)")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="device peak TFLOP/s for MFU; unset: known GPU table or measured"
+    )
 
 
 class EvaluateConfig(_Section):
@@ -120,6 +155,9 @@ class Config(_Section):
     seed: int = Field(1337, description="seed for every random choice")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    task: Literal["language_modeling", "image_classification"] = Field(
+        "language_modeling", description="what the model learns (see tasks/)"
+    )
     collect: CollectConfig = Field(default_factory=CollectConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -256,10 +294,10 @@ def validate_config(data: dict, source: str = "config") -> Config:
         raise ConfigError(f"{source}: {key}{got_text}: {err['msg']}") from None
     # validate the architecture's fields now, and store them resolved, so that a config spelling
     # out the defaults hashes the same as one leaving them out
-    from modelworks.models.registry import model_config_from  # late: registry imports torch
+    from modelworks.models.registry import model_config_from, name_of  # late: imports torch
 
     arch = model_config_from(cfg.model, source=source)
-    cfg.model = ModelConfig(name=cfg.model.name, **dataclasses.asdict(arch))
+    cfg.model = ModelConfig(name=name_of(arch), **dataclasses.asdict(arch))
     return cfg
 
 

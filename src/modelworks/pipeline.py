@@ -34,9 +34,9 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     "collect": StageSpec(("collect",), ()),
-    "preprocess": StageSpec(("preprocess", "seed"), ("collect",)),
-    "pretrain": StageSpec(("model", "pretrain", "seed"), ("preprocess",)),
-    "evaluate": StageSpec(("evaluate", "seed"), ("preprocess", "pretrain")),
+    "preprocess": StageSpec(("task", "preprocess", "seed"), ("collect",)),
+    "pretrain": StageSpec(("task", "model", "pretrain", "seed"), ("preprocess",)),
+    "evaluate": StageSpec(("task", "evaluate", "seed"), ("preprocess", "pretrain")),
 }
 
 

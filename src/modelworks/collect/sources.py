@@ -96,3 +96,94 @@ def _jsonl(path: Path, text_field: str) -> Iterator[dict]:
             raise ValueError(f"{path}:{n}: no string field {text_field!r}")
         doc_id = str(record.get("id", f"{path}:{n}"))
         yield {"id": doc_id, "text": record[text_field], "source": str(path)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Image sources: each yields {"id", "image" (encoded bytes), "label", "source"}.
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _png(pixels) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sklearn_digits() -> Iterator[dict]:
+    """scikit-learn's bundled 1,797 8x8 handwritten digits (UCI), as 8-bit grayscale PNGs."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    for i, (img, label) in enumerate(zip(data.images, data.target, strict=True)):
+        pixels = np.round(img * (255 / 16)).astype(np.uint8)  # sklearn's values are 0..16
+        yield {
+            "id": f"digits:{i}",
+            "image": _png(pixels),
+            "label": str(int(label)),
+            "source": "sklearn.datasets.load_digits",
+        }
+
+
+def image_folder(roots: list[str], where: str) -> Iterator[dict]:
+    """`root/<class name>/<image file>`: one example per file, labelled by its folder."""
+    if not roots:
+        raise FileNotFoundError(f"{where}.paths: empty; give the folder holding class folders")
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{where}.paths: {root} is not a folder")
+        classes = sorted(p for p in root.iterdir() if p.is_dir())
+        if not classes:
+            raise FileNotFoundError(f"{where}.paths: {root} has no class sub-folders")
+        for class_dir in classes:
+            for f in sorted(class_dir.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    yield {
+                        "id": str(f),
+                        "image": f.read_bytes(),
+                        "label": class_dir.name,
+                        "source": str(root),
+                    }
+
+
+def idx_files(paths: list[str], where: str) -> Iterator[dict]:
+    """MNIST-style IDX files (optionally .gz): paths = [images file, labels file]."""
+    import gzip
+
+    import numpy as np
+
+    if len(paths) != 2:
+        raise FileNotFoundError(f"{where}.paths: give [images.idx, labels.idx] for type idx")
+
+    def read(path: str) -> np.ndarray:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{where}.paths: {p} does not exist")
+        try:
+            raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{p}: cannot decompress ({e})") from None
+        if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+            raise ValueError(f"{p}: not an unsigned-byte IDX file")
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if data.size != int(np.prod(dims)):
+            raise ValueError(f"{p}: truncated IDX file ({data.size} of {np.prod(dims)} values)")
+        return data.reshape(dims)
+
+    images, labels = read(paths[0]), read(paths[1])
+    if len(images) != len(labels):
+        raise ValueError(f"{where}: {len(images)} images but {len(labels)} labels")
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        yield {
+            "id": f"{paths[0]}:{i}",
+            "image": _png(img),
+            "label": str(int(label)),
+            "source": paths[0],
+        }

@@ -30,10 +30,10 @@ def plot_loss(records: list[dict], out: Path, baseline: float | None = None) -> 
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", linewidth=1.5)
     if baseline is not None:
-        ax.axhline(baseline, color="grey", linestyle="--", label="unigram baseline (val)")
-    ax.set_title("Pretraining loss")
+        ax.axhline(baseline, color="grey", linestyle="--", label="baseline (validation)")
+    ax.set_title("Training loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("cross-entropy (nats)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -48,15 +48,30 @@ def md_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
-def write_report(out_dir: Path, title: str, sections: list[tuple[str, str]], image: str) -> None:
-    """`sections` are (heading, markdown body); the image is a PNG file name in out_dir."""
+def training_table(trained: dict) -> str:
+    """The pretrain manifest's summary as a two-column table."""
+    rows = [
+        (
+            k.replace("_", " "),
+            f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v),
+        )
+        for k, v in trained.items()
+        if not isinstance(v, dict)
+    ]
+    return md_table(rows)
+
+
+def write_report(
+    out_dir: Path, title: str, sections: list[tuple[str, str]], images: list[tuple[str, str]]
+) -> None:
+    """`sections` are (heading, markdown body); `images` are (PNG file in out_dir, caption)."""
     md = [f"# {title}", ""]
     for heading, body in sections:
         md += [f"## {heading}", "", body, ""]
-    md += ["## Loss curve", "", f"![loss curve]({image})", ""]
+    for image, caption in images:
+        md += [f"## {caption}", "", f"![{caption}]({image})", ""]
     atomic_write_text(out_dir / "report.md", "\n".join(md))
 
-    png = base64.b64encode((out_dir / image).read_bytes()).decode()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -68,7 +83,10 @@ def write_report(out_dir: Path, title: str, sections: list[tuple[str, str]], ima
     ]
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{_md_to_html(body)}")
-    parts.append(f"<h2>Loss curve</h2><img alt='loss curve' src='data:image/png;base64,{png}'>")
+    for image, caption in images:
+        png = base64.b64encode((out_dir / image).read_bytes()).decode()
+        cap = html.escape(caption)
+        parts.append(f"<h2>{cap}</h2><img alt='{cap}' src='data:image/png;base64,{png}'>")
     parts.append("</body></html>")
     atomic_write_text(out_dir / "report.html", "\n".join(parts))
 

@@ -198,6 +198,16 @@ class GPT(nn.Module):
         p = self.tok_emb.weight
         return KVCache(self.cfg, batch, max_len or self.cfg.context_len, p.device, p.dtype)
 
+    def estimate_flops(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 per parameter-multiply, plus attention
+        scores and values over `seq_len` (PaLM appendix B, as nanoGPT/nanochat count it)."""
+        c = self.cfg
+        # the embedding lookup costs nothing; the output projection is a full matmul
+        matmul_params = self.num_params(non_embedding=True)
+        if c.tie_embeddings:
+            matmul_params += self.lm_head.weight.numel()
+        return 6 * matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
+
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.tok_emb.weight.numel() if non_embedding else n

@@ -1,29 +1,61 @@
-"""Model registry: architecture name -> (model class, config dataclass).
+"""Model registry: architecture name -> (builder, config dataclass).
 
-A model file registers itself with `@register("name", ConfigClass)`; configs then pick it with
-`model: {name: ..., <config fields>}`. Later architectures and user models plug in the same way.
+A model file registers itself with `@register("name", ConfigClass)`; configs pick it with
+`model: {name: ..., <config fields>}`. Any user `nn.Module` plugs in without registering:
+`model: {class: "my_pkg.module:MyModel", args: {...}}` (stored as the `custom` architecture).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}
+from modelworks.errors import ModelworksError
+
+_REGISTRY: dict[str, tuple[Callable[[Any], nn.Module], type]] = {}
+
+
+class ModelError(ModelworksError, ValueError):
+    pass
 
 
 def register(name: str, config_cls: type):
-    def wrap(model_cls: type[nn.Module]) -> type[nn.Module]:
-        _REGISTRY[name] = (model_cls, config_cls)
-        return model_cls
+    def wrap(builder):
+        _REGISTRY[name] = (builder, config_cls)
+        return builder
 
     return wrap
 
 
+@dataclasses.dataclass
+class CustomConfig:
+    cls: str = ""  # "package.module:ClassName", importable from the current environment
+    args: dict = dataclasses.field(default_factory=dict)  # keyword arguments for the class
+
+
+@register("custom", CustomConfig)
+def build_custom(cfg: CustomConfig) -> nn.Module:
+    module_name, _, attr = cfg.cls.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model.class {cfg.cls!r}: expected 'package.module:ClassName'")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"model.class {cfg.cls!r} cannot be imported: {e}") from None
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise ModelError(f"model.class {cfg.cls!r} is not a torch.nn.Module subclass")
+    try:
+        return target(**cfg.args)
+    except TypeError as e:
+        raise ModelError(f"model.args do not fit {cfg.cls}: {e}") from None
+
+
 def _load_builtins() -> None:
-    from modelworks.models import gpt  # noqa: F401  (registers "gpt")
+    from modelworks.models import gpt, mlp  # noqa: F401  (each registers itself)
 
 
 def available() -> list[str]:
@@ -31,11 +63,17 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def lookup(name: str) -> tuple[type[nn.Module], type]:
+def lookup(name: str) -> tuple[Callable[[Any], nn.Module], type]:
     _load_builtins()
     if name not in _REGISTRY:
-        raise ValueError(f"model.name {name!r} is not a registered model; known: {available()}")
+        raise ModelError(f"model.name {name!r} is not a registered model; known: {available()}")
     return _REGISTRY[name]
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    if f.default is not dataclasses.MISSING:
+        return type(f.default)
+    return type(f.default_factory())  # type: ignore[misc]
 
 
 def model_config_from(section: Any, source: str = "config"):
@@ -44,17 +82,21 @@ def model_config_from(section: Any, source: str = "config"):
 
     fields = section.model_dump() if hasattr(section, "model_dump") else dict(section)
     name = fields.pop("name", "gpt")
+    if "class" in fields:
+        fields["cls"] = fields.pop("class")
+    if "cls" in fields:
+        name = "custom"
     try:
         _, config_cls = lookup(name)
-    except ValueError as e:
+    except ModelError as e:
         raise ConfigError(f"{source}: {e}") from None
     known = {f.name: f for f in dataclasses.fields(config_cls)}
     for key, value in fields.items():
         if key not in known:
             raise ConfigError(f"{source}: unknown key 'model.{key}' for model {name!r}")
-        expected = type(known[key].default)
+        expected = _field_type(known[key])
         ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
-        if expected is not type(None) and (not ok or isinstance(value, bool) != (expected is bool)):
+        if not ok or isinstance(value, bool) != (expected is bool):
             raise ConfigError(
                 f"{source}: model.{key} (got {value!r}): expected {expected.__name__}"
             )
@@ -65,12 +107,15 @@ def model_config_from(section: Any, source: str = "config"):
 
 
 def build_model(model_config) -> nn.Module:
-    return _REGISTRY[name_of(model_config)][0](model_config)
+    """Instantiate the model; it remembers its config so checkpoints can rebuild it."""
+    model = _REGISTRY[name_of(model_config)][0](model_config)
+    model.modelworks_config = model_config
+    return model
 
 
 def name_of(model_config) -> str:
     _load_builtins()
     for name, (_, config_cls) in _REGISTRY.items():
-        if isinstance(model_config, config_cls):
+        if type(model_config) is config_cls:
             return name
-    raise ValueError(f"no registered model takes {type(model_config).__name__}")
+    raise ModelError(f"no registered model takes {type(model_config).__name__}")

@@ -1,131 +1,30 @@
-"""preprocess: clean, filter, dedup and split documents; train a BPE tokenizer; pack token shards.
+"""preprocess: turn collected raw data into training-ready artifacts, as the task needs them.
 
     modelworks preprocess configs/quickstart.yaml
 
-Reads `<run>/collect/documents.parquet`; writes into `<run>/preprocess/`:
-`documents.parquet` (cleaned, with a `split` column), `tokenizer.json`, `tokens/` (shards and
-meta.json) and `stats.json` (documents in/out per step, tokens per split).
+Language models (preprocess/text.py): clean, filter, dedup, split, BPE tokenizer, token shards.
+Image classification (preprocess/images.py): decode, convert, resize, split, uint8 tensors.
+Writes `<run>/preprocess/` with `stats.json` (what each step kept and removed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config
-from modelworks.errors import ModelworksError
-from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
-from modelworks.preprocess.steps import (
-    CleanWhitespace,
-    ExactDedup,
-    MinLength,
-    Normalize,
-    Step,
-    is_validation,
-)
-from modelworks.preprocess.tokenizer import eot_id, train_bpe
 from modelworks.progress import Reporter
-
-CLEAN_SCHEMA = pa.schema(
-    [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("split", pa.string())]
-)
-
-
-class PreprocessError(ModelworksError, RuntimeError):
-    pass
-
-
-def build_steps(cfg: Config) -> list[Step]:
-    p = cfg.preprocess
-    return [Normalize(p.normalize), CleanWhitespace(), MinLength(p.min_chars), ExactDedup()]
-
-
-def _read_documents(path, columns=None) -> Iterator[dict]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=columns):
-        yield from batch.to_pylist()
-
-
-def _texts(path, split: str) -> Iterator[str]:
-    for doc in _read_documents(path, ["text", "split"]):
-        if doc["split"] == split:
-            yield doc["text"]
+from modelworks.tasks import get_task
 
 
 def preprocess(cfg: Config, reporter: Reporter | None = None) -> dict:
-    """Run the steps, split, train the tokenizer and pack shards; returns the manifest."""
+    """Run the task's preprocessing into `<run>/preprocess/`; returns the manifest."""
     from modelworks.pipeline import stage_writer
 
     reporter = reporter or Reporter()
     writer = stage_writer(cfg, "preprocess")
     writer.open()
-    out = writer.dir
-    p = cfg.preprocess
     try:
-        steps = build_steps(cfg)
-        docs: Iterator[dict] = _read_documents(cfg.run_dir / "collect" / "documents.parquet")
-        for step in steps:
-            docs = step.run(docs)
-        split_docs = {"train": 0, "val": 0}
-        with pq.ParquetWriter(out / "documents.parquet", CLEAN_SCHEMA) as pw:
-            batch = []
-            for doc in docs:
-                doc["split"] = (
-                    "val" if is_validation(doc["id"], p.val_fraction, cfg.seed) else "train"
-                )
-                split_docs[doc["split"]] += 1
-                batch.append(doc)
-                if len(batch) == 1024:
-                    pw.write_table(pa.Table.from_pylist(batch, CLEAN_SCHEMA))
-                    batch = []
-            if batch:
-                pw.write_table(pa.Table.from_pylist(batch, CLEAN_SCHEMA))
-        funnel = [{"step": s.name, **dict(s.stats)} for s in steps]
-        for row in funnel:
-            n_in, n_out = row.get("in", 0), row.get("out", 0)
-            reporter.info(f"[preprocess] {row['step']:<12} {n_in:>7} in {n_out:>7} out")
-        kept = split_docs["train"] + split_docs["val"]
-        if kept == 0:
-            raise PreprocessError(
-                "preprocess: no documents left after filtering "
-                f"(min_chars={p.min_chars}); lower preprocess.min_chars or add data"
-            )
-        if split_docs["train"] == 0 or split_docs["val"] == 0:
-            empty = "train" if not split_docs["train"] else "val"
-            raise PreprocessError(
-                f"preprocess: {kept} documents give an empty {empty} split at "
-                f"val_fraction={p.val_fraction}; add documents or change preprocess.val_fraction"
-            )
-        docs_path = out / "documents.parquet"
-        tok = train_bpe(_texts(docs_path, "train"), p.vocab_size)
-        tok.save(str(out / "tokenizer.json"))
-        eot = eot_id(tok)
-        dtype = token_dtype(tok.get_vocab_size())
-        (out / "tokens").mkdir()
-        splits = {}
-        for split in ("train", "val"):
-            sw = ShardWriter(out / "tokens", split, dtype, p.shard_tokens)
-            texts = list(_texts(docs_path, split))
-            for i in range(0, len(texts), 256):
-                for enc in tok.encode_batch(texts[i : i + 256], add_special_tokens=False):
-                    sw.add([*enc.ids, eot])
-            splits[split] = sw.close()
-        write_meta(out / "tokens", dtype, tok.get_vocab_size(), eot, splits)
-        tokens = {s: sum(x["tokens"] for x in v) for s, v in splits.items()}
-        stats = {
-            "funnel": funnel,
-            "documents": split_docs,
-            "tokens": tokens,
-            "vocab_size": tok.get_vocab_size(),
-        }
-        atomic_write_json(out / "stats.json", stats)
-        reporter.info(
-            f"[preprocess] {split_docs['train']} train / {split_docs['val']} val documents; "
-            f"{tokens['train']:,} train / {tokens['val']:,} val tokens; "
-            f"vocab {tok.get_vocab_size()}"
-        )
+        stats = get_task(cfg.task).prepare(cfg, cfg.run_dir, writer.dir, reporter)
+        atomic_write_json(writer.dir / "stats.json", stats)
     except BaseException:
         writer.discard()
         raise

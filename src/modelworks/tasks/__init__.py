@@ -1,0 +1,45 @@
+"""Tasks: each module owns its data -> batches, head, loss, metrics and report for one problem.
+
+A task module provides three functions the stages call:
+    prepare(cfg, run_dir, out_dir, reporter) -> stats          (preprocess stage)
+    setup_training(cfg, run_dir, device) -> TrainSetup         (pretrain stage)
+    evaluate(cfg, run_dir, out_dir, reporter) -> (metrics, sections, images)   (evaluate stage)
+Adding a task means adding a module here and its name below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+TASKS = {
+    "language_modeling": "modelworks.tasks.language_modeling",
+    "image_classification": "modelworks.tasks.image_classification",
+}
+
+
+def get_task(name: str) -> ModuleType:
+    if name not in TASKS:
+        from modelworks.config import ConfigError
+
+        raise ConfigError(f"task {name!r} is not a known task; known: {sorted(TASKS)}")
+    return importlib.import_module(TASKS[name])
+
+
+def fill_from_data(model_cfg, **values) -> None:
+    """Set the model-config fields left at 0 (vocab_size, context_len, in_features, n_classes...)
+    from what the data says; a field set explicitly must be large enough."""
+    from modelworks.config import ConfigError
+
+    for key, value in values.items():
+        current = getattr(model_cfg, key, None)
+        if current is None:
+            continue
+        if current == 0:
+            setattr(model_cfg, key, value)
+        elif key in ("vocab_size", "n_classes", "context_len") and current < value:
+            raise ConfigError(f"model.{key}={current} is smaller than the data needs ({value})")
+        elif key in ("in_features", "image_size", "channels") and current != value:
+            raise ConfigError(
+                f"model.{key}={current} but the data has {value}; set it to {value} or 0"
+            )

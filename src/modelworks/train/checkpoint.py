@@ -35,7 +35,7 @@ class CheckpointError(ModelworksError, RuntimeError):
 
 def save_model(out_dir: Path, model: nn.Module) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
+    cfg = model.modelworks_config  # set by models.registry.build_model
     # safetensors' save_model drops the tied copy of shared tensors; load_model restores the tie
     st_save_model(model, str(out_dir / "model.safetensors"))
     atomic_write_json(
@@ -52,6 +52,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.
     try:
         _, config_cls = lookup(meta["name"])
         model = build_model(config_cls(**meta["config"]))
+    except ModelworksError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: not a usable model config ({e})") from None
     try:

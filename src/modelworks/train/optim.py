@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule builders."""
+"""Optimizer and learning-rate schedule builders, driven by the `pretrain:` config."""
 
 from __future__ import annotations
 
@@ -8,25 +8,45 @@ import torch
 from torch import nn
 
 
-def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]):
-    """AdamW with decoupled weight decay on matrices only: norms, biases and embeddings are not
-    decayed (decaying a gain or an embedding row only fights the loss)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) -> list[dict]:
+    """Decay matrices only: norms and biases never, embeddings only when asked (decaying a gain
+    or a rarely-seen embedding row mostly fights the loss)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [
+        is_embedding = id(p) in embeddings
+        wants = p.dim() >= 2 and (decay_embeddings or not is_embedding)
+        (decay if wants else no_decay).append(p)
+    return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def cosine_lr(step: int, total: int, peak: float, floor: float, warmup: int) -> float:
-    """Linear warmup to `peak`, then cosine decay to `floor` at `total` steps."""
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1)
+    if cfg.optimizer == "adam":  # L2-free Adam, as in the classic recipes
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def lr_at(step: int, cfg) -> float:
+    """Learning rate for 0-based `step`: linear warmup, then the configured schedule."""
+    peak, floor, total, warmup = cfg.lr, cfg.min_lr, cfg.steps, cfg.warmup_steps
     if warmup and step < warmup:
         return peak * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return peak
+    if cfg.schedule == "wsd":  # warmup-stable-decay: flat, then linear decay over the tail
+        decay_start = total - max(1, int(cfg.decay_fraction * total))
+        if step < decay_start:
+            return peak
+        return peak + (floor - peak) * (step - decay_start + 1) / (total - decay_start)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))

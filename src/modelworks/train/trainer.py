@@ -1,8 +1,9 @@
-"""The one training loop: pretraining and (later) fine-tuning both run through `Trainer.fit`.
+"""The one training loop: every training stage runs through `Trainer.fit`.
 
 It owns: learning-rate schedule, gradient accumulation, clipping, autocast, periodic validation,
-checkpointing with exact resume (model, optimizer, RNG, data position), metrics JSONL, progress.
-Tasks plug in as a loss function `loss_fn(model, inputs, targets) -> scalar`.
+early stopping and the best checkpoint, checkpointing with exact resume (model, optimizer, RNG,
+data position), metrics JSONL (and TensorBoard), progress with tokens/s, MFU and ETA, and a final
+summary. A task plugs in as a `TrainSetup`: model, loss function, loader and validation function.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_model as st_load_model
@@ -22,34 +26,49 @@ from modelworks.artifacts import atomic_write_text
 from modelworks.config import PretrainConfig
 from modelworks.errors import ModelworksError
 from modelworks.progress import Reporter
-from modelworks.runtime import autocast_dtype
-from modelworks.tasks.language_modeling import lm_eval_loss
-from modelworks.train.checkpoint import latest_good, load_state, save_checkpoint
-from modelworks.train.data import WindowLoader
-from modelworks.train.optim import build_adamw, cosine_lr
+from modelworks.runtime import autocast_dtype, peak_flops
+from modelworks.train.checkpoint import latest_good, load_state, save_checkpoint, save_model
+from modelworks.train.optim import build_optimizer, lr_at
+from modelworks.train.parallel import parallelize
 
 
 class TrainingError(ModelworksError, RuntimeError):
     pass
 
 
+class Loader(Protocol):
+    def next_batch(self) -> tuple[torch.Tensor, ...]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainSetup:
+    """What a task hands the trainer."""
+
+    model: nn.Module
+    loss_fn: Callable[[nn.Module, tuple], torch.Tensor]  # (model, batch) -> mean loss
+    loader: Loader
+    validate: Callable[[nn.Module], dict[str, float]]  # -> {"val_loss": ..., other metrics}
+    units_per_batch: int  # tokens (language models) or examples per micro-batch
+    unit: str = "tok"
+    flops_per_unit: float | None = None  # training FLOPs per unit, for MFU
+
+
 class Trainer:
     def __init__(
         self,
-        model: nn.Module,
-        loss_fn: Callable,
-        loader: WindowLoader,
-        val_batches: Callable[[], Iterable],
+        setup: TrainSetup,
         cfg: PretrainConfig,
         out_dir: Path,
         device: torch.device,
         reporter: Reporter | None = None,
     ) -> None:
-        self.model, self.loss_fn, self.loader = model, loss_fn, loader
-        self.val_batches = val_batches
-        self.cfg, self.out_dir, self.device = cfg, out_dir, device
+        self.setup, self.cfg, self.out_dir, self.device = setup, cfg, out_dir, device
+        self.model = setup.model  # the plain module: what is saved and loaded
+        self.train_model = parallelize(setup.model, cfg)  # what runs (checkpointed, compiled)
         self.reporter = reporter or Reporter()
-        self.optimizer = build_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        self.optimizer = build_optimizer(self.model, cfg)
         self.dtype = autocast_dtype(cfg.dtype)
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=self.dtype == torch.float16 and device.type == "cuda"
@@ -57,15 +76,19 @@ class Trainer:
         self.ckpt_root = out_dir / "checkpoints"
         self.metrics_path = out_dir / "metrics.jsonl"
         self.step = 0
-        self.tokens_seen = 0
+        self.units_seen = 0
+        self.best: float | None = None
+        self.bad_checks = 0
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {
             "step": self.step,
-            "tokens_seen": self.tokens_seen,
+            "units_seen": self.units_seen,
+            "best": self.best,
+            "bad_checks": self.bad_checks,
             "optimizer": self.optimizer.state_dict(),
-            "loader": self.loader.state_dict(),
+            "loader": self.setup.loader.state_dict(),
             "rng_cpu": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -82,13 +105,14 @@ class Trainer:
         st_load_model(self.model, str(ckpt / "model.safetensors"), device=str(self.device))
         state = load_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.loader.load_state_dict(state["loader"])
+        self.setup.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.step, self.units_seen = int(state["step"]), int(state["units_seen"])
+        self.best, self.bad_checks = state["best"], int(state["bad_checks"])
         self._truncate_metrics(self.step)
         return ckpt
 
@@ -107,43 +131,89 @@ class Trainer:
     def _log(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    self._tb.add_scalar(k, v, record["step"])
 
     # -- loop ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def validate(self) -> float:
-        self.model.eval()
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast):
-            loss, _ = lm_eval_loss(self.model, self.val_batches(), self.device)
-        self.model.train()
-        return loss
-
     @property
     def _autocast(self) -> bool:
         return self.dtype != torch.float32
 
-    def fit(self, resume: bool = True) -> dict:
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast):
+            metrics = self.setup.validate(self.model)
+        self.model.train()
+        return metrics
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.cfg.best_mode == "min" else value > self.best
+
+    def _check(self, last_ckpt) -> bool:
+        """Validate, log, keep the best model; returns True when early stopping says stop."""
         cfg = self.cfg
+        metrics = self.validate()
+        self._log({"step": self.step, **metrics})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        self.reporter.info(f"[train] step {self.step}: {shown}")
+        if cfg.best_metric not in metrics:
+            raise TrainingError(
+                f"pretrain.best_metric={cfg.best_metric!r} is not a validation metric of this "
+                f"task; it reports {sorted(metrics)}"
+            )
+        value = metrics[cfg.best_metric]
+        if self._improved(value):
+            self.best, self.bad_checks = value, 0
+            tmp = self.out_dir / "best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(tmp, self.model)
+            atomic_write_text(tmp / "best.json", json.dumps({"step": self.step, **metrics}))
+            shutil.rmtree(self.out_dir / "best", ignore_errors=True)
+            tmp.rename(self.out_dir / "best")
+        else:
+            self.bad_checks += 1
+        return bool(cfg.early_stop_patience and self.bad_checks >= cfg.early_stop_patience)
+
+    def fit(self, resume: bool = True) -> dict:
+        cfg, setup = self.cfg, self.setup
+        self._tb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise TrainingError(
+                    "pretrain.tensorboard=true needs the tensorboard package: "
+                    "pip install tensorboard"
+                ) from None
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
         ckpt = self.resume() if resume else None
         if not resume:
             self._truncate_metrics(0)
         if ckpt is not None:
-            self.reporter.info(f"[pretrain] resumed from {ckpt} at step {self.step}")
-        self.model.train()
-        tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
-        self.reporter.start(cfg.steps, "pretrain", initial=self.step, unit="step")
+            self.reporter.info(f"[train] resumed from {ckpt} at step {self.step}")
+        self.train_model.train()
+        units_per_step = setup.units_per_batch * cfg.grad_accum
+        peak = peak_flops(self.device, self.dtype, cfg.peak_tflops)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.reporter.start(cfg.steps, "train", initial=self.step, unit="step")
         t_start, step_start = time.perf_counter(), self.step
-        last_ckpt, val_loss, best_val = ckpt, None, math.inf
+        last_ckpt, stopped_early, last_metrics = ckpt, False, {}
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            lr = cosine_lr(self.step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
+            lr = lr_at(self.step, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
             for _ in range(cfg.grad_accum):
-                x, y = self.loader.next_batch()
-                x, y = x.to(self.device), y.to(self.device)
+                batch = tuple(t.to(self.device) for t in setup.loader.next_batch())
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast):
-                    loss = self.loss_fn(self.model, x, y) / cfg.grad_accum
+                    loss = setup.loss_fn(self.train_model, batch) / cfg.grad_accum
                 self.scaler.scale(loss).backward()
                 loss_sum += loss.item()
             if not math.isfinite(loss_sum):
@@ -162,43 +232,70 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self.tokens_seen += tokens_per_step
+            self.units_seen += units_per_step
             dt = time.perf_counter() - t0
+            rate = units_per_step / dt
+            mfu = rate * setup.flops_per_unit / peak if setup.flops_per_unit and peak else None
             last = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or last:
-                self._log(
-                    {
-                        "step": self.step,
-                        "loss": loss_sum,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens": self.tokens_seen,
-                        "tok_per_s": round(tokens_per_step / dt, 1),
-                    }
-                )
+                record = {
+                    "step": self.step,
+                    "loss": loss_sum,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    setup.unit: self.units_seen,
+                    f"{setup.unit}_per_s": round(rate, 1),
+                }
+                if mfu is not None:
+                    record["mfu"] = round(mfu, 4)
+                self._log(record)
             if self.step % cfg.eval_every == 0 or last:
-                val_loss = self.validate()
-                best_val = min(best_val, val_loss)
-                self._log({"step": self.step, "val_loss": val_loss})
-                self.reporter.info(
-                    f"[pretrain] step {self.step}: train loss {loss_sum:.4f}, "
-                    f"val loss {val_loss:.4f}"
-                )
+                stopped_early = self._check(last_ckpt)
+                last = last or stopped_early
             if self.step % cfg.ckpt_every == 0 or last:
                 last_ckpt = save_checkpoint(
                     self.ckpt_root, self.step, self.model, self.state_dict(), cfg.keep_last
                 )
-            self.reporter.update(1, loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_step / dt:,.0f}")
+            postfix = {"loss": f"{loss_sum:.3f}", f"{setup.unit}/s": f"{rate:,.0f}"}
+            if mfu is not None:
+                postfix["mfu"] = f"{100 * mfu:.1f}%"
+            self.reporter.update(1, **postfix)
+            if stopped_early:
+                self.reporter.info(
+                    f"[train] early stop at step {self.step}: {cfg.best_metric} has not improved "
+                    f"for {cfg.early_stop_patience} checks (best {self.best:.4f})"
+                )
+                break
         self.reporter.close()
+        if self._tb is not None:
+            self._tb.close()
+        last_metrics = self._last_validation()
         seconds = time.perf_counter() - t_start
         steps_run = self.step - step_start
         return {
             "steps": self.step,
-            "tokens": self.tokens_seen,
-            "final_val_loss": val_loss,
-            "best_val_loss": None if best_val == math.inf else best_val,
+            "stopped_early": stopped_early,
+            setup.unit: self.units_seen,
+            "final_validation": last_metrics,
+            f"best_{cfg.best_metric}": self.best,
             "seconds_this_process": round(seconds, 2),
-            "tok_per_s": round(steps_run * tokens_per_step / seconds, 1) if seconds else None,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            f"{setup.unit}_per_s": round(steps_run * units_per_step / seconds, 1)
+            if seconds
+            else None,
+            "peak_memory_mb": peak_memory_mb(self.device),
             "resumed_from_step": None if ckpt is None else step_start,
         }
+
+    def _last_validation(self) -> dict:
+        last = {}
+        for line in self.metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            if "val_loss" in record:
+                last = {k: v for k, v in record.items() if k != "step"}
+        return last
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB

@@ -1,0 +1,174 @@
+"""Image classification: cross-entropy on logits over the preprocessed uint8 images.
+
+Data: `data.safetensors` + `labels.json` from preprocess/images.py, normalised with the training
+split's mean/std. Metrics: accuracy, macro-F1, per-class precision/recall, a confusion matrix,
+next to a majority-class baseline on the same split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from modelworks.config import Config
+from modelworks.evaluate.report import md_table, training_table
+from modelworks.models.registry import build_model, model_config_from
+from modelworks.preprocess.images import prepare_images
+from modelworks.progress import Reporter
+from modelworks.tasks import fill_from_data
+from modelworks.train.checkpoint import load_model
+from modelworks.train.data import ExampleLoader
+from modelworks.train.trainer import TrainSetup
+
+prepare = prepare_images
+
+
+def load_split(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Normalised float images (N, C, H, W), labels (N,), and labels.json."""
+    pre = run_dir / "preprocess"
+    meta = json.loads((pre / "labels.json").read_text())
+    data = load_file(str(pre / "data.safetensors"))
+    x = (data[f"{split}_x"].float() / 255 - meta["mean"]) / meta["std"]
+    return x, data[f"{split}_y"], meta
+
+
+def ce_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x).float(), y)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    """Logits for every row of x, in float32 on the CPU."""
+    outs = [
+        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros(n_classes), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros(n_classes), where=cm.sum(1) > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n_classes), where=denom > 0)
+    return {
+        "accuracy": float(tp.sum() / max(1, len(y_true))),
+        "macro_f1": float(f1.mean()),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def setup_training(cfg: Config, run_dir: Path, device: torch.device) -> TrainSetup:
+    x, y, meta = load_split(run_dir, "train")
+    vx, vy, _ = load_split(run_dir, "val")
+    model_cfg = model_config_from(cfg.model)
+    fill_from_data(
+        model_cfg,
+        in_features=x[0].numel(),
+        n_classes=len(meta["classes"]),
+        image_size=meta["image_size"],
+        channels=meta["channels"],
+    )
+    model = build_model(model_cfg).to(device)
+    p = cfg.pretrain
+    loader = ExampleLoader(x, y, p.batch_size, cfg.seed)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        logits = predict(m, vx, device)
+        return {
+            "val_loss": F.cross_entropy(logits, vy).item(),
+            "val_accuracy": (logits.argmax(1) == vy).float().mean().item(),
+        }
+
+    return TrainSetup(model, ce_loss, loader, validate, p.batch_size, "ex", None)
+
+
+def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+    from modelworks.runtime import resolve_device
+
+    device = resolve_device(cfg.device)
+    model = load_model(run_dir / "pretrain", device).eval()
+    split = "test"
+    x, y, meta = load_split(run_dir, split)
+    if len(y) == 0:
+        split = "val"
+        x, y, meta = load_split(run_dir, split)
+    classes = meta["classes"]
+    logits = predict(model, x, device)
+    pred = logits.argmax(1).numpy()
+    m = classification_metrics(y.numpy(), pred, len(classes))
+    _, train_y, _ = load_split(run_dir, "train")
+    majority = int(torch.bincount(train_y).argmax())
+    metrics = {
+        "split": split,
+        "examples": len(y),
+        "loss": F.cross_entropy(logits, y).item(),
+        **m,
+        "majority_baseline_accuracy": float((y == majority).float().mean()),
+        "classes": classes,
+    }
+    reporter.info(
+        f"[evaluate] {split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on "
+        f"{len(y)} images (majority-class baseline {metrics['majority_baseline_accuracy']:.4f})"
+    )
+    plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion.png")
+    trained = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["summary"]
+    results = md_table(
+        [
+            (f"{split} images", str(len(y))),
+            ("accuracy", f"{m['accuracy']:.4f}"),
+            ("macro-F1", f"{m['macro_f1']:.4f}"),
+            ("majority-class baseline accuracy", f"{metrics['majority_baseline_accuracy']:.4f}"),
+        ]
+    )
+    per_class = "\n".join(
+        ["| class | precision | recall |", "|---|---|---|"]
+        + [
+            f"| {c} | {p:.3f} | {r:.3f} |"
+            for c, p, r in zip(classes, m["precision"], m["recall"], strict=True)
+        ]
+    )
+    sections = [
+        (f"Results ({split} split)", results),
+        ("Per class", per_class),
+        ("Training", training_table(trained)),
+    ]
+    return metrics, sections, [("confusion.png", "Confusion matrix")]
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 10 else 0)
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (counts)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
