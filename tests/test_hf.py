@@ -1,0 +1,195 @@
+"""Hugging Face interop: parity of logits and greedy generations both ways, and clear refusals."""
+
+import json
+import os
+import pydoc_data.topics
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+transformers = pytest.importorskip("transformers")
+
+from modelworks.models.gpt import GPT, GPTConfig  # noqa: E402
+from modelworks.models.hf import HFError, export_hf, import_hf  # noqa: E402
+from modelworks.preprocess.tokenizer import train_bpe  # noqa: E402
+
+VOCAB, PROMPT_LEN, NEW_TOKENS = 128, 20, 20
+
+
+def hf_llama(tied: bool):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_theta=10000,
+        tie_word_embeddings=tied,
+        # no eos: generation must run all NEW_TOKENS steps on both sides
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return randomise(transformers.LlamaForCausalLM(cfg).eval())
+
+
+def our_gpt(tied: bool) -> GPT:
+    torch.manual_seed(1)
+    cfg = GPTConfig(VOCAB, context_len=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64)
+    cfg.tie_embeddings = tied
+    return randomise(GPT(cfg).eval())
+
+
+@torch.no_grad()
+def randomise(model):
+    """Both inits are too gentle for a sharp test: norm gains are exactly 1 (so a swapped norm
+    passes) and std=0.02 weights make greedy decoding repeat one token. Widen both."""
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.uniform_(0.5, 1.5)
+        else:
+            p.normal_(std=0.2)
+    return model
+
+
+def prompt() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (2, PROMPT_LEN), generator=torch.Generator().manual_seed(2))
+
+
+@torch.no_grad()
+def greedy_ours(model: GPT, idx: torch.Tensor, steps: int) -> torch.Tensor:
+    cache = model.new_cache(idx.shape[0])
+    logits = model(idx, cache=cache, start_pos=0)
+    out = idx
+    for _ in range(steps):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        out = torch.cat([out, nxt], dim=1)
+        logits = model(nxt, cache=cache, start_pos=out.shape[1] - 1)
+    return out
+
+
+@torch.no_grad()
+def greedy_hf(model, idx: torch.Tensor, steps: int) -> torch.Tensor:
+    mask = torch.ones_like(idx)
+    return model.generate(idx, attention_mask=mask, do_sample=False, max_new_tokens=steps)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_import_matches_hf_logits_and_greedy_generation(tmp_path, tied):
+    hf = hf_llama(tied)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = import_hf(tmp_path / "hf").eval()
+    assert ours.cfg.tie_embeddings is tied
+    assert ours.cfg.n_kv_head == 2 and ours.cfg.norm_eps == hf.config.rms_norm_eps
+    idx = prompt()
+    with torch.no_grad():
+        expected = hf(idx).logits
+        got = ours(idx)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    gen_hf = greedy_hf(hf, idx, NEW_TOKENS)
+    assert gen_hf.shape == (2, PROMPT_LEN + NEW_TOKENS)
+    assert torch.equal(greedy_ours(ours, idx, NEW_TOKENS), gen_hf)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_export_loads_in_transformers_with_same_logits_and_generation(tmp_path, tied):
+    ours = our_gpt(tied)
+    out = export_hf(ours, tmp_path / "export")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert hf.config.tie_word_embeddings is tied
+    assert hf.dtype == torch.float32
+    idx = prompt()
+    with torch.no_grad():
+        expected = ours(idx)
+        got = hf(idx).logits
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    assert torch.equal(greedy_hf(hf, idx, NEW_TOKENS), greedy_ours(ours, idx, NEW_TOKENS))
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_export_then_import_is_bit_identical(tmp_path, tied):
+    ours = our_gpt(tied)
+    back = import_hf(export_hf(ours, tmp_path / "export"))
+    assert back.cfg == ours.cfg
+    a, b = ours.state_dict(), back.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_exported_tokenizer_encodes_like_ours(tmp_path):
+    texts = list(pydoc_data.topics.topics.values())
+    tok = train_bpe(texts, 300)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), context_len=64, d_model=32, n_layer=1))
+    out = export_hf(model, tmp_path / "export", tokenizer_json=tmp_path / "tokenizer.json")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    sentence = "The  quick brown fox jumps over the lazy dog; déjà vu.\n"
+    ids = tok.encode(sentence).ids
+    assert hf_tok.encode(sentence, add_special_tokens=False) == ids
+    assert hf_tok.decode(ids) == sentence
+    eos = tok.token_to_id("<|endoftext|>")
+    assert hf_tok.eos_token_id == eos
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == eos
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    hf_llama(True).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HFError, match="GPT2LMHeadModel") as e:
+        import_hf(tmp_path)
+    assert "LlamaForCausalLM" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_rope_scaling_is_refused(tmp_path):
+    hf_llama(True).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HFError, match="llama3"):
+        import_hf(tmp_path)
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    hf_llama(True).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(HFError, match="model.safetensors") as e:
+        import_hf(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_folder_is_refused(tmp_path):
+    with pytest.raises(HFError, match="no-such-model"):
+        import_hf(tmp_path / "no-such-model")
+
+
+def test_export_refuses_to_replace_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(HFError, match="not an earlier export"):
+        export_hf(our_gpt(True), tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("where", ["rope_parameters", "legacy"])
+def test_rope_theta_is_read_from_either_config_layout(tmp_path, where):
+    hf_llama(True).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    theta = 12345.0  # not anybody's default
+    cfg.pop("rope_parameters", None)
+    if where == "rope_parameters":
+        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    else:  # transformers 4.x: top-level rope_theta, rope_scaling null
+        cfg.update(rope_theta=theta, rope_scaling=None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = import_hf(tmp_path, context_len=32)
+    assert (model.cfg.rope_theta, model.cfg.context_len) == (theta, 32)
