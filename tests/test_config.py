@@ -87,3 +87,35 @@ def test_cli_bad_config_is_one_line_and_nonzero(tmp_path):
         "error: configs/quickstart.yaml: pretrain.lr (got 'abc'): Input should be a valid number, "
         "unable to parse string as a number"
     ]
+
+
+@pytest.mark.parametrize(
+    "preset, vocab, low, high",
+    [
+        ("gpt-tiny", 512, 0.05e6, 0.2e6),
+        ("gpt-small", 4096, 10e6, 14e6),
+        ("gpt-124m", 50304, 118e6, 130e6),
+        ("llama-350m", 50304, 320e6, 380e6),
+        ("llama-1b", 128256, 1.1e9, 1.4e9),
+    ],
+)
+def test_model_presets_have_their_advertised_size(preset, vocab, low, high):
+    import torch
+
+    from modelworks.models.registry import build_model, model_config_from
+    from tests.conftest import ROOT
+
+    cfg = load_config([ROOT / "configs/quickstart.yaml", ROOT / f"configs/models/{preset}.yaml"])
+    arch = model_config_from(cfg.model)
+    arch.vocab_size, arch.context_len = vocab, cfg.pretrain.seq_len
+    with torch.device("meta"):  # shapes only, no memory
+        n = build_model(arch).num_params()
+    assert low <= n <= high, n
+
+
+def test_later_config_files_override_earlier_ones(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("pretrain: {steps: 5, lr: 0.1}\nmodel: {n_layer: 3}\n")
+    b.write_text("pretrain: {steps: 7}\n")
+    cfg = load_config([a, b])
+    assert (cfg.pretrain.steps, cfg.pretrain.lr, cfg.model.n_layer) == (7, 0.1, 3)

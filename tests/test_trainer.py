@@ -140,3 +140,45 @@ def test_tiny_run_reproduces_golden_losses(tmp_path):
     #   python -m modelworks run <tiny overrides>; copy pretrain/metrics.jsonl losses here
     golden = json.loads(GOLDEN.read_text())
     assert losses == pytest.approx(golden, abs=2e-3)
+
+
+def test_tensorboard_events_are_written(tmp_path):
+    cfg = _tiny(tmp_path, "pretrain.tensorboard=true")
+    run(cfg)
+    events = list((cfg.run_dir / "pretrain" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    losses = []
+    for name, compiled in (("eager", "false"), ("compiled", "true")):
+        cfg = load_config(
+            None, tiny_overrides(tmp_path / "runs", name) + [f"pretrain.compile={compiled}"]
+        )
+        run(cfg)
+        lines = (cfg.run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()
+        losses.append([json.loads(x)["loss"] for x in lines if "loss" in json.loads(x)])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-3)
+
+
+def test_checkpoint_of_another_shape_or_corrupt_file_is_refused(tmp_path):
+    from modelworks.models.registry import build_model
+    from modelworks.train.checkpoint import CheckpointError, load_model, save_model
+
+    small = build_model(
+        GPTConfig(vocab_size=50, context_len=8, n_layer=1, n_head=2, n_kv_head=1, d_model=16)
+    )
+    save_model(tmp_path / "a", small)
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    cfg["config"]["d_model"] = 32  # config says one shape, weights hold another
+    (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="a/model.safetensors: cannot load weights"):
+        load_model(tmp_path / "a")
+    save_model(tmp_path / "b", small)
+    weights = tmp_path / "b" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="b/model.safetensors: cannot load weights"):
+        load_model(tmp_path / "b")
+    with pytest.raises(CheckpointError, match="no model here"):
+        load_model(tmp_path / "missing")

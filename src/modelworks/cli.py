@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "args",
                 nargs="*",
                 metavar="CONFIG | KEY=VALUE",
-                help=f"a YAML config (default: {DEFAULT_CONFIG} if present, else built-in "
-                "defaults) and dotted overrides such as pretrain.lr=1e-3",
+                help=f"YAML configs, merged in order (default: {DEFAULT_CONFIG} if present, "
+                "else built-in defaults), and dotted overrides such as pretrain.lr=1e-3",
             )
         if name == "run":
             p.add_argument(
@@ -125,26 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_args(ns: argparse.Namespace) -> tuple[str | None, list[str]]:
-    config, overrides = None, []
+def _split_args(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
+    configs, overrides = [], []
     for a in ns.args:
-        if "=" in a:
-            overrides.append(a)
-        elif config is None:
-            config = a
-        else:
-            raise ConfigError(f"two config files given ({config}, {a}); give one")
+        (overrides if "=" in a else configs).append(a)
     for k, v in vars(ns).items():
         if k.startswith("opt::"):
             overrides.append(f"{k[5:]}={v}")
-    return config, overrides
+    return configs, overrides
 
 
 def _load(ns: argparse.Namespace) -> Config:
-    path, overrides = _split_args(ns)
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = str(DEFAULT_CONFIG)
-    return load_config(path, overrides)
+    paths, overrides = _split_args(ns)
+    if not paths and DEFAULT_CONFIG.is_file():
+        paths = [str(DEFAULT_CONFIG)]
+    return load_config(paths, overrides)
 
 
 def _serve(ns: argparse.Namespace) -> None:

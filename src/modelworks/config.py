@@ -252,33 +252,38 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (or use the built-in defaults when path is None), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"config file {p}{where}: YAML does not parse: {problem}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {p}: not UTF-8 text") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
-        data = loaded
-    data = _deep_merge(_defaults_as_dict(), data)
-    if overrides:
-        for text in overrides:
-            keys, value = parse_override(text)
-            apply_override(data, keys, value)
-    return validate_config(data, source=str(path) if path else "defaults")
+def _read_yaml(p: Path) -> dict:
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {p}{where}: YAML does not parse: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p}: not UTF-8 text") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+    return loaded
+
+
+def load_config(
+    path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Built-in defaults, then each YAML file in order (later files override earlier ones, e.g.
+    a pipeline then a model preset from configs/models/), then dotted overrides; validated."""
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    data = _defaults_as_dict()
+    for p in paths:
+        data = _deep_merge(data, _read_yaml(Path(p)))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    return validate_config(data, source=" + ".join(map(str, paths)) or "defaults")
 
 
 def validate_config(data: dict, source: str = "config") -> Config:

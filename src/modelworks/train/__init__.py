@@ -38,5 +38,11 @@ def pretrain(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
     summary = Trainer(train, cfg.pretrain, writer.dir, device, reporter).fit(resume=resume)
     summary["parameters"] = n_params
     save_model(writer.dir, model)
+    reporter.info(
+        f"[pretrain] done: {n_params:,} parameters, {summary['steps']} steps, "
+        f"{summary[train.unit]:,} {train.unit}, {summary['seconds_this_process']:.0f} s, "
+        f"{summary[f'{train.unit}_per_s']} {train.unit}/s, peak memory "
+        f"{summary['peak_memory_mb']:.0f} MB"
+    )
     writer.summary = summary
     return writer.commit()
