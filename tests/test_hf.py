@@ -193,3 +193,44 @@ def test_rope_theta_is_read_from_either_config_layout(tmp_path, where):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     model = import_hf(tmp_path, context_len=32)
     assert (model.cfg.rope_theta, model.cfg.context_len) == (theta, 32)
+
+
+def test_sharded_folder_imports_like_a_single_file(tmp_path):
+    hf = hf_llama(False)
+    hf.save_pretrained(tmp_path / "one")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    one, sharded = import_hf(tmp_path / "one"), import_hf(tmp_path / "sharded")
+    for (name, a), b in zip(one.state_dict().items(), sharded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_mistral_imports_with_context_capped_to_its_window(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        sliding_window=32,
+    )
+    hf = randomise(transformers.MistralForCausalLM(cfg).eval())
+    hf.save_pretrained(tmp_path)
+    ours = import_hf(tmp_path)
+    assert ours.cfg.context_len == 32
+    idx = prompt()
+    with torch.no_grad():
+        expected, got = hf(idx).logits, ours(idx)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_qwen2_is_refused_for_its_biases(tmp_path):
+    hf_llama(True).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HFError, match="Qwen2ForCausalLM.*bias"):
+        import_hf(tmp_path)

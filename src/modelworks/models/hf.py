@@ -182,6 +182,8 @@ def config_from_hf(hf: dict[str, Any], where: str | Path, context_len: int | Non
         ctx = int(hf.get("max_position_embeddings", 2048))
         if context_len is not None:
             ctx = min(ctx, int(context_len))
+        if ctx <= 0:
+            raise refuse(f"context length {ctx} must be positive (max_position_embeddings)")
         window = hf.get("sliding_window", _MISTRAL_WINDOW) if kind == "mistral" else None
         if window is not None and ctx > window:
             log.info("%s: context capped to Mistral's sliding window of %d", where, window)
