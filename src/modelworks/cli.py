@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"YAML configs, merged in order (default: {DEFAULT_CONFIG} if present, "
                 "else built-in defaults), and dotted overrides such as pretrain.lr=1e-3",
             )
+        if name == "pretrain":
+            p.add_argument(
+                "--nproc",
+                type=int,
+                default=1,
+                metavar="N",
+                help="train in N processes on this machine (starts torchrun; see parallel.*)",
+            )
         if name == "run":
             p.add_argument(
                 "--force",
@@ -163,8 +171,21 @@ def _serve(ns: argparse.Namespace) -> None:
     serve(run_dir, cfg.serve, cfg.device)
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
@@ -178,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         from modelworks.pipeline import run, stage_functions
         from modelworks.progress import TqdmReporter
 
-        cfg = _load(ns)
+        cfg = _load(ns)  # parsed here too, so a bad config fails before processes start
+        if getattr(ns, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+            from modelworks.train.launch import check_mesh, relaunch
+
+            check_mesh(cfg, ns.nproc)  # one clear line here, not one per rank
+            return relaunch(ns.nproc, _without_nproc(argv))
         reporter = TqdmReporter()
         if ns.command == "run":
             run(cfg, ns.force, reporter)

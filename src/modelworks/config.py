@@ -80,7 +80,9 @@ class PretrainConfig(_Section):
     """The training loop's knobs (the `pretrain:` section; fine-tuning reuses the same loop)."""
 
     steps: int = Field(400, ge=1, description="optimizer steps")
-    batch_size: int = Field(16, ge=1, description="sequences (or examples) per micro-batch")
+    batch_size: int = Field(
+        16, ge=1, description="sequences (or examples) per micro-batch, over all processes"
+    )
     seq_len: int = Field(128, ge=2, description="tokens per training sequence")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     optimizer: Literal["adamw", "adam", "sgd"] = Field(
@@ -127,6 +129,26 @@ class PretrainConfig(_Section):
     )
 
 
+class ParallelConfig(_Section):
+    """How training spreads over processes (launched with --nproc N or torchrun)."""
+
+    dp: int = Field(0, ge=0, description="data-parallel degree; 0 = processes / tp")
+    tp: int = Field(1, ge=1, description="tensor-parallel degree (heads and MLP split)")
+    fsdp: bool = Field(
+        False, description="shard parameters, gradients and optimizer state (FSDP2) instead of DDP"
+    )
+    cpu_offload: bool = Field(False, description="FSDP: keep parameters and states in CPU memory")
+    param_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="FSDP mixed precision: compute dtype (gradients reduce in float32)"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="collective backend; auto = nccl on GPU, gloo on CPU"
+    )
+    timeout_s: int = Field(
+        300, ge=1, description="collective timeout: a dead rank fails the job, never hangs it"
+    )
+
+
 class EvaluateConfig(_Section):
     batches: int = Field(
         0, ge=0, description="validation batches for loss/perplexity; 0 = the whole split"
@@ -162,6 +184,7 @@ class Config(_Section):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 

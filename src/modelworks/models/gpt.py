@@ -101,18 +101,19 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache: KVCache | None, start_pos: int) -> torch.Tensor:
         B, T, _ = x.shape
         cfg = self.cfg
-        q = self.wq(x).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        # -1 heads, not cfg.n_head: under tensor parallelism each rank holds a slice of the heads
+        q = self.wq(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             end = start_pos + T
             cache.k[self.layer, :B, :, start_pos:end] = k
             cache.v[self.layer, :B, :, start_pos:end] = v
             k, v = cache.k[self.layer, :B, :, :end], cache.v[self.layer, :B, :, :end]
-        if cfg.n_kv_head != cfg.n_head:
+        if k.shape[1] != q.shape[1]:
             # explicit repeat rather than SDPA's enable_gqa: it takes every backend and torch>=2.6
-            rep = cfg.n_head // cfg.n_kv_head
+            rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         S = k.shape[2]
         if S == T:

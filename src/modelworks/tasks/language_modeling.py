@@ -56,12 +56,14 @@ def build_lm(cfg: Config, vocab_size: int) -> nn.Module:
     return build_model(model_cfg)
 
 
-def setup_training(cfg: Config, run_dir: Path, device: torch.device) -> TrainSetup:
+def setup_training(
+    cfg: Config, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainSetup:
     data_dir = run_dir / "preprocess" / "tokens"
     train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     model = build_lm(cfg, train.vocab_size).to(device)
     p = cfg.pretrain
-    loader = WindowLoader(train.tokens(), p.batch_size, p.seq_len, cfg.seed)
+    loader = WindowLoader(train.tokens(), p.batch_size // world, p.seq_len, cfg.seed, rank, world)
     val_tokens = val.tokens()
     val_seq = min(p.seq_len, len(val_tokens) - 1)
 
@@ -70,7 +72,9 @@ def setup_training(cfg: Config, run_dir: Path, device: torch.device) -> TrainSet
         return {"val_loss": lm_eval_loss(m, batches, device)[0]}
 
     flops = model.estimate_flops(p.seq_len) if hasattr(model, "estimate_flops") else None
-    return TrainSetup(model, lm_loss, loader, validate, p.batch_size * p.seq_len, "tok", flops)
+    return TrainSetup(
+        model, lm_loss, loader, validate, p.batch_size // world * p.seq_len, "tok", flops
+    )
 
 
 def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):

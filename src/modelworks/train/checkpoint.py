@@ -34,13 +34,11 @@ class CheckpointError(ModelworksError, RuntimeError):
 
 
 def save_model(out_dir: Path, model: nn.Module) -> None:
+    """model.safetensors + config.json for a plain (unsharded) model."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.modelworks_config  # set by models.registry.build_model
     # safetensors' save_model drops the tied copy of shared tensors; load_model restores the tie
     st_save_model(model, str(out_dir / "model.safetensors"))
-    atomic_write_json(
-        out_dir / "config.json", {"name": name_of(cfg), "config": dataclasses.asdict(cfg)}
-    )
+    atomic_write_json(out_dir / "config.json", _config_json(model))
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -69,19 +67,110 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.
     return model.to(device)
 
 
-def save_checkpoint(root: Path, step: int, model: nn.Module, state: dict, keep_last: int) -> Path:
+def _is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on the CPU; collective (every rank calls) when sharded."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=_is_sharded(model))
+    return get_model_state_dict(model, options=options)
+
+
+def save_full_model(out_dir: Path, model: nn.Module) -> None:
+    """`save_model` for a model that may be sharded (FSDP/TP): gathered, written by rank 0."""
+    from modelworks.train.parallel import rank
+
+    if not _is_sharded(model):
+        if rank() == 0:
+            save_model(out_dir, model)
+        return
+    state = full_model_state(model)
+    if rank() == 0:
+        plain = build_model(model.modelworks_config)
+        plain.load_state_dict(state)
+        save_model(out_dir, plain)
+
+
+def save_checkpoint(
+    root: Path, step: int, model: nn.Module, optimizer, state: dict, keep_last: int
+) -> Path:
+    """Plain checkpoints (single process, DDP) are written by rank 0 as safetensors + state.pt;
+    sharded ones (FSDP/TP) by every rank with torch.distributed.checkpoint, plus state.pt."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from modelworks.train.parallel import barrier, rank
+
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, model)
-    torch.save(state, tmp / "state.pt")
-    sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    atomic_write_json(tmp / "checksums.json", {"step": step, "sha256": sums})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    sharded = _is_sharded(model)
+    if rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    else:
+        optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions())
+        state = {**state, "optimizer": optim}
+    if rank() == 0:
+        if not sharded:
+            save_model(tmp, model)
+        atomic_write_json(tmp / "config.json", _config_json(model))
+        torch.save(state, tmp / "state.pt")
+        sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        atomic_write_json(tmp / "checksums.json", {"step": step, "sha256": sums})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer) -> dict:
+    """Restore model and optimizer from either format, whatever the current world size (DCP
+    reshards; plain checkpoints are full). Returns the trainer state (step, RNG, data position)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    if (ckpt / ".metadata").is_file():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(ckpt))
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+        return state
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpt / "model.safetensors"))
+    full = StateDictOptions(full_state_dict=True, strict=False)
+    if _is_sharded(model):
+        set_model_state_dict(model, weights, options=full)
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
+    else:
+        device = next(model.parameters()).device
+        st_load_model(model, str(ckpt / "model.safetensors"), device=str(device))
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    return state
+
+
+def _config_json(model: nn.Module) -> dict:
+    cfg = model.modelworks_config  # set by models.registry.build_model
+    return {"name": name_of(cfg), "config": dataclasses.asdict(cfg)}
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -105,7 +194,3 @@ def latest_good(root: Path) -> Path | None:
             return ckpt
         log.warning("checkpoint %s fails verification; trying the previous one", ckpt)
     return None
-
-
-def load_state(ckpt: Path) -> dict:
-    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)

@@ -25,15 +25,44 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) 
     ]
 
 
+def mixed_dtensor(params) -> bool:
+    """True when some parameters are DTensors and some plain (tensor parallel without FSDP):
+    multi-tensor ops cannot take such lists."""
+    from torch.distributed.tensor import DTensor
+
+    kinds = {isinstance(p, DTensor) for p in params}
+    return len(kinds) == 2
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    foreach = False if mixed_dtensor(model.parameters()) else None
     if cfg.optimizer == "sgd":
         groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1, foreach=foreach)
     if cfg.optimizer == "adam":  # L2-free Adam, as in the classic recipes
         params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=foreach)
     groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=foreach)
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Clip the global gradient norm; returns it. Handles plain, FSDP (all DTensor) and
+    tensor-parallel (mixed) parameters."""
+    params = [p for p in params if p.grad is not None]
+    if not mixed_dtensor(params):
+        norm = nn.utils.clip_grad_norm_(params, max_norm)
+        return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
+    squares = [
+        (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).float().pow(2).sum()
+        for p in params
+    ]
+    total = torch.stack(squares).sum().sqrt().item()
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+        for p in params:
+            p.grad.mul_(coef)
+    return total
 
 
 def lr_at(step: int, cfg) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors.torch import load_model as st_load_model
+import torch.distributed as dist
 from torch import nn
 
 from modelworks.artifacts import atomic_write_text
@@ -27,9 +27,14 @@ from modelworks.config import PretrainConfig
 from modelworks.errors import ModelworksError
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype, peak_flops
-from modelworks.train.checkpoint import latest_good, load_state, save_checkpoint, save_model
-from modelworks.train.optim import build_optimizer, lr_at
-from modelworks.train.parallel import parallelize
+from modelworks.train.checkpoint import (
+    latest_good,
+    load_checkpoint,
+    save_checkpoint,
+    save_full_model,
+)
+from modelworks.train.optim import build_optimizer, clip_grad_norm, lr_at
+from modelworks.train.parallel import ParallelDims, barrier, parallelize, rank
 
 
 class TrainingError(ModelworksError, RuntimeError):
@@ -63,11 +68,17 @@ class Trainer:
         out_dir: Path,
         device: torch.device,
         reporter: Reporter | None = None,
+        parallel=None,
+        dims: ParallelDims | None = None,
+        mesh=None,
     ) -> None:
         self.setup, self.cfg, self.out_dir, self.device = setup, cfg, out_dir, device
-        self.model = setup.model  # the plain module: what is saved and loaded
-        self.train_model = parallelize(setup.model, cfg)  # what runs (checkpointed, compiled)
-        self.reporter = reporter or Reporter()
+        self.dims = dims or ParallelDims(1, 1, 1)
+        self.is_main = rank() == 0
+        self.model = setup.model  # the module whose parameters are saved (sharded under FSDP/TP)
+        # what runs: checkpointed, tensor-parallel, compiled, FSDP/DDP-wrapped
+        self.train_model = parallelize(setup.model, cfg, parallel, dims, mesh)
+        self.reporter = (reporter or Reporter()) if self.is_main else _Silent()
         self.optimizer = build_optimizer(self.model, cfg)
         self.dtype = autocast_dtype(cfg.dtype)
         self.scaler = torch.amp.GradScaler(
@@ -87,7 +98,6 @@ class Trainer:
             "units_seen": self.units_seen,
             "best": self.best,
             "bad_checks": self.bad_checks,
-            "optimizer": self.optimizer.state_dict(),
             "loader": self.setup.loader.state_dict(),
             "rng_cpu": torch.get_rng_state(),
         }
@@ -102,9 +112,7 @@ class Trainer:
         if ckpt is None:
             self._truncate_metrics(0)
             return None
-        st_load_model(self.model, str(ckpt / "model.safetensors"), device=str(self.device))
-        state = load_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(ckpt, self.model, self.optimizer)
         self.setup.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and self.device.type == "cuda":
@@ -118,6 +126,8 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines past the checkpoint, so a resumed run's log reads as one run."""
+        if not self.is_main:
+            return
         lines = []
         if self.metrics_path.is_file():
             for line in self.metrics_path.read_text().splitlines():
@@ -129,6 +139,8 @@ class Trainer:
         atomic_write_text(self.metrics_path, "".join(f"{x}\n" for x in lines))
 
     def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -170,11 +182,14 @@ class Trainer:
         if self._improved(value):
             self.best, self.bad_checks = value, 0
             tmp = self.out_dir / "best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_model(tmp, self.model)
-            atomic_write_text(tmp / "best.json", json.dumps({"step": self.step, **metrics}))
-            shutil.rmtree(self.out_dir / "best", ignore_errors=True)
-            tmp.rename(self.out_dir / "best")
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            save_full_model(tmp, self.model)  # collective when sharded
+            if self.is_main:
+                atomic_write_text(tmp / "best.json", json.dumps({"step": self.step, **metrics}))
+                shutil.rmtree(self.out_dir / "best", ignore_errors=True)
+                tmp.rename(self.out_dir / "best")
+            barrier()
         else:
             self.bad_checks += 1
         return bool(cfg.early_stop_patience and self.bad_checks >= cfg.early_stop_patience)
@@ -182,7 +197,7 @@ class Trainer:
     def fit(self, resume: bool = True) -> dict:
         cfg, setup = self.cfg, self.setup
         self._tb = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
@@ -197,7 +212,7 @@ class Trainer:
         if ckpt is not None:
             self.reporter.info(f"[train] resumed from {ckpt} at step {self.step}")
         self.train_model.train()
-        units_per_step = setup.units_per_batch * cfg.grad_accum
+        units_per_step = setup.units_per_batch * cfg.grad_accum * self.dims.dp
         peak = peak_flops(self.device, self.dtype, cfg.peak_tflops)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -216,6 +231,10 @@ class Trainer:
                     loss = setup.loss_fn(self.train_model, batch) / cfg.grad_accum
                 self.scaler.scale(loss).backward()
                 loss_sum += loss.item()
+            if dist.is_initialized():  # the logged loss is the global batch's, as on 1 process
+                total = torch.tensor([loss_sum], dtype=torch.float64, device=self.device)
+                dist.all_reduce(total)
+                loss_sum = total.item() / self.dims.world_size
             if not math.isfinite(loss_sum):
                 where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint yet"
                 raise TrainingError(
@@ -224,9 +243,7 @@ class Trainer:
                 )
             self.scaler.unscale_(self.optimizer)
             grad_norm = (
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
-                if cfg.grad_clip
-                else 0.0
+                clip_grad_norm(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else 0.0
             )
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -254,7 +271,12 @@ class Trainer:
                 last = last or stopped_early
             if self.step % cfg.ckpt_every == 0 or last:
                 last_ckpt = save_checkpoint(
-                    self.ckpt_root, self.step, self.model, self.state_dict(), cfg.keep_last
+                    self.ckpt_root,
+                    self.step,
+                    self.model,
+                    self.optimizer,
+                    self.state_dict(),
+                    cfg.keep_last,
                 )
             postfix = {"loss": f"{loss_sum:.3f}", f"{setup.unit}/s": f"{rate:,.0f}"}
             if mfu is not None:
@@ -283,16 +305,39 @@ class Trainer:
             if seconds
             else None,
             "peak_memory_mb": peak_memory_mb(self.device),
+            "state_mb_per_rank": round(self._state_bytes() / 2**20, 2),
             "resumed_from_step": None if ckpt is None else step_start,
         }
 
+    def _state_bytes(self) -> int:
+        """Parameters + gradients-to-be + optimizer states held by this rank (its shards only)."""
+
+        def local(t):
+            return t.to_local() if hasattr(t, "to_local") else t
+
+        n = sum(local(p).numel() * local(p).element_size() for p in self.model.parameters())
+        for state in self.optimizer.state.values():
+            for v in state.values():
+                if isinstance(v, torch.Tensor) and v.dim() > 0:
+                    n += local(v).numel() * local(v).element_size()
+        return n
+
     def _last_validation(self) -> dict:
         last = {}
+        if not self.is_main:
+            return last
         for line in self.metrics_path.read_text().splitlines():
             record = json.loads(line)
             if "val_loss" in record:
                 last = {k: v for k, v in record.items() if k != "step"}
         return last
+
+
+class _Silent(Reporter):
+    """Ranks other than 0 say nothing: logging and progress happen once."""
+
+    def info(self, msg: str) -> None:
+        pass
 
 
 def peak_memory_mb(device: torch.device) -> float:
