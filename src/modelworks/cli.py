@@ -3,6 +3,7 @@
     modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
     modelworks collect|preprocess|pretrain|evaluate [CONFIG] [options/overrides]
     modelworks serve RUN_DIR [--serve.port N ...]
+    modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
 """
@@ -29,6 +30,7 @@ STAGE_HELP = {
     "pretrain": "train the model on the token shards (resumes an interrupted run)",
     "evaluate": "validation loss/perplexity vs a unigram baseline, generations, report",
     "serve": "serve a trained run over HTTP, OpenAI-compatible",
+    "plan": "memory, time and cost of a training run on named hardware, before you start it",
 }
 # which config sections each command lists in its --help (all keys are accepted by all)
 STAGE_SECTIONS = {
@@ -38,6 +40,7 @@ STAGE_SECTIONS = {
     "pretrain": ("model", "pretrain"),
     "evaluate": ("evaluate",),
     "serve": ("serve",),
+    "plan": ("model", "pretrain", "parallel"),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
 
@@ -121,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help="train in N processes on this machine (starts torchrun; see parallel.*)",
             )
+        if name == "plan":
+            from modelworks import plan
+
+            plan.add_arguments(p)
         if name == "run":
             p.add_argument(
                 "--force",
@@ -186,7 +193,12 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    # positionals after options (`plan CONFIG --dp 8 pretrain.lr=1e-3`) land in `extra`
+    for a in extra:
+        if a.startswith("-") or not hasattr(ns, "args"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        ns.args.append(a)
     if ns.command is None:
         parser.print_help()
         return 0
@@ -196,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "serve":
             _serve(ns)
             return 0
+        if ns.command == "plan":
+            from modelworks import plan
+
+            return plan.run_cli(ns, cfg=_load(ns))
         from modelworks.pipeline import run, stage_functions
         from modelworks.progress import TqdmReporter
 

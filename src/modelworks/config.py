@@ -127,6 +127,13 @@ class PretrainConfig(_Section):
     peak_tflops: float | None = Field(
         None, gt=0, description="device peak TFLOP/s for MFU; unset: known GPU table or measured"
     )
+    augment_crop_padding: int = Field(
+        0, ge=0, description="images: pad by this many pixels, then crop back at random; 0 = off"
+    )
+    augment_flip: bool = Field(False, description="images: random horizontal flips")
+    augment_rotate_degrees: float = Field(
+        0.0, ge=0, le=180, description="images: random rotation within +/- this many degrees"
+    )
 
 
 class ParallelConfig(_Section):

@@ -55,7 +55,7 @@ def build_custom(cfg: CustomConfig) -> nn.Module:
 
 
 def _load_builtins() -> None:
-    from modelworks.models import gpt, mlp  # noqa: F401  (each registers itself)
+    from modelworks.models import cnn, gpt, mlp, vit  # noqa: F401  (each registers itself)
 
 
 def available() -> list[str]:

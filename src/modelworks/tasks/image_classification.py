@@ -1,8 +1,10 @@
 """Image classification: cross-entropy on logits over the preprocessed uint8 images.
 
 Data: `data.safetensors` + `labels.json` from preprocess/images.py, normalised with the training
-split's mean/std. Metrics: accuracy, macro-F1, per-class precision/recall, a confusion matrix,
-next to a majority-class baseline on the same split.
+split's mean/std. Training batches can be augmented on the fly (tasks/augment.py: random crop,
+flip, rotation; `pretrain.augment_*`); validation and test images never are. Metrics: accuracy,
+macro-F1, per-class precision/recall, a confusion matrix, next to a majority-class baseline on
+the same split.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from modelworks.models.registry import build_model, model_config_from
 from modelworks.preprocess.images import prepare_images
 from modelworks.progress import Reporter
 from modelworks.tasks import fill_from_data
+from modelworks.tasks.augment import AugmentedLoader, make_augment
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -69,7 +72,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     }
 
 
-def setup_training(cfg: Config, run_dir: Path, device: torch.device) -> TrainSetup:
+def setup_training(
+    cfg: Config, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainSetup:
     x, y, meta = load_split(run_dir, "train")
     vx, vy, _ = load_split(run_dir, "val")
     model_cfg = model_config_from(cfg.model)
@@ -82,7 +87,15 @@ def setup_training(cfg: Config, run_dir: Path, device: torch.device) -> TrainSet
     )
     model = build_model(model_cfg).to(device)
     p = cfg.pretrain
-    loader = ExampleLoader(x, y, p.batch_size, cfg.seed)
+    loader = ExampleLoader(x, y, p.batch_size // world, cfg.seed, rank, world)
+    augment = make_augment(
+        crop_padding=p.augment_crop_padding,
+        flip=p.augment_flip,
+        rotate_degrees=p.augment_rotate_degrees,
+        seed=cfg.seed,
+    )
+    if augment is not None:
+        loader = AugmentedLoader(loader, augment, rank)
 
     def validate(m: nn.Module) -> dict[str, float]:
         logits = predict(m, vx, device)
@@ -91,7 +104,7 @@ def setup_training(cfg: Config, run_dir: Path, device: torch.device) -> TrainSet
             "val_accuracy": (logits.argmax(1) == vy).float().mean().item(),
         }
 
-    return TrainSetup(model, ce_loss, loader, validate, p.batch_size, "ex", None)
+    return TrainSetup(model, ce_loss, loader, validate, p.batch_size // world, "ex", None)
 
 
 def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
