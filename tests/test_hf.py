@@ -234,3 +234,26 @@ def test_qwen2_is_refused_for_its_biases(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(HFError, match="Qwen2ForCausalLM.*bias"):
         import_hf(tmp_path)
+
+
+def test_export_command_writes_a_run_that_transformers_loads(tmp_path):
+    from modelworks.config import load_config
+    from modelworks.pipeline import run
+    from modelworks.train.checkpoint import load_model
+    from tests.conftest import cli, tiny_overrides
+
+    runs = tmp_path / "runs"
+    cfg = load_config(None, tiny_overrides(runs, "lm") + ["pretrain.steps=4"])
+    run(cfg)
+    out = tmp_path / "hf"
+    cli("export", str(runs / "lm"), str(out))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ours = load_model(runs / "lm" / "pretrain").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = torch.tensor([tok.encode("def main():\n    return")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+    bad = cli(
+        "export", str(runs / "lm"), str(tmp_path / "x"), "--checkpoint", "step_9", check=False
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "step_9" in bad.stderr

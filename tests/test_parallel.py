@@ -79,6 +79,14 @@ def test_data_parallel_matches_one_process(reference, mode):
     state = load_checkpoint(ckpt, plain, build_optimizer(plain, PretrainConfig()))
     assert state["step"] == 8
     assert all(torch.equal(plain.state_dict()[k], b[k]) for k in b)
+    # `modelworks export` consolidates the checkpoint, sharded or not, into one plain file
+    out = reference / f"{mode}-export"
+    cli("export", str(reference / mode), str(out), "--format", "safetensors",
+        "--checkpoint", "step_000008")  # fmt: skip
+    exported = load_file(out / "model.safetensors")
+    assert exported.keys() <= b.keys() and all(torch.equal(exported[k], b[k]) for k in exported)
+    reloaded = load_model(out).state_dict()
+    assert all(torch.equal(reloaded[k], b[k]) for k in b)
 
 
 def test_tensor_parallel_forward_backward_match(tmp_path):

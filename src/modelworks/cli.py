@@ -3,6 +3,7 @@
     modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
     modelworks collect|preprocess|pretrain|evaluate [CONFIG] [options/overrides]
     modelworks serve RUN_DIR [--serve.port N ...]
+    modelworks export RUN_DIR OUT_DIR [--format hf|safetensors] [--checkpoint final|best|NAME]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
@@ -30,6 +31,7 @@ STAGE_HELP = {
     "pretrain": "train the model on the token shards (resumes an interrupted run)",
     "evaluate": "validation loss/perplexity vs a unigram baseline, generations, report",
     "serve": "serve a trained run over HTTP, OpenAI-compatible",
+    "export": "write a run's model as a Hugging Face folder or plain safetensors",
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
 }
 # which config sections each command lists in its --help (all keys are accepted by all)
@@ -40,6 +42,7 @@ STAGE_SECTIONS = {
     "pretrain": ("model", "pretrain"),
     "evaluate": ("evaluate",),
     "serve": ("serve",),
+    "export": (),
     "plan": ("model", "pretrain", "parallel"),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
@@ -108,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "serve":
             p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
             p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="config overrides")
+        elif name == "export":
+            from modelworks.export import FORMATS
+
+            p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
+            p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
+            p.add_argument("--format", choices=FORMATS, default="hf", help="default: hf")
+            p.add_argument(
+                "--checkpoint",
+                default="final",
+                help="final (default), best, or a checkpoint name/folder (sharded ones are "
+                "consolidated)",
+            )
+            continue
         else:
             p.add_argument(
                 "args",
@@ -207,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.command == "serve":
             _serve(ns)
+            return 0
+        if ns.command == "export":
+            from modelworks.export import export
+
+            print(f"exported to {export(ns.run_dir, ns.out_dir, ns.format, ns.checkpoint)}")
             return 0
         if ns.command == "plan":
             from modelworks import plan

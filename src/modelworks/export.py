@@ -1,0 +1,103 @@
+"""export: a trained run's weights as one self-contained folder.
+
+    modelworks export runs/quickstart out/quickstart-hf                      # Hugging Face Llama
+    modelworks export runs/quickstart out/model --format safetensors --checkpoint best
+    modelworks export runs/big out/step-1000 --checkpoint step_001000        # consolidates DCP
+
+Sources (`--checkpoint`): `final` (default, `<run>/pretrain/model.safetensors`), `best`
+(`pretrain/best/`), or a checkpoint folder name under `pretrain/checkpoints/` or its path. A
+checkpoint saved sharded by FSDP/TP (torch.distributed.checkpoint) is consolidated here, on one
+process, into a plain model; checksums are verified first. Formats: `safetensors` (our
+model.safetensors + config.json, loadable with `train.checkpoint.load_model`) and `hf` (a folder
+that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from modelworks.errors import ModelworksError
+from modelworks.models.registry import build_model, lookup
+from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
+
+FORMATS = ("hf", "safetensors")
+
+
+class ExportError(ModelworksError, ValueError):
+    """An export that cannot be made; the message is one user-facing line."""
+
+
+def source_folder(run_dir: Path, checkpoint: str = "final") -> Path:
+    """The folder holding the weights `checkpoint` names in `run_dir`."""
+    pretrain = run_dir / "pretrain"
+    if checkpoint == "final":
+        folder = pretrain
+    elif checkpoint == "best":
+        folder = pretrain / "best"
+    elif Path(checkpoint).is_dir():
+        folder = Path(checkpoint)
+    else:
+        folder = pretrain / "checkpoints" / checkpoint
+    if not (folder / "config.json").is_file():
+        known = sorted(p.name for p in (pretrain / "checkpoints").glob("step_*"))
+        raise ExportError(
+            f"{folder}: no trained model here (--checkpoint is final, best, a folder, or one of "
+            f"{known or 'no checkpoints'})"
+        )
+    return folder
+
+
+def load_weights(folder: Path) -> nn.Module:
+    """A plain model from a final/best folder or a checkpoint, plain or sharded (DCP)."""
+    if (folder / "checksums.json").is_file() and not verify(folder):
+        raise ExportError(f"{folder}: checksums do not match; the checkpoint is corrupt")
+    if not (folder / ".metadata").is_file():
+        return load_model(folder)
+    import json
+
+    import torch.distributed.checkpoint as dcp
+
+    meta = json.loads((folder / "config.json").read_text())
+    _, config_cls = lookup(meta["name"])
+    model = build_model(config_cls(**meta["config"]))
+    state = model.state_dict()
+    try:  # no process group needed: one process reads every shard and reassembles
+        dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=True)
+    except Exception as e:  # DCP wraps reader errors in its own exception types
+        raise CheckpointError(f"{folder}: cannot read sharded checkpoint ({e})") from None
+    model.load_state_dict(state)
+    return model
+
+
+def export(
+    run_dir: str | Path, out_dir: str | Path, fmt: str = "hf", checkpoint: str = "final"
+) -> Path:
+    """Write the run's model to `out_dir` in `fmt`; returns `out_dir`."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such run folder")
+    model = load_weights(source_folder(run_dir, checkpoint))
+    if fmt == "hf":
+        from modelworks.models.hf import export_hf
+
+        tokenizer = run_dir / "preprocess" / "tokenizer.json"
+        return export_hf(model, out_dir, tokenizer if tokenizer.is_file() else None)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} exists and is not empty; choose a new or empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        save_model(tmp, model)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
