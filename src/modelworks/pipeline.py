@@ -1,4 +1,7 @@
-"""Runs the lifecycle: collect -> preprocess -> pretrain -> evaluate, skipping finished stages.
+"""Runs the lifecycle: collect -> preprocess -> pretrain -> finetune -> evaluate, skipping
+finished stages. `finetune` runs when the config has a `finetune:` section; `pretrain` is then
+skipped unless the fine-tune starts from it (`finetune.from: pretrain`), and `evaluate` measures
+the fine-tuned model.
 
 A stage is skipped when its manifest is complete and records the same config hash and the same
 input digests; `force` re-runs named stages. A pretrain interrupted midway resumes from its last
@@ -36,13 +39,38 @@ STAGES: dict[str, StageSpec] = {
     "collect": StageSpec(("collect",), ()),
     "preprocess": StageSpec(("task", "preprocess", "seed"), ("collect",)),
     "pretrain": StageSpec(("task", "model", "pretrain", "seed"), ("preprocess",)),
+    "finetune": StageSpec(("task", "finetune", "seed"), ("preprocess",)),
     "evaluate": StageSpec(("task", "evaluate", "seed"), ("preprocess", "pretrain")),
 }
 
 
+def model_stage(cfg: Config) -> str:
+    """The stage whose model the run ends with: finetune when configured, else pretrain."""
+    return "finetune" if cfg.finetune is not None else "pretrain"
+
+
+def stage_spec(cfg: Config, stage: str) -> StageSpec:
+    """STAGES[stage], with the inputs this config gives it (the model evaluate reads, and the
+    run's own pretrain when a fine-tune starts from it)."""
+    spec = STAGES[stage]
+    if stage == "finetune" and cfg.finetune is not None and cfg.finetune.from_ == "pretrain":
+        return StageSpec(spec.keys, ("preprocess", "pretrain"))
+    if stage == "evaluate":
+        return StageSpec(spec.keys, ("preprocess", model_stage(cfg)))
+    return spec
+
+
+def active_stages(cfg: Config) -> list[str]:
+    """The stages `run` walks for this config, in order."""
+    if cfg.finetune is None:
+        return [s for s in STAGES if s != "finetune"]
+    skip = set() if cfg.finetune.from_ == "pretrain" else {"pretrain"}
+    return [s for s in STAGES if s not in skip]
+
+
 def stage_writer(cfg: Config, stage: str) -> StageWriter:
     """The writer for `stage`, with its config hash and verified upstream inputs."""
-    spec = STAGES[stage]
+    spec = stage_spec(cfg, stage)
     run_dir = cfg.run_dir
     for s in (*spec.inputs, stage):
         recover(run_dir, s)
@@ -59,6 +87,7 @@ def _dump(v):
 def stage_functions() -> dict[str, Callable[[Config, Reporter | None], dict]]:
     from modelworks.collect import collect
     from modelworks.evaluate import evaluate
+    from modelworks.finetune import finetune
     from modelworks.preprocess import preprocess
     from modelworks.train import pretrain
 
@@ -66,6 +95,7 @@ def stage_functions() -> dict[str, Callable[[Config, Reporter | None], dict]]:
         "collect": collect,
         "preprocess": preprocess,
         "pretrain": pretrain,
+        "finetune": finetune,
         "evaluate": evaluate,
     }
 
@@ -78,8 +108,9 @@ def run(cfg: Config, force: Iterable[str] = (), reporter: Reporter | None = None
     if unknown:
         raise ConfigError(f"--force {sorted(unknown)[0]!r}: not a stage; stages: {list(STAGES)}")
     done = {}
-    for stage, fn in stage_functions().items():
-        spec = STAGES[stage]
+    functions = stage_functions()
+    for stage in active_stages(cfg):
+        fn, spec = functions[stage], stage_spec(cfg, stage)
         recover(cfg.run_dir, stage)
         inputs = [
             input_ref(cfg.run_dir, s, read_manifest(cfg.run_dir / s) or {"digest": None})
@@ -91,7 +122,7 @@ def run(cfg: Config, force: Iterable[str] = (), reporter: Reporter | None = None
             done[stage] = "skipped"
             continue
         reporter.info(f"[{stage}] running")
-        if stage == "pretrain":  # the one resumable stage: --force discards its partial run
+        if stage in ("pretrain", "finetune"):  # resumable: --force discards the partial run
             fn(cfg, reporter, resume=stage not in force)
         else:
             fn(cfg, reporter)

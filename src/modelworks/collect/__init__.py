@@ -3,7 +3,9 @@
     modelworks collect configs/quickstart.yaml
 
 Text sources write `<run>/collect/documents.parquet` (id, text, source); image sources write
-`<run>/collect/images.parquet` (id, image bytes, label, source). One run collects one kind.
+`<run>/collect/images.parquet` (id, image bytes, label, source); labelled tables write
+`documents.parquet` with a `label` column; interaction sources (recommendation) write
+`interactions.parquet` (user, item, timestamp, rating, source). One run collects one kind.
 """
 
 from __future__ import annotations
@@ -13,31 +15,86 @@ import itertools
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modelworks.collect import sources
+from modelworks.collect import files, interactions, sources, tables
 from modelworks.config import Config
 from modelworks.errors import ModelworksError
 from modelworks.progress import Reporter
 
-TEXT_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+TEXT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("metadata", pa.string()),
+    ]
+)  # fmt: skip  (url: the page or file; metadata: JSON of the record's other fields)
 IMAGE_SCHEMA = pa.schema(
     [("id", pa.string()), ("image", pa.binary()), ("label", pa.string()), ("source", pa.string())]
 )
 IMAGE_TYPES = {"sklearn_digits", "image_folder", "idx"}
+TABLE_SCHEMA = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("label", pa.string()), ("source", pa.string())]
+)
+INTERACTION_TYPES = {"interactions", "stdlib_calls", "stdlib_imports"}
+INTERACTION_SCHEMA = pa.schema(
+    [("user", pa.string()), ("item", pa.string()), ("timestamp", pa.float64()),
+     ("rating", pa.float64()), ("source", pa.string())]
+)  # fmt: skip
 
 
 class CollectError(ModelworksError, RuntimeError):
     pass
 
 
-def _iter_source(src, where: str):
+def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=None):
+    problems = [] if problems is None else problems
     docs = {
         "python_docs": lambda: sources.python_docs(),
-        "files": lambda: sources.files(src.paths, src.text_field, where),
+        "files": lambda: files.read_files(src.paths, src.text_field, where, problems),
+        "warc": lambda: files.read_files(src.paths, src.text_field, where, problems),
+        "crawl": lambda: _crawl(src, where, problems, run_dir),
+        "hf": lambda: _hf(src, where),
         "sklearn_digits": lambda: sources.sklearn_digits(),
         "image_folder": lambda: sources.image_folder(src.paths, where),
         "idx": lambda: sources.idx_files(src.paths, where),
+        "table": lambda: tables.read_tables(
+            src.paths, src.text_field, src.label_field, src.columns, where
+        ),
+        "interactions": lambda: interactions.read_interactions(
+            src.paths, src.user_field, src.item_field, src.time_field, src.rating_field, where
+        ),
+        "stdlib_calls": lambda: interactions.stdlib_calls(),
+        "stdlib_imports": lambda: interactions.stdlib_imports(),
     }[src.type]()
     return itertools.islice(docs, src.limit) if src.limit else docs
+
+
+def _crawl(src, where: str, problems: list[str], run_dir):
+    from pathlib import Path
+
+    from modelworks.collect.crawl import CrawlSettings, crawl
+
+    index = where.rsplit(".", 1)[-1]
+    state = Path(src.state_dir) if src.state_dir else Path(run_dir) / "crawl_state" / index
+    settings = CrawlSettings(
+        seeds=src.urls, state_dir=state, allow_domains=src.allow_domains,
+        max_pages=src.max_pages, max_depth=src.max_depth, delay_s=src.delay_s,
+        user_agent=src.user_agent, timeout_s=src.timeout_s, retries=src.retries,
+        backoff_s=src.backoff_s, max_bytes=src.max_bytes,
+    )  # fmt: skip
+    try:
+        yield from crawl(settings, problems)
+    except ValueError as e:
+        raise ValueError(f"{where}.{e}") from None
+
+
+def _hf(src, where: str):
+    from modelworks.collect.hf import read_hf
+
+    if not src.dataset:
+        raise ValueError(f"{where}.dataset: empty; give a dataset folder, data file or Hub name")
+    return read_hf(src.dataset, src.split, src.text_field, src.streaming, src.subset, where)
 
 
 def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
@@ -45,33 +102,63 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
     from modelworks.pipeline import stage_writer
 
     reporter = reporter or Reporter()
-    kinds = {"image" if s.type in IMAGE_TYPES else "text" for s in cfg.collect.sources}
+    kinds = {
+        "interactions"
+        if s.type in INTERACTION_TYPES
+        else "image"
+        if s.type in IMAGE_TYPES
+        else "table"
+        if s.type == "table"
+        else "text"
+        for s in cfg.collect.sources
+    }
     if len(kinds) != 1:
-        raise CollectError("collect.sources mixes text and image sources; use one kind per run")
+        raise CollectError(
+            "collect.sources mixes text, labelled-table, image and interaction sources; "
+            "use one kind per run"
+        )
     kind = kinds.pop()
-    schema, name = (IMAGE_SCHEMA, "images") if kind == "image" else (TEXT_SCHEMA, "documents")
+    schema, name = {
+        "image": (IMAGE_SCHEMA, "images"),
+        "table": (TABLE_SCHEMA, "documents"),
+        "text": (TEXT_SCHEMA, "documents"),
+        "interactions": (INTERACTION_SCHEMA, "interactions"),
+    }[kind]
     writer = stage_writer(cfg, "collect")
     writer.open()
     counts: dict[str, int] = {}
+    problems: dict[str, list[str]] = {}
     try:
         with pq.ParquetWriter(writer.dir / f"{name}.parquet", schema) as out:
             for i, src in enumerate(cfg.collect.sources):
                 where = f"collect.sources.{i}"
                 counts[where] = 0
                 try:
-                    for batch in _batched(_iter_source(src, where), 512):
+                    found = problems.setdefault(where, [])
+                    for batch in _batched(_iter_source(src, where, found, cfg.run_dir), 512):
                         out.write_table(pa.Table.from_pylist(batch, schema))
                         counts[where] += len(batch)
-                except (FileNotFoundError, ValueError, OSError) as e:
+                except (FileNotFoundError, ValueError, OSError, ImportError) as e:
                     raise CollectError(str(e)) from None
                 reporter.info(f"[collect] {where} ({src.type}): {counts[where]} {name}")
+                for msg in problems[where][:5]:
+                    reporter.info(f"[collect] {where} skipped: {msg}")
+                if len(problems[where]) > 5:
+                    reporter.info(f"[collect] {where}: {len(problems[where]) - 5} more problems")
         total = sum(counts.values())
         if total == 0:
-            raise CollectError("collect: the sources yielded nothing; check collect.sources")
+            first = next((f"; first problem: {p[0]}" for p in problems.values() if p), "")
+            raise CollectError(
+                f"collect: the sources yielded nothing; check collect.sources{first}"
+            )
     except BaseException:
         writer.discard()
         raise
     writer.summary = {name: total, "per_source": counts}
+    if any(problems.values()):  # the first 50 per source; the count is exact
+        writer.summary["problems"] = {
+            w: {"count": len(p), "first": p[:50]} for w, p in problems.items() if p
+        }
     reporter.info(f"[collect] {total} {name}")
     return writer.commit()
 

@@ -1,26 +1,57 @@
 """evaluate: measure the trained model on held-out data and write the run's report.
 
-    modelworks evaluate configs/quickstart.yaml
+    modelworks evaluate configs/quickstart.yaml [evaluate.split=test evaluate.bootstrap=1000]
 
-Reads `<run>/pretrain/` and `<run>/preprocess/`; writes `<run>/evaluate/`: `metrics.json`,
-`loss.png`, `report.md`, `report.html` and whatever the task adds (generations, confusion matrix).
+Reads `<run>/pretrain/` (or `<run>/finetune/` when configured) and `<run>/preprocess/`; writes
+`<run>/evaluate/`: `metrics.json` (the task's metrics on `evaluate.split`, with 95% bootstrap
+intervals as `<metric>_ci`), `loss.png`, `curves.png` (learning rate, throughput), `report.md`,
+a self-contained `report.html` (images embedded) and whatever the task adds (generations,
+confusion matrix, attention maps, attributions).
 """
 
 from __future__ import annotations
 
+import time
+
 from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config
-from modelworks.evaluate.report import plot_loss, read_metrics, write_report
+from modelworks.evaluate.report import (
+    EvaluateError,
+    config_section,
+    plot_curves,
+    plot_loss,
+    read_metrics,
+    write_report,
+)
 from modelworks.progress import Reporter
 from modelworks.runtime import setup
 from modelworks.tasks import get_task
 
 
+def check_evaluable(cfg: Config) -> None:
+    """One clear line for a run that cannot be evaluated, before any work."""
+    from modelworks.pipeline import model_stage
+
+    stage = model_stage(cfg)
+    weights = cfg.run_dir / stage / "model.safetensors"
+    if not weights.is_file():
+        raise EvaluateError(
+            f"{cfg.run_dir / stage}: no checkpoint (model.safetensors); train the run first "
+            f"with `modelworks {stage}`"
+        )
+    if cfg.evaluate.tasks and cfg.task != "language_modeling":
+        raise EvaluateError(
+            f"evaluate.tasks: multiple-choice / exact-match tasks need a language model; "
+            f"task {cfg.task!r} does not fit them"
+        )
+
+
 def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
     """Run the task's evaluation and write metrics and report; returns the manifest."""
-    from modelworks.pipeline import stage_writer
+    from modelworks.pipeline import model_stage, stage_writer
 
     reporter = reporter or Reporter()
+    check_evaluable(cfg)
     writer = stage_writer(cfg, "evaluate")
     writer.open()
     out = writer.dir
@@ -28,11 +59,17 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
         setup(cfg.threads, cfg.seed)
         metrics, sections, images = get_task(cfg.task).evaluate(cfg, cfg.run_dir, out, reporter)
         atomic_write_json(out / "metrics.json", metrics)
-        records = read_metrics(cfg.run_dir / "pretrain" / "metrics.jsonl")
+        t0 = time.perf_counter()
+        records = read_metrics(cfg.run_dir / model_stage(cfg) / "metrics.jsonl")
         baseline = metrics.get("unigram_loss", metrics.get("baseline_loss"))
         plot_loss(records, out / "loss.png", baseline=baseline)
-        images = [("loss.png", "Loss curve"), *images]
+        curves = [("loss.png", "Loss curve")]
+        if plot_curves(records, out / "curves.png"):
+            curves.append(("curves.png", "Learning rate and throughput"))
+        images = [*curves, *images]
+        sections = [*sections, ("Config", config_section(cfg.model_dump(mode="json")))]
         write_report(out, f"modelworks report: {cfg.name} ({cfg.task})", sections, images)
+        reporter.info(f"[evaluate] report written in {time.perf_counter() - t0:.2f} s")
     except BaseException:
         writer.discard()
         raise

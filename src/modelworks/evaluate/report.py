@@ -8,11 +8,17 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from modelworks.artifacts import atomic_write_bytes, atomic_write_text  # noqa: E402
+from modelworks.errors import ModelworksError  # noqa: E402
+
+
+class EvaluateError(ModelworksError, ValueError):
+    """A run or split that cannot be evaluated (no checkpoint, empty split, unknown metric)."""
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -42,6 +48,69 @@ def plot_loss(records: list[dict], out: Path, baseline: float | None = None) -> 
     plt.close(fig)
     atomic_write_bytes(out, tmp.read_bytes())
     tmp.unlink()
+
+
+def plot_curves(records: list[dict], out: Path) -> bool:
+    """Learning rate and throughput against the optimizer step, one panel each (the loss has its
+    own plot); False when the log has neither."""
+    panels = [
+        ("lr", "Learning rate", "learning rate"),
+        ("tok_per_s", "Training throughput", "tokens / second"),
+    ]
+    if not any("tok_per_s" in r for r in records):
+        panels[1] = ("ex_per_s", "Training throughput", "examples / second")
+    panels = [pn for pn in panels if any(pn[0] in r for r in records)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=110)
+    for ax, (key, title, unit) in zip(np.atleast_1d(axes), panels, strict=True):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*pts, strict=True), linewidth=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_png(fig, out)
+    return True
+
+
+def save_png(fig, out: Path) -> None:
+    """Save a matplotlib figure atomically and close it."""
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    atomic_write_bytes(out, tmp.read_bytes())
+    tmp.unlink()
+
+
+def funnel_section(pre: dict) -> str:
+    """preprocess/stats.json as a table: documents and bytes in and out of every step, then the
+    tokens of each split (tokens exist only after the tokenizer, the last step)."""
+    rows = [
+        "| step | documents in | documents out | bytes in | bytes out |",
+        "|---|---|---|---|---|",
+    ]
+    for r in pre.get("funnel", []):
+        rows.append(
+            f"| {r['step']} | {r.get('in', 0):,} | {r.get('out', 0):,} | "
+            f"{r.get('bytes_in', 0):,} | {r.get('bytes_out', 0):,} |"
+        )
+    text = "\n".join(rows)
+    docs, toks = pre.get("documents"), pre.get("tokens")
+    if isinstance(toks, dict):
+        per = ", ".join(
+            f"{k}: {docs.get(k, 0) if isinstance(docs, dict) else '?':,} documents, {v:,} tokens"
+            for k, v in toks.items()
+        )
+        text += f"\n\nTokenized ({per}); vocabulary {pre.get('vocab_size', '?')}."
+    return text
+
+
+def config_section(config: dict) -> str:
+    import yaml
+
+    return "```\n" + yaml.safe_dump(config, sort_keys=False).strip() + "\n```"
 
 
 def md_table(rows: list[tuple[str, str]]) -> str:

@@ -55,7 +55,15 @@ def build_custom(cfg: CustomConfig) -> nn.Module:
 
 
 def _load_builtins() -> None:
-    from modelworks.models import cnn, gpt, mlp, vit  # noqa: F401  (each registers itself)
+    from modelworks.models import (  # noqa: F401  (each registers itself)
+        cnn,
+        encoder,
+        gpt,
+        gpt_classifier,
+        mlp,
+        sasrec,
+        vit,
+    )
 
 
 def available() -> list[str]:

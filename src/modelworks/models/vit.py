@@ -119,7 +119,8 @@ class ViT(nn.Module):
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> the final-norm token states (B, 1 + n_patches, d_model)."""
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, n_patches, d_model)
-        cls = self.cls_token.to(patches.dtype).expand(len(x), 1, -1)
+        # x.shape[0], not len(x): len() is a plain int, so ONNX/torch.export would fix the batch
+        cls = self.cls_token.to(patches.dtype).expand(x.shape[0], 1, -1)
         h = self.drop(torch.cat([cls, patches], dim=1) + self.pos_emb.weight)
         for block in self.blocks:
             h = block(h)

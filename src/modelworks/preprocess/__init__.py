@@ -12,12 +12,12 @@ from __future__ import annotations
 from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config
 from modelworks.progress import Reporter
-from modelworks.tasks import get_task
 
 
 def preprocess(cfg: Config, reporter: Reporter | None = None) -> dict:
     """Run the task's preprocessing into `<run>/preprocess/`; returns the manifest."""
     from modelworks.pipeline import stage_writer
+    from modelworks.tasks import get_task  # late: shard workers import this package without torch
 
     reporter = reporter or Reporter()
     writer = stage_writer(cfg, "preprocess")

@@ -8,6 +8,7 @@ step, tokens per split).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +17,9 @@ import pyarrow.parquet as pq
 
 from modelworks.config import Config
 from modelworks.errors import ModelworksError
+from modelworks.preprocess import executor, runner
 from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
-from modelworks.preprocess.steps import (
-    CleanWhitespace,
-    ExactDedup,
-    MinLength,
-    Normalize,
-    Step,
-    is_validation,
-)
+from modelworks.preprocess.steps import Step, is_validation
 from modelworks.preprocess.tokenizer import eot_id, train_bpe
 from modelworks.progress import Reporter
 
@@ -37,9 +32,24 @@ class PreprocessError(ModelworksError, RuntimeError):
     pass
 
 
-def build_steps(cfg: Config) -> list[Step]:
+def step_specs(cfg: Config) -> list:
+    """`preprocess.steps` when given; otherwise the skeleton's four steps from the flat knobs."""
     p = cfg.preprocess
-    return [Normalize(p.normalize), CleanWhitespace(), MinLength(p.min_chars), ExactDedup()]
+    if p.steps is not None:
+        return list(p.steps)
+    return [
+        {"step": "normalize", "form": p.normalize},
+        "whitespace",
+        {"step": "min_length", "min_chars": p.min_chars},
+        "exact_dedup",
+    ]
+
+
+def build_steps(cfg: Config, specs: list | None = None) -> list[Step]:
+    try:
+        return runner.build_steps(step_specs(cfg) if specs is None else specs)
+    except ValueError as e:
+        raise PreprocessError(str(e)) from None
 
 
 def _read_documents(path, columns=None) -> Iterator[dict]:
@@ -56,10 +66,15 @@ def _texts(path, split: str) -> Iterator[str]:
 def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     """Run the steps, split, train the tokenizer and pack shards; returns the stats."""
     p = cfg.preprocess
-    steps = build_steps(cfg)
-    docs: Iterator[dict] = _read_documents(run_dir / "collect" / "documents.parquet")
-    for step in steps:
-        docs = step.run(docs)
+    src = run_dir / "collect" / "documents.parquet"
+    specs, done_rows, work = step_specs(cfg), [], None
+    source = lambda: _read_documents(src)  # noqa: E731
+    if p.workers > 1:
+        source, done_rows, specs, work = executor.run_parallel(
+            specs, src, run_dir, out, p.workers, p.shard_docs, reporter
+        )
+    steps = build_steps(cfg, specs)
+    docs = runner.run_steps(steps, source, out, out / "_work", start=len(done_rows))
     split_docs = {"train": 0, "val": 0}
     with pq.ParquetWriter(out / "documents.parquet", CLEAN_SCHEMA) as pw:
         batch = []
@@ -72,7 +87,7 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
                 batch = []
         if batch:
             pw.write_table(pa.Table.from_pylist(batch, CLEAN_SCHEMA))
-    funnel = [{"step": s.name, **dict(s.stats)} for s in steps]
+    funnel = done_rows + runner.finish(steps, out / "_work")
     for row in funnel:
         n_in, n_out = row.get("in", 0), row.get("out", 0)
         reporter.info(f"[preprocess] {row['step']:<12} {n_in:>7} in {n_out:>7} out")
@@ -97,9 +112,9 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     splits = {}
     for split in ("train", "val"):
         sw = ShardWriter(out / "tokens", split, dtype, p.shard_tokens)
-        texts = list(_texts(docs_path, split))
-        for i in range(0, len(texts), 256):
-            for enc in tok.encode_batch(texts[i : i + 256], add_special_tokens=False):
+        texts = _texts(docs_path, split)  # streamed: memory stays flat as the corpus grows
+        while batch := list(itertools.islice(texts, 256)):
+            for enc in tok.encode_batch(batch, add_special_tokens=False):
                 sw.add([*enc.ids, eot])
         splits[split] = sw.close()
     write_meta(out / "tokens", dtype, tok.get_vocab_size(), eot, splits)
@@ -115,4 +130,6 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
         f"{tokens['train']:,} train / {tokens['val']:,} val tokens; "
         f"vocab {tok.get_vocab_size()}"
     )
+    if work is not None:  # the stage is complete: the shards' resume state is not needed
+        executor.cleanup(work)
     return stats

@@ -1,11 +1,16 @@
-"""deploy: serve a trained run over HTTP (OpenAI-compatible).
+"""deploy: serve a trained run, or a Hugging Face Llama-family folder, over HTTP.
 
-modelworks serve runs/quickstart
-modelworks serve runs/quickstart --serve.port 8080
+    modelworks serve runs/quickstart                    # a run (language model or task model)
+    modelworks serve runs/quickstart --serve.port 8080
+    modelworks serve out/quickstart-hf                  # our HF export, or any local Llama folder
+
+Language models get the OpenAI endpoints (serve/app.py); a task module adds its own endpoints by
+defining `serve_routes(app, run_dir, cfg, device)` (see `build_app`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,15 +19,89 @@ from modelworks.config import ServeConfig
 log = logging.getLogger("modelworks")
 
 
-def serve(run_dir: str | Path, cfg: ServeConfig | None = None, device: str = "auto") -> None:
-    """Load the run's model and serve it until interrupted."""
-    import uvicorn
+def is_hf_folder(path: str | Path) -> bool:
+    """A Hugging Face model folder: config.json with `architectures`, and no run layout."""
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "architectures" in cfg and not (path / "pretrain").is_dir()
 
-    from modelworks.serve.app import create_app
+
+def _run_chat_template(run_dir: Path) -> str | None:
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        path = run_dir / "preprocess" / name
+        if path.is_file():
+            text = path.read_text()
+            if name.endswith(".jinja"):
+                return text
+            template = json.loads(text).get("chat_template")
+            if isinstance(template, str):
+                return template
+    return None
+
+
+def build_app(
+    target: str | Path,
+    cfg: ServeConfig | None = None,
+    device: str = "auto",
+    task: str = "language_modeling",
+):
+    """The FastAPI app for a run folder (of `task`) or a Hugging Face folder; models load in the
+    background once the app exists (/health is 503 until then).
+
+    Task hook: a task module (tasks/<task>.py) may define
+        serve_routes(app, run_dir: Path, cfg: ServeConfig, device: str) -> None
+    which adds its endpoints to `app` (FastAPI). Use `serve.app.start_loading(app, what, fn)` to
+    load models in the background, `serve.app.register_model(app, name)` to list them in
+    /v1/models, and raise `serve.app.APIError(status, message, param)` for OpenAI-shaped errors.
+    Paths under /v1/ get API keys, body limits and the concurrency cap for free."""
+    from modelworks.serve.app import add_lm_routes, create_app
     from modelworks.serve.engine import Engine
+    from modelworks.tasks import get_task
 
     cfg = cfg or ServeConfig()
-    engine = Engine.from_run(run_dir, device, cfg.model_name)
-    app = create_app(engine, cfg.max_tokens)
-    log.info("serving %s on http://%s:%d", engine.name, cfg.host, cfg.port)
+    target = Path(target)
+    app = create_app(cfg, target.name)
+    if is_hf_folder(target):
+        add_lm_routes(
+            app, lambda: Engine.from_hf(target, device, cfg.model_name, max_batch=cfg.max_batch)
+        )
+        return app
+    hook = getattr(get_task(task), "serve_routes", None)
+    if task == "language_modeling":
+
+        def load():
+            engine = Engine.from_run(target, device, cfg.model_name, max_batch=cfg.max_batch)
+            engine.chat_template = _run_chat_template(target)
+            return engine
+
+        add_lm_routes(app, load)
+    elif hook is None:
+        from modelworks.errors import ModelworksError
+
+        raise ModelworksError(f"{target}: serving {task} runs is not supported yet")
+    if hook is not None:
+        hook(app, target, cfg, device)
+    return app
+
+
+def serve(
+    target: str | Path,
+    cfg: ServeConfig | None = None,
+    device: str = "auto",
+    task: str = "language_modeling",
+    threads: int = 0,
+) -> None:
+    """Serve a run or a Hugging Face folder until interrupted (`threads`: torch CPU threads,
+    0 = torch's default)."""
+    import torch
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = cfg or ServeConfig()
+    app = build_app(target, cfg, device, task)
+    log.info("serving %s on http://%s:%d", target, cfg.host, cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

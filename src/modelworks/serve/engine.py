@@ -1,24 +1,41 @@
-"""Text generation over a trained run: tokenizer + model + KV cache + sampling.
+"""Text generation over a trained run: tokenizer + model + KV cache + sampling + batching.
 
-One `Engine` serves both the evaluate stage's sample generations and the HTTP server. Generation
-is serialised by a lock (one sequence at a time); `generate(..., use_cache=False)` recomputes the
-whole sequence each step and exists to check the cached path token for token.
+One `Engine` serves both the evaluate stage's sample generations and the HTTP server.
+
+- `generate(...)` runs one sequence at a time (serialised by a lock); with `use_cache=False` it
+  recomputes the whole sequence each step and exists to check the cached path token for token.
+- `submit(...)` hands a request to the batching loop: a background thread that steps every
+  running sequence together (continuous batching). Each sequence owns one row ("slot") of a
+  preallocated KV cache; requests join the running batch at the next step (their prompt is
+  prefilled into their slot) and leave it as soon as they finish or are cancelled, which frees
+  the slot for a waiting request. Tokens are reported through a callback as they are produced.
+  Rows sit at different positions, so the batched forward (`_forward`) indexes RoPE and the cache
+  per row and masks each row's attention to its own length; it reuses the model's own layers.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
 from modelworks.errors import ModelworksError
+from modelworks.models.gpt import KVCache, apply_rope
 from modelworks.preprocess.tokenizer import eot_id, load_tokenizer
 from modelworks.runtime import resolve_device
 from modelworks.train.checkpoint import load_model
+
+log = logging.getLogger("modelworks")
 
 
 class PromptTooLong(ModelworksError, ValueError):
@@ -31,6 +48,32 @@ class Generation:
     text: str
     finish_reason: str  # "stop" (end of text or a stop string) or "length"
     prompt_tokens: int
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
+    prompt_logprobs: bool = False  # also report the prompt tokens' logprobs (echo + logprobs)
+
+
+@dataclass
+class Event:
+    """What one engine step produced for one sequence (the first event may carry only the
+    prompt's logprobs, the last one the finish reason)."""
+
+    token_id: int | None = None
+    text: str = ""  # new text since the previous event (held back while it may start a stop)
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None  # stop, length, abort, error
+    prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
 
 
 def sample_next(
@@ -53,21 +96,90 @@ def sample_next(
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
+def _generator(temperature: float, seed: int | None) -> torch.Generator | None:
+    if temperature <= 0:
+        return None
+    return torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+
+
+class Sequence:
+    """One request's state in the batching loop; `cancel()` is safe from any thread."""
+
+    def __init__(self, ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]):
+        self.ids, self.params, self.on_event = ids, params, on_event
+        self.gen = _generator(params.temperature, params.seed)
+        self.out: list[int] = []
+        self.text = ""  # decoded text of `out` up to the last complete character
+        self.sent = 0  # characters of `text` already reported
+        # incremental detokenisation (as vLLM): decode a short window of recent tokens and
+        # diff against its prefix, so each step costs O(window), not O(output)
+        self.prefix_offset = self.read_offset = 0
+        self.slot = -1
+        self.pos = 0  # tokens of this sequence in its cache slot
+        self.cancelled = self.finished = False
+        self.arrival = time.monotonic()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class Engine:
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, name: str = "model") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        name: str = "model",
+        bos: int | None = None,
+        eos: set[int] | None = None,
+        chat_template: str | None = None,
+        max_batch: int = 16,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.eot = eot_id(tokenizer)
+        self.eot = eot_id(tokenizer) if bos is None else bos  # prepended to every prompt
+        self.eos = eos if eos is not None else {self.eot}
+        self.chat_template = chat_template
         self.device = next(model.parameters()).device
-        self._lock = threading.Lock()
+        self.max_batch = max_batch
+        self.metrics = None  # a serve.metrics.Metrics, when served
+        self._lock = threading.Lock()  # one forward pass at a time on the model
+        self._cv = threading.Condition()
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._joining: list[Sequence] = []
+        self._cache: KVCache | None = None
+        self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", name: str | None = None):
+    def from_run(cls, run_dir: str | Path, device: str = "auto", name: str | None = None, **kw):
         run_dir = Path(run_dir)
         model = load_model(run_dir / "pretrain", resolve_device(device))
         tok = load_tokenizer(run_dir / "preprocess" / "tokenizer.json")
-        return cls(model, tok, name or run_dir.name)
+        return cls(model, tok, name or run_dir.name, **kw)
+
+    @classmethod
+    def from_hf(cls, folder: str | Path, device: str = "auto", name: str | None = None, **kw):
+        """A local Hugging Face Llama-family folder (ours or anyone's) with a tokenizer.json."""
+        from modelworks.models.hf import HFError, import_hf
+
+        folder = Path(folder)
+        if not (folder / "tokenizer.json").is_file():
+            raise HFError(f"{folder}: no tokenizer.json; serving needs a fast tokenizer file")
+        model = import_hf(folder).to(resolve_device(device))
+        tok = load_tokenizer(folder / "tokenizer.json")
+        cfg = _json(folder / "config.json")
+        gen = _json(folder / "generation_config.json")
+        tcfg = _json(folder / "tokenizer_config.json")
+        eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
+        eos = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+        bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
+        if bos is None:
+            bos = min(eos) if eos else 0
+        template = tcfg.get("chat_template") if isinstance(tcfg.get("chat_template"), str) else None
+        return cls(model, tok, name or folder.name, bos, eos, template, **kw)
 
     @property
     def context_len(self) -> int:
@@ -79,13 +191,23 @@ class Engine:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def _with_start(self, ids: list[int]) -> list[int]:
+        # every prompt starts with the start token (end-of-text for our runs, as documents did
+        # in training); a chat template may already have put it there
+        return list(ids) if ids and ids[0] == self.eot else [self.eot, *ids]
+
     def check_length(self, n_prompt: int, max_new_tokens: int) -> None:
-        # +1: every prompt is preceded by the end-of-text token, as documents were in training
+        # +1: every prompt is preceded by the start token
         if n_prompt + 1 + max_new_tokens > self.context_len:
             raise PromptTooLong(
                 f"prompt of {n_prompt} tokens + max_tokens {max_new_tokens} exceeds the model's "
                 f"context of {self.context_len} tokens (one is reserved for the start token)"
             )
+
+    # ------------------------------------------------------------------ one sequence at a time
 
     @torch.no_grad()
     def generate(
@@ -101,25 +223,21 @@ class Engine:
     ) -> Generation:
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.check_length(len(ids), max_new_tokens)
-        gen = None
-        if temperature > 0:
-            gen = torch.Generator().manual_seed(
-                seed if seed is not None else int(torch.seed() % 2**63)
-            )
+        gen = _generator(temperature, seed)
         with self._lock:
             return self._generate(
                 ids, max_new_tokens, temperature, top_p, top_k, gen, stop or [], use_cache
             )
 
     def _generate(self, ids, max_new, temperature, top_p, top_k, gen, stop, use_cache):
-        seq = torch.tensor([[self.eot, *ids]], device=self.device)
+        seq = torch.tensor([self._with_start(ids)], device=self.device)
         cache = self.model.new_cache(1, seq.shape[1] + max_new) if use_cache else None
         logits = self.model(seq, cache=cache, start_pos=0)[0, -1]
         out: list[int] = []
         finish, text = "length", ""
         for _ in range(max_new):
             nxt = sample_next(logits, temperature, top_p, top_k, gen)
-            if nxt == self.eot:
+            if nxt in self.eos:
                 finish = "stop"
                 break
             out.append(nxt)
@@ -137,3 +255,249 @@ class Engine:
                 full = torch.cat([seq, torch.tensor([out], device=self.device)], dim=1)
                 logits = self.model(full)[0, -1]
         return Generation(out, self.decode(out), finish, len(ids))
+
+    # ------------------------------------------------------------------------- batching loop
+
+    def submit(
+        self, ids: list[int], params: SamplingParams, on_event: Callable[[Event], None]
+    ) -> Sequence:
+        """Queue a prompt (token ids, without the start token) for the batching loop; events
+        arrive through `on_event` from the loop's thread. Raises PromptTooLong up front."""
+        self.check_length(len(ids), params.max_tokens)
+        seq = Sequence(self._with_start(ids), params, on_event)
+        with self._cv:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+                self._thread.start()
+            self._waiting.append(seq)
+            self._cv.notify()
+        return seq
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting) + len(self._joining)
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_batch - len(self._running)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting and not self._running:
+                    self._cv.wait()
+                joining = self._joining = []  # counted as waiting until the step takes them
+                while self._waiting and len(self._running) + len(joining) < self.max_batch:
+                    joining.append(self._waiting.popleft())
+            try:
+                with self._lock, torch.no_grad():
+                    self._step(joining)
+            except Exception as e:  # never let one bad step kill the server's only worker
+                log.exception("engine step failed")
+                for seq in [*self._running, *joining]:
+                    self._finish(seq, "error", text=f"engine error: {e}")
+                self._running = []
+
+    def _step(self, joining: list[Sequence]) -> None:
+        self._joining = []
+        if self._cache is None:
+            self._cache = self.model.new_cache(self.max_batch, self.context_len)
+        self._running = [s for s in self._running if not self._drop_if_cancelled(s)]
+        decoding = list(self._running)
+        used = {s.slot for s in self._running}
+        for seq in joining:
+            if seq.cancelled:
+                self._finish(seq, "abort")
+                continue
+            seq.slot = min(set(range(self.max_batch)) - used)
+            used.add(seq.slot)
+            self._running.append(seq)
+            self._prefill(seq)
+        if decoding:
+            ids = torch.tensor([[s.out[-1]] for s in decoding], device=self.device)
+            slots = torch.tensor([s.slot for s in decoding], device=self.device)
+            start = torch.tensor([s.pos for s in decoding], device=self.device)
+            logits = self._forward(ids, slots, start)[:, -1]
+            greedy = logits.argmax(-1).tolist()  # one call for the whole batch
+            for row, seq in enumerate(decoding):
+                seq.pos += 1
+                self._advance(seq, logits[row], greedy[row])
+        self._running = [s for s in self._running if s.slot >= 0]
+        if self.metrics is not None:
+            self.metrics.set_queue(len(self._running), len(self._waiting))
+
+    def _prefill(self, seq: Sequence) -> None:
+        ids = torch.tensor([seq.ids], device=self.device)
+        slot = torch.tensor([seq.slot], device=self.device)
+        logits = self._forward(ids, slot, torch.zeros(1, dtype=torch.long, device=self.device))[0]
+        seq.pos = len(seq.ids)
+        if seq.params.prompt_logprobs:
+            k = seq.params.logprobs or 0
+            lp = torch.log_softmax(logits[:-1].float(), dim=-1)
+            targets = torch.tensor(seq.ids[1:], device=lp.device)
+            chosen = lp.gather(1, targets[:, None])[:, 0].tolist()
+            top = torch.topk(lp, k, dim=-1) if k else None
+            rows = [
+                (
+                    c,
+                    list(zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True))
+                    if top
+                    else [],
+                )
+                for i, c in enumerate(chosen)
+            ]
+            self._emit(seq, Event(prompt_logprobs=rows))
+        if seq.params.max_tokens == 0:
+            self._finish(seq, "length")
+            return
+        self._advance(seq, logits[-1])
+
+    def _advance(self, seq: Sequence, logits: torch.Tensor, greedy: int | None = None) -> None:
+        """Sample one token for `seq` from its last logits and report it."""
+        p = seq.params
+        if p.temperature <= 0 and greedy is not None:
+            nxt = greedy
+        else:
+            nxt = sample_next(logits, p.temperature, p.top_p, p.top_k, seq.gen)
+        now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.on_token(seq, now)
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        seq.last_token_at = now
+        event = Event(token_id=nxt)
+        if p.logprobs is not None:
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            event.logprob = float(lp[nxt])
+            if p.logprobs:
+                top = torch.topk(lp, p.logprobs)
+                event.top_logprobs = list(
+                    zip(top.indices.tolist(), top.values.tolist(), strict=True)
+                )
+        if nxt in self.eos and not p.ignore_eos:
+            event.token_id = None  # the end-of-text token is not part of the completion
+            event.logprob = event.top_logprobs = None
+            event.text = seq.text[seq.sent :] + self._pending(seq)
+            return self._finish(seq, "stop", event)
+        seq.out.append(nxt)
+        before = len(seq.text)
+        self._detokenize(seq)
+        text = seq.text
+        if p.stop:  # only where a stop could newly end: the added text and a stop's length back
+            since = max(0, before - max(len(s) for s in p.stop) + 1)
+            cut = min((i for s in p.stop if (i := text.find(s, since)) >= 0), default=-1)
+            if cut >= 0:
+                event.text = text[:cut][seq.sent :]
+                return self._finish(seq, "stop", event)
+        if len(seq.out) >= p.max_tokens or seq.pos >= self.context_len:
+            event.text = text[seq.sent :] + self._pending(seq)
+            return self._finish(seq, "length", event)
+        # hold back whatever may be the start of a stop string
+        safe = len(text)
+        for s in p.stop:
+            for n in range(min(len(s) - 1, safe), 0, -1):
+                if text.endswith(s[:n]):
+                    safe = min(safe, len(text) - n)
+                    break
+        safe = max(safe, seq.sent)
+        event.text = text[seq.sent : safe]
+        seq.sent = safe
+        self._emit(seq, event)
+
+    def _detokenize(self, seq: Sequence) -> None:
+        out = seq.out
+        prefix = self.decode(out[seq.prefix_offset : seq.read_offset])
+        new = self.decode(out[seq.prefix_offset :])
+        # a trailing U+FFFD is an incomplete UTF-8 character: wait for its other bytes
+        if len(new) > len(prefix) and not new.endswith("\ufffd"):
+            seq.text += new[len(prefix) :]
+            seq.prefix_offset, seq.read_offset = seq.read_offset, len(out)
+
+    def _pending(self, seq: Sequence) -> str:
+        """Text of tokens not yet decoded into `seq.text` (an incomplete character at the end)."""
+        prefix = self.decode(seq.out[seq.prefix_offset : seq.read_offset])
+        return self.decode(seq.out[seq.prefix_offset :])[len(prefix) :]
+
+    def _finish(self, seq: Sequence, reason: str, event: Event | None = None, text: str = ""):
+        if seq.finished:  # after a failed step, a sequence may be listed twice
+            return
+        seq.finished = True
+        event = event or Event(text=text)
+        event.finish_reason = reason
+        seq.slot = -1
+        if self.metrics is not None:
+            self.metrics.on_finish(seq, reason, time.monotonic())
+        self._emit(seq, event)
+
+    @staticmethod
+    def _emit(seq: Sequence, event: Event) -> None:
+        try:
+            seq.on_event(event)
+        except Exception:  # the receiver is gone (e.g. its event loop closed): stop the sequence
+            log.warning("dropping a sequence whose receiver failed", exc_info=True)
+            seq.cancel()
+
+    def _drop_if_cancelled(self, seq: Sequence) -> bool:
+        if seq.cancelled:
+            self._finish(seq, "abort")
+        return seq.cancelled
+
+    def _forward(self, ids: torch.Tensor, slots: torch.Tensor, start: torch.Tensor):
+        """Logits (B, T, vocab) for `ids` (B, T) at positions start[b].., reading and writing
+        row b's keys/values in cache slot slots[b]."""
+        m, cache = self.model, self._cache
+        B, T = ids.shape
+        pos = start[:, None] + torch.arange(T, device=ids.device)  # (B, T)
+        cos, sin = m.rope_cos[pos].unsqueeze(1), m.rope_sin[pos].unsqueeze(1)  # (B, 1, T, D)
+        S = int((start + T).max())
+        mask = torch.arange(S, device=ids.device)[None, None, None, :] <= pos[:, None, :, None]
+        contiguous = bool((slots == torch.arange(B, device=slots.device)).all())
+        x = m.tok_emb(ids)
+        for blk in m.blocks:
+            a, h = blk.attn, blk.attn_norm(x)
+            hd = a.cfg.head_dim
+            q = a.wq(h).view(B, T, -1, hd).transpose(1, 2)
+            k = a.wk(h).view(B, T, -1, hd).transpose(1, 2)
+            v = a.wv(h).view(B, T, -1, hd).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            ck, cv = cache.k[a.layer], cache.v[a.layer]  # (slots, kv heads, context, head dim)
+            ck[slots[:, None], :, pos] = k.transpose(1, 2)
+            cv[slots[:, None], :, pos] = v.transpose(1, 2)
+            if contiguous:  # slots 0..B-1: a view, no gather
+                k, v = ck[:B, :, :S], cv[:B, :, :S]
+            else:
+                k, v = ck[slots, :, :S], cv[slots, :, :S]
+            if k.shape[1] != q.shape[1]:
+                rep = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + a.wo(y.transpose(1, 2).reshape(B, T, -1))
+            x = x + blk.mlp(blk.mlp_norm(x))
+        return m.lm_head(m.norm(x))
+
+    # ---------------------------------------------------------------------------- embeddings
+
+    @torch.no_grad()
+    def embed(self, ids: list[int]) -> list[float]:
+        """Mean of the final (normed) hidden states over the prompt's tokens."""
+        m = self.model
+        full = torch.tensor([self._with_start(ids)], device=self.device)
+        T = full.shape[1]
+        with self._lock:
+            x = m.tok_emb(full)
+            for blk in m.blocks:
+                x = blk(x, m.rope_cos[:T], m.rope_sin[:T], None, 0)
+            x = m.norm(x)[0]
+        n_start = T - len(ids)  # the start token is not part of the input
+        return x[n_start:].float().mean(0).cpu().tolist() if ids else x[0].float().tolist()
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}

@@ -1,4 +1,8 @@
-"""OpenAI-shaped request/response schemas and errors."""
+"""OpenAI-shaped request schemas, errors, and the default chat template.
+
+Requests accept (and ignore) fields we do not use, as OpenAI clients send many; a field we do use
+with a wrong type or value is a 400 naming it.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,91 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The template used when the model folder has none (our own runs): plain text, one turn per
+# paragraph. Generation stops at the next "\n\nUser:" so the model does not answer for the user.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'system' or m.role == 'developer' %}{{ m.content }}\n\n"
+    "{% elif m.role == 'user' %}User: {{ m.content }}\n\n"
+    "{% else %}Assistant: {{ m.content }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+DEFAULT_CHAT_STOP = "\n\nUser:"
 
-class CompletionRequest(BaseModel):
+
+class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
 
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
     model: str | None = None
-    prompt: str | list[str] | list[int] = Field(..., description="text, texts, or token ids")
-    max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=-1, description="0 or -1: no top-k cut")
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=16)
+    ignore_eos: bool = False
     stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def stops(self) -> list[str]:
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return [s for s in stop if s]
 
 
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionRequest(_Sampling):
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(
+        ..., description="text, texts, token ids, or lists of token ids"
+    )
+    max_tokens: int | None = Field(None, ge=0)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class ContentPart(_Request):
+    type: Literal["text"] = "text"
     text: str
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class Message(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
 
 
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class EmbeddingRequest(_Request):
+    model: str | None = None
+    input: str | list[int] | list[str] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class TokenizeRequest(_Request):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int]
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None):

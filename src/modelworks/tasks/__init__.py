@@ -2,8 +2,13 @@
 
 A task module provides three functions the stages call:
     prepare(cfg, run_dir, out_dir, reporter) -> stats          (preprocess stage)
-    setup_training(cfg, run_dir, device) -> TrainSetup         (pretrain stage)
+    setup_training(cfg, run_dir, device, rank=0, world=1) -> TrainSetup   (pretrain stage;
+        rank/world: this process's data-parallel shard)
     evaluate(cfg, run_dir, out_dir, reporter) -> (metrics, sections, images)   (evaluate stage)
+and optionally, for `modelworks serve`, one that adds its HTTP endpoints (serve/__init__.py):
+    serve_routes(app, run_dir, serve_cfg, device) -> None
+and, to be fine-tuned, optionally:
+    setup_finetune(cfg, run_dir, device, base) -> (TrainSetup, info)   (finetune stage)
 Adding a task means adding a module here and its name below.
 """
 
@@ -15,6 +20,8 @@ from types import ModuleType
 TASKS = {
     "language_modeling": "modelworks.tasks.language_modeling",
     "image_classification": "modelworks.tasks.image_classification",
+    "text_classification": "modelworks.tasks.text_classification",
+    "recommendation": "modelworks.tasks.recommendation",
 }
 
 

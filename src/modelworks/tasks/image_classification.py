@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from modelworks.config import Config
-from modelworks.evaluate.report import md_table, training_table
+from modelworks.evaluate.metrics import fmt_ci
+from modelworks.evaluate.report import EvaluateError, md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.preprocess.images import prepare_images
 from modelworks.progress import Reporter
@@ -39,6 +40,14 @@ def load_split(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, d
     data = load_file(str(pre / "data.safetensors"))
     x = (data[f"{split}_x"].float() / 255 - meta["mean"]) / meta["std"]
     return x, data[f"{split}_y"], meta
+
+
+def _split_or_error(run_dir: Path, split: str):
+    names = load_file(str(run_dir / "preprocess" / "data.safetensors")).keys()
+    if f"{split}_x" not in names:
+        have = sorted(k[:-2] for k in names if k.endswith("_x"))
+        raise EvaluateError(f"evaluate.split={split!r}: the run has no such split; has {have}")
+    return load_split(run_dir, split)
 
 
 def ce_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -112,15 +121,22 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
 
     device = resolve_device(cfg.device)
     model = load_model(run_dir / "pretrain", device).eval()
-    split = "test"
-    x, y, meta = load_split(run_dir, split)
-    if len(y) == 0:
+    from modelworks.evaluate.metrics import classification_cis
+
+    split = cfg.evaluate.split or "test"
+    x, y, meta = _split_or_error(run_dir, split)
+    if len(y) == 0 and cfg.evaluate.split is None:
         split = "val"
-        x, y, meta = load_split(run_dir, split)
+        x, y, meta = _split_or_error(run_dir, split)
+    if len(y) == 0:
+        raise EvaluateError(f"{run_dir / 'preprocess'}: the {split!r} split is empty")
     classes = meta["classes"]
     logits = predict(model, x, device)
     pred = logits.argmax(1).numpy()
     m = classification_metrics(y.numpy(), pred, len(classes))
+    if cfg.evaluate.bootstrap:
+        boot = {"n_boot": cfg.evaluate.bootstrap, "seed": cfg.seed}
+        m.update(classification_cis(y.numpy(), pred, len(classes), **boot))
     _, train_y, _ = load_split(run_dir, "train")
     majority = int(torch.bincount(train_y).argmax())
     metrics = {
@@ -140,8 +156,8 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     results = md_table(
         [
             (f"{split} images", str(len(y))),
-            ("accuracy", f"{m['accuracy']:.4f}"),
-            ("macro-F1", f"{m['macro_f1']:.4f}"),
+            ("accuracy [95% CI]", fmt_ci(m["accuracy"], m.get("accuracy_ci"))),
+            ("macro-F1 [95% CI]", fmt_ci(m["macro_f1"], m.get("macro_f1_ci"))),
             ("majority-class baseline accuracy", f"{metrics['majority_baseline_accuracy']:.4f}"),
         ]
     )
@@ -157,7 +173,18 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         ("Per class", per_class),
         ("Training", training_table(trained)),
     ]
-    return metrics, sections, [("confusion.png", "Confusion matrix")]
+    images = [("confusion.png", "Confusion matrix")]
+    if hasattr(model, "patch_embed"):  # a ViT: where the class token looks, on a few test images
+        from modelworks.evaluate.explain import plot_vit_attention
+
+        raw = load_file(str(run_dir / "preprocess" / "data.safetensors"))[f"{split}_x"][:6]
+        titles = [
+            f"true {classes[int(t)]}, pred {classes[int(p)]}"
+            for t, p in zip(y[:6], pred[:6], strict=True)
+        ]
+        plot_vit_attention(model, x[:6].to(device), raw, titles, out / "vit_attention.png")
+        images.append(("vit_attention.png", "Interpretability: ViT attention"))
+    return metrics, sections, images
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
@@ -185,3 +212,10 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
+    """`modelworks serve` hook: POST /v1/images/classify (serve/images.py)."""
+    from modelworks.serve.images import add_routes
+
+    add_routes(app, run_dir, cfg, device)

@@ -15,8 +15,8 @@ from torch import nn
 
 from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config
-from modelworks.evaluate.metrics import perplexity, unigram_cross_entropy
-from modelworks.evaluate.report import md_table, training_table
+from modelworks.evaluate.metrics import fmt_ci, perplexity, unigram_cross_entropy
+from modelworks.evaluate.report import funnel_section, md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.preprocess.pack import TokenShards
 from modelworks.preprocess.text import prepare_text
@@ -78,44 +78,69 @@ def setup_training(
 
 
 def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
-    """Validation loss/perplexity vs unigram, and sample generations."""
+    """Loss, perplexity and bits-per-byte on `evaluate.split` (default val) with bootstrap CIs over
+    documents, next to a unigram baseline; harness tasks; sample generations; attention maps."""
     import json
 
+    from modelworks.evaluate.harness import run_tasks, tasks_section
+    from modelworks.evaluate.lm import LMScorer, document_scores
+    from modelworks.evaluate.metrics import bits_per_byte, ratio_ci
+    from modelworks.evaluate.report import EvaluateError
     from modelworks.serve.engine import Engine
 
     engine = Engine.from_run(run_dir, cfg.device, cfg.name)
-    model, device = engine.model, engine.device
+    model = engine.model
     data = run_dir / "preprocess" / "tokens"
-    train, val = TokenShards(data, "train"), TokenShards(data, "val")
-    val_tokens = val.tokens()
-    seq_len = min(model.cfg.context_len, len(val_tokens) - 1)
-    if seq_len < 1:
-        raise ValueError(f"{data}: the validation split has too few tokens to evaluate")
-
-    def batches():
-        return sequential_batches(
-            val_tokens, cfg.pretrain.batch_size, seq_len, cfg.evaluate.batches
-        )
-
-    dtype = autocast_dtype(cfg.pretrain.dtype)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        loss, n_tokens = lm_eval_loss(model, batches(), device)
-    targets = np.concatenate([y.flatten().numpy() for _, y in batches()])
+    split = cfg.evaluate.split or "val"
+    train, held = TokenShards(data, "train"), TokenShards(data, split)
+    if len(held) == 0:
+        raise EvaluateError(f"{data}: the {split!r} split is empty; nothing to evaluate on")
+    e = cfg.evaluate
+    max_tokens = e.batches * cfg.pretrain.batch_size * cfg.pretrain.seq_len
+    scorer = LMScorer(
+        model,
+        engine.tokenizer,
+        held.eot_id,
+        cfg.pretrain.batch_size,
+        autocast_dtype(cfg.pretrain.dtype),
+    )
+    nats, n_tok, n_bytes, targets = document_scores(
+        scorer, list(held.documents()), held.eot_id, max_tokens
+    )
+    if n_tok.sum() == 0:
+        raise EvaluateError(f"{data}: the {split!r} split has no tokens to evaluate on")
+    loss = float(nats.sum() / n_tok.sum())
+    boot = {"n_boot": e.bootstrap, "seed": cfg.seed}
+    loss_ci = ratio_ci(nats, n_tok, **boot) if e.bootstrap else None
+    bpb_ci = ratio_ci(nats / np.log(2), n_bytes, **boot) if e.bootstrap else None
     base = unigram_cross_entropy(train.tokens(), targets, train.vocab_size)
     metrics = {
-        "split": "val",
-        "tokens": n_tokens,
+        "split": split,
+        "documents": len(nats),
+        "tokens": int(n_tok.sum()),
+        "bytes": int(n_bytes.sum()),
         "loss": loss,
         "perplexity": perplexity(loss),
+        "bits_per_byte": bits_per_byte(float(nats.sum()), int(n_bytes.sum())),
         "unigram_loss": base,
         "unigram_perplexity": perplexity(base),
         "perplexity_ratio_vs_unigram": perplexity(loss) / perplexity(base),
     }
+    if loss_ci is not None:
+        metrics["loss_ci"] = list(loss_ci)
+        metrics["perplexity_ci"] = [perplexity(v) for v in loss_ci]
+        metrics["bits_per_byte_ci"] = list(bpb_ci)
+        metrics["ci_level"] = 0.95
     reporter.info(
-        f"[evaluate] val loss {loss:.4f} (perplexity {metrics['perplexity']:.1f}) vs unigram "
-        f"{base:.4f} (perplexity {metrics['unigram_perplexity']:.1f}) on {n_tokens:,} tokens"
+        f"[evaluate] {split} loss {loss:.4f} (perplexity {metrics['perplexity']:.1f}, "
+        f"{metrics['bits_per_byte']:.3f} bits/byte) vs unigram {base:.4f} (perplexity "
+        f"{metrics['unigram_perplexity']:.1f}) on {metrics['tokens']:,} tokens"
     )
-    e = cfg.evaluate
+    sections_extra = []
+    if e.tasks:
+        task_metrics = run_tasks(scorer, e.tasks, e.bootstrap, cfg.seed, out)
+        metrics["tasks"] = task_metrics
+        sections_extra.append(("Tasks", tasks_section(task_metrics)))
     generations = []
     for i, prompt in enumerate(e.prompts):
         max_new = min(e.max_new_tokens, engine.context_len - 1 - len(engine.encode(prompt)))
@@ -126,36 +151,40 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
 
     pre = json.loads((run_dir / "preprocess" / "stats.json").read_text())
     trained = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["summary"]
-    return metrics, _sections(metrics, pre, trained, generations), []
+    sections = _sections(metrics, pre, trained, generations) + sections_extra
+    images = []
+    if e.prompts:
+        from modelworks.evaluate.explain import report_section
+
+        section, images = report_section(model, engine.tokenizer, e.prompts[0], out, engine.eot)
+        sections.append(section)
+    return metrics, sections, images
 
 
 def _sections(metrics: dict, pre: dict, trained: dict, generations: list[dict]):
     m = metrics
     results = md_table(
         [
-            ("validation tokens", f"{m['tokens']:,}"),
-            ("validation loss (nats/token)", f"{m['loss']:.4f}"),
-            ("validation perplexity", f"{m['perplexity']:.2f}"),
+            (
+                f"{m['split']} documents / tokens / bytes",
+                f"{m['documents']:,} / {m['tokens']:,} / {m['bytes']:,}",
+            ),
+            ("loss (nats/token)", fmt_ci(m["loss"], m.get("loss_ci"))),
+            ("perplexity", fmt_ci(m["perplexity"], m.get("perplexity_ci"), 2)),
+            ("bits per byte", fmt_ci(m["bits_per_byte"], m.get("bits_per_byte_ci"))),
             ("unigram baseline loss", f"{m['unigram_loss']:.4f}"),
             ("unigram baseline perplexity", f"{m['unigram_perplexity']:.2f}"),
             ("perplexity / unigram perplexity", f"{m['perplexity_ratio_vs_unigram']:.3f}"),
         ]
     )
-    funnel = "\n".join(
-        ["| step | documents in | documents out |", "|---|---|---|"]
-        + [f"| {r['step']} | {r.get('in', 0)} | {r.get('out', 0)} |" for r in pre["funnel"]]
-    )
-    funnel += (
-        f"\n\nTokens: {pre['tokens']['train']:,} train, {pre['tokens']['val']:,} validation; "
-        f"vocabulary {pre['vocab_size']}."
-    )
+    funnel = funnel_section(pre)
     samples = "\n\n".join(
         f"Prompt `{g['prompt']}`\n\n```\n[greedy] {g['prompt']}{g['greedy']}\n\n"
         f"[sampled] {g['prompt']}{g['sampled']}\n```"
         for g in generations
     )
     return [
-        ("Results (validation split)", results),
+        (f"Results ({m['split']} split; [95% bootstrap CI over documents])", results),
         ("Data funnel", funnel),
         ("Training", training_table(trained)),
         ("Sample generations", samples),

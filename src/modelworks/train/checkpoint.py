@@ -37,7 +37,11 @@ def save_model(out_dir: Path, model: nn.Module) -> None:
     """model.safetensors + config.json for a plain (unsharded) model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # safetensors' save_model drops the tied copy of shared tensors; load_model restores the tie
-    st_save_model(model, str(out_dir / "model.safetensors"))
+    path = out_dir / "model.safetensors"
+    try:
+        st_save_model(model, str(path))
+    except SafetensorError as e:  # a full disk arrives as this, not as OSError
+        raise CheckpointError(f"{path}: cannot write ({str(e).splitlines()[0]})") from None
     atomic_write_json(out_dir / "config.json", _config_json(model))
 
 
@@ -136,6 +140,21 @@ def save_checkpoint(
     return final
 
 
+def load_state(path: Path) -> dict:
+    """The trainer state (step, RNG, data position, optimizer) with `weights_only=True`: tensors
+    and plain containers only. Anything else pickled in it is refused, never executed."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused: it holds pickled Python objects other than tensors and plain data, "
+            "and unpickling them could run arbitrary code; modelworks loads weights_only "
+            "checkpoints only (delete this checkpoint to resume from the previous one)"
+        ) from None
+
+
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer) -> dict:
     """Restore model and optimizer from either format, whatever the current world size (DCP
     reshards; plain checkpoints are full). Returns the trainer state (step, RNG, data position)."""
@@ -145,7 +164,7 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer) -> dict:
         set_optimizer_state_dict,
     )
 
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    state = load_state(ckpt / "state.pt")
     if (ckpt / ".metadata").is_file():
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

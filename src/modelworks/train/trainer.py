@@ -58,6 +58,9 @@ class TrainSetup:
     units_per_batch: int  # tokens (language models) or examples per micro-batch
     unit: str = "tok"
     flops_per_unit: float | None = None  # training FLOPs per unit, for MFU
+    # (model, optimizer) -> (what runs, what steps): a method that changes how gradients are
+    # made, e.g. DP-SGD's per-sample clipping and noise (train/privacy.py); None: unchanged
+    wrap: Callable | None = None
 
 
 class Trainer:
@@ -80,6 +83,8 @@ class Trainer:
         self.train_model = parallelize(setup.model, cfg, parallel, dims, mesh)
         self.reporter = (reporter or Reporter()) if self.is_main else _Silent()
         self.optimizer = build_optimizer(self.model, cfg)
+        if setup.wrap is not None:
+            self.train_model, self.optimizer = setup.wrap(self.train_model, self.optimizer)
         self.dtype = autocast_dtype(cfg.dtype)
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=self.dtype == torch.float16 and device.type == "cuda"

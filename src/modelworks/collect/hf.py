@@ -1,0 +1,71 @@
+"""Hugging Face datasets through `datasets.load_dataset`: a local folder or data files (works
+offline), or a Hub name when online. `streaming: true` (the default) reads records as they come,
+so a large dataset never has to fit in memory or on disk first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+_BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
+
+
+def read_hf(
+    dataset: str,
+    split: str,
+    text_field: str,
+    streaming: bool = True,
+    subset: str | None = None,
+    where: str = "collect.sources",
+) -> Iterator[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("type hf needs the datasets package: pip install datasets") from None
+    path = Path(dataset)
+    kwargs: dict = {"split": split, "streaming": streaming}
+    if path.is_file():  # a single data file: pick the builder from its suffix
+        suffix = "".join(s for s in path.suffixes if s != ".gz")[-8:]
+        builder = next((b for s, b in _BUILDERS.items() if suffix.endswith(s)), None)
+        if builder is None:
+            raise ValueError(f"{where}.dataset: {path}: no datasets builder for {path.suffix!r}")
+        args = (builder,)
+        kwargs["data_files"] = {split: str(path)}
+    else:
+        args = (dataset,) if subset is None else (dataset, subset)
+    try:
+        ds = datasets.load_dataset(*args, **kwargs)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{where}.dataset: {dataset!r} not found ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{where}.dataset: {dataset!r}: {e}") from None
+    features = getattr(ds, "features", None) or {}
+    if features and text_field not in features:
+        raise ValueError(
+            f"{where}.text_field: {dataset!r} has no column {text_field!r} "
+            f"(columns: {', '.join(features)})"
+        )
+    for n, record in enumerate(ds):
+        if text_field not in record:
+            raise ValueError(f"{where}.text_field: {dataset!r} has no column {text_field!r}")
+        text = record.pop(text_field)
+        if not isinstance(text, str) or not text:
+            continue
+        url = record.pop("url", None)
+        doc_id = str(record.pop("id", None) or f"{dataset}:{split}:{n}")
+        meta = {k: v for k, v in record.items() if isinstance(v, str | int | float | bool)}
+        yield {
+            "id": doc_id,
+            "text": text,
+            "source": f"hf:{dataset}",
+            "url": url if isinstance(url, str) else None,
+            "metadata": json.dumps(meta, default=str) if meta else None,
+        }

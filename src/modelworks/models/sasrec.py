@@ -1,0 +1,120 @@
+"""SASRec: a self-attentive sequential recommender (Kang & McAuley, 2018).
+
+A causal transformer over a user's item history; the hidden state at position t scores every
+item as the next one (position t+1). Notable choices:
+- item ids start at 1; 0 is padding. Histories are right-padded, so with the causal mask a real
+  position never sees padding and no extra key mask is needed; the next-item prediction for a
+  history of length n is read at position n-1;
+- learned absolute positions counted from the oldest kept item (histories are cut to `max_len`,
+  keeping the most recent);
+- pre-norm blocks (LayerNorm, GELU MLP) through `scaled_dot_product_attention(is_causal=True)`
+  and a final LayerNorm;
+- the output layer is the item embedding itself (scores = h . e_item), as in SASRec: one table,
+  and a sampled loss touches only the rows it samples;
+- `forward(seq, candidates)` scores the given candidates per position, or every item when
+  `candidates` is None, so DDP sees one forward whatever the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelworks.models.registry import register
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int = 0  # 0: from the data; item ids are 1..n_items, 0 is padding
+    max_len: int = 50  # most recent items of a history the model reads
+    d_model: int = 64
+    n_layer: int = 2
+    n_head: int = 2
+    mlp_ratio: float = 2.0  # MLP hidden width = mlp_ratio * d_model
+    dropout: float = 0.2  # on embeddings, attention weights and after each residual branch
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.max_len < 1 or self.n_layer < 1 or self.mlp_ratio <= 0:
+            raise ValueError("max_len and n_layer must be >= 1 and mlp_ratio > 0")
+
+
+class CausalAttention(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        hidden = round(cfg.mlp_ratio * cfg.d_model)
+        self.attn_norm = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalAttention(cfg)
+        self.mlp_norm = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x)))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        if cfg.n_items < 1:
+            raise ValueError("n_items must be set (>= 1) before building the model")
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def hidden(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) item ids, right-padded with 0 -> (B, T, d_model)."""
+        length = seq.shape[1]
+        if length > self.cfg.max_len:
+            raise ValueError(f"history of {length} items exceeds max_len={self.cfg.max_len}")
+        pos = torch.arange(length, device=seq.device)
+        x = self.item_emb(seq) * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, seq: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, T, C) of candidate ids: every item when None (C = n_items + 1, column 0
+        is padding), one shared set when (C,), a set per position when (B, T, C)."""
+        h = self.hidden(seq)
+        if candidates is None:
+            return h @ self.item_emb.weight.T
+        if candidates.dim() == 1:
+            return h @ self.item_emb(candidates).T
+        return torch.einsum("btd,btcd->btc", h, self.item_emb(candidates))
+
+
+@register("sasrec", SASRecConfig)
+def build_sasrec(cfg: SASRecConfig) -> SASRec:
+    return SASRec(cfg)

@@ -1,0 +1,485 @@
+"""Sequential recommendation: predict a user's next item from the items before it (SASRec).
+
+    modelworks run configs/recsys.yaml        # built-in data: the stdlib's functions and calls
+    modelworks serve runs/recsys              # POST /v1/recommend
+
+Preprocess (`prepare`): reads `<run>/collect/interactions.parquet`, orders each user's items by
+time (ties: by row), keeps each (user, item) pair's first interaction, drops users with a single
+interaction (counted), then k-core filters (users with >= preprocess.min_user_interactions items,
+items with >= preprocess.min_item_interactions users, repeated until both hold). Item ids are
+1..N in order of decreasing count (0 is padding); the mapping goes to `items.json`, which
+training copies next to the model. Split, chronological leave-one-out per user: the last item
+is the test target, the second to last the validation target, the rest trains.
+
+Training: every position of a training history predicts the next item, with a softmax over the
+true item and `pretrain.rec_negatives` uniformly sampled items (0: all items), or SASRec's binary
+cross-entropy against one sampled negative. Validation: full-ranking NDCG@10 / HR@10 on the
+validation targets (`val_ndcg@10` picks the best checkpoint) and a full-softmax `val_loss`.
+
+Evaluate: HR@K and NDCG@K on the test targets, full ranking and 100 sampled negatives, for SASRec
+and, in the same run, a popularity baseline and item-kNN (evaluate/ranking.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from modelworks.artifacts import atomic_write_text
+from modelworks.config import Config
+from modelworks.errors import ModelworksError
+from modelworks.evaluate import ranking
+from modelworks.evaluate.report import md_table, training_table
+from modelworks.models.registry import build_model, model_config_from
+from modelworks.progress import Reporter
+from modelworks.train.data import ExampleLoader
+from modelworks.train.trainer import TrainSetup
+
+
+class RecommendationDataError(ModelworksError, ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocess
+
+
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+    import pandas as pd
+
+    path = run_dir / "collect" / "interactions.parquet"
+    if not path.is_file():
+        raise RecommendationDataError(
+            f"{path} does not exist: task recommendation needs an interactions source "
+            "(collect.sources type: interactions, stdlib_calls or stdlib_imports)"
+        )
+    df = pd.read_parquet(path, columns=["user", "item", "timestamp"])
+    sequences, items, users, stats = build_sequences(
+        df,
+        cfg.preprocess.min_user_interactions,
+        cfg.preprocess.min_item_interactions,
+        where=str(path),
+    )
+    flat = np.concatenate(sequences)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+    save_file(
+        {"items": torch.from_numpy(flat), "offsets": torch.from_numpy(offsets)},
+        str(out / "sequences.safetensors"),
+    )
+    counts = np.bincount(flat, minlength=len(items) + 1)[1:].tolist()
+    atomic_write_text(out / "items.json", json.dumps({"items": items, "counts": counts}))
+    atomic_write_text(out / "users.json", json.dumps(users))
+    reporter.info(
+        f"[preprocess] {stats['users']} users, {stats['items']} items, "
+        f"{stats['interactions']} interactions kept of {stats['interactions_raw']}; dropped "
+        f"{stats['users_one_interaction']} users with one interaction, "
+        f"{stats['users_below_k_core']} more users and {stats['items_below_k_core']} items by "
+        f"the k-core, {stats['duplicates']} repeated (user, item) pairs"
+    )
+    return stats
+
+
+def build_sequences(df, min_user: int, min_item: int, where: str = "interactions"):
+    """(per-user item-id arrays in time order, item names by id - 1, user names, stats)."""
+    raw = len(df)
+    df = df.assign(_row=np.arange(raw)).sort_values(["user", "timestamp", "_row"], kind="stable")
+    deduped = df.drop_duplicates(["user", "item"], keep="first")
+    per_user = deduped.groupby("user")["item"].transform("size")
+    one = int((per_user == 1).groupby(deduped["user"]).first().sum())
+    kept = deduped[per_user > 1]
+    users_before, items_before = kept["user"].nunique(), kept["item"].nunique()
+    rounds = 0
+    while True:
+        rounds += 1
+        item_n = kept.groupby("item")["user"].transform("size")
+        kept = kept[item_n >= min_item]
+        user_n = kept.groupby("user")["item"].transform("size")
+        kept = kept[user_n >= min_user]
+        if len(kept) == 0 or (
+            kept.groupby("item")["user"].size().min() >= min_item
+            and kept.groupby("user")["item"].size().min() >= min_user
+        ):
+            break
+    if len(kept) == 0:
+        raise RecommendationDataError(
+            f"{where}: no user has {min_user}+ items among items with {min_item}+ users; "
+            "lower preprocess.min_user_interactions / min_item_interactions or add data"
+        )
+    counts = kept["item"].value_counts()
+    # id 1 = the most frequent item; ties by name, so ids do not depend on row order
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    items = [str(name) for name, _ in order]
+    index = {name: i + 1 for i, name in enumerate(items)}
+    users, sequences = [], []
+    for user, group in kept.groupby("user", sort=True):
+        users.append(str(user))
+        sequences.append(np.array([index[str(i)] for i in group["item"]], dtype=np.int64))
+    lengths = np.array([len(s) for s in sequences])
+    stats = {
+        "interactions_raw": raw,
+        "duplicates": raw - len(deduped),
+        "users_one_interaction": one,
+        "users_below_k_core": int(users_before - len(users)),
+        "items_below_k_core": int(items_before - len(items)),
+        "k_core_rounds": rounds,
+        "users": len(users),
+        "items": len(items),
+        "interactions": int(lengths.sum()),
+        "mean_history": round(float(lengths.mean()), 2),
+        "split": "leave-one-out: per user, last item test, second to last validation",
+        "train_interactions": int((lengths - 2).sum()),
+    }
+    return sequences, items, users, stats
+
+
+def load_sequences(run_dir: Path) -> tuple[list[np.ndarray], list[str]]:
+    pre = run_dir / "preprocess"
+    data = load_file(str(pre / "sequences.safetensors"))
+    flat, offsets = data["items"].numpy(), data["offsets"].numpy()
+    seqs = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return seqs, json.loads((pre / "items.json").read_text())["items"]
+
+
+def split(sequences: list[np.ndarray], which: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """(histories, targets) of the leave-one-out split: 'val' reads all but the last two items
+    and predicts the second to last; 'test' reads all but the last and predicts the last."""
+    cut = {"val": 2, "test": 1}[which]
+    return [s[:-cut] for s in sequences], np.array([s[-cut] for s in sequences])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def training_windows(histories: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, ...]:
+    """(inputs, targets), right-padded with 0 to max_len: each history's last max_len + 1
+    items, then the max_len + 1 before those, and so on (windows overlap by one item)."""
+    xs, ys = [], []
+    for h in histories:
+        end = len(h)
+        while end >= 2:
+            w = h[max(0, end - max_len - 1) : end]
+            x, y = np.zeros(max_len, np.int64), np.zeros(max_len, np.int64)
+            x[: len(w) - 1], y[: len(w) - 1] = w[:-1], w[1:]
+            xs.append(x)
+            ys.append(y)
+            end -= max_len
+    if not xs:
+        return torch.zeros(0, max_len, dtype=torch.long), torch.zeros(0, max_len, dtype=torch.long)
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def make_loss(n_items: int, kind: str, negatives: int):
+    """(model, (inputs, targets)) -> mean loss over the non-padding positions."""
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        width = int(torch.nonzero((y > 0).any(0)).max()) + 1  # padding columns do no work
+        x, y = x[:, :width], y[:, :width]
+        mask = y > 0
+        if kind == "bce":  # SASRec's: the true item against one random item, per position
+            neg = torch.randint(1, n_items + 1, y.shape, device=y.device)
+            logits = model(x, torch.stack([y, neg], -1)).float()[mask]
+            return F.softplus(-logits[:, 0]).mean() + F.softplus(logits[:, 1]).mean()
+        if negatives == 0:
+            logits = model(x).float()
+            logits[..., 0] = -torch.inf
+            return F.cross_entropy(logits[mask], y[mask])
+        # one candidate set for the whole batch: every target in it plus `negatives` random
+        # items (deduplicated, so a sampled item equal to a target is that target, not a negative)
+        neg = torch.randint(1, n_items + 1, (negatives,), device=y.device)
+        cands, inverse = torch.unique(torch.cat([y[mask], neg]), return_inverse=True)
+        logits = model(x, cands).float()[mask]
+        return F.cross_entropy(logits, inverse[: int(mask.sum())])
+
+    return loss_fn
+
+
+def setup_training(
+    cfg: Config, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainSetup:
+    seqs, items = load_sequences(run_dir)
+    model_cfg = model_config_from(cfg.model)
+    if not hasattr(model_cfg, "n_items") or not hasattr(model_cfg, "max_len"):
+        from modelworks.config import ConfigError
+
+        raise ConfigError(f"task recommendation needs model.name: sasrec (got {cfg.model.name!r})")
+    if model_cfg.n_items == 0:
+        model_cfg.n_items = len(items)
+    elif model_cfg.n_items != len(items):
+        from modelworks.config import ConfigError
+
+        raise ConfigError(f"model.n_items={model_cfg.n_items} but the data has {len(items)} items")
+    model = build_model(model_cfg).to(device)
+    train_hist, _ = split(seqs, "val")
+    x, y = training_windows(train_hist, model_cfg.max_len)
+    p = cfg.pretrain
+    loader = ExampleLoader(x, y, p.batch_size // world, cfg.seed, rank, world)
+    val_hist, val_targets = split(seqs, "val")
+    partial = run_dir / "pretrain.partial"  # the item-id mapping travels with the model
+    if rank == 0 and partial.is_dir():
+        src = run_dir / "preprocess" / "items.json"
+        atomic_write_text(partial / "items.json", src.read_text())
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        scores = sasrec_scores(m, val_hist, model_cfg.max_len, device)
+        loss = F.cross_entropy(scores[:, 1:], torch.from_numpy(val_targets) - 1).item()
+        for i, h in enumerate(val_hist):
+            scores[i, torch.from_numpy(h)] = -torch.inf
+        scores[:, 0] = -torch.inf
+        ranks = (scores > scores.gather(1, torch.from_numpy(val_targets)[:, None])).sum(1)
+        m10 = ranking.hr_ndcg(ranks.numpy(), [10])
+        return {"val_loss": loss, "val_ndcg@10": m10["ndcg@10"], "val_hr@10": m10["hr@10"]}
+
+    loss_fn = make_loss(model_cfg.n_items, p.rec_loss, p.rec_negatives)
+    return TrainSetup(model, loss_fn, loader, validate, p.batch_size // world, "seq", None)
+
+
+@torch.no_grad()
+def sasrec_scores(
+    model: nn.Module, histories: list[np.ndarray], max_len: int, device, batch_size: int = 256
+) -> torch.Tensor:
+    """(users, n_items + 1) float32 CPU scores of the next item after each history."""
+    out = []
+    for start in range(0, len(histories), batch_size):
+        chunk = [h[-max_len:] for h in histories[start : start + batch_size]]
+        lengths = torch.tensor([len(h) for h in chunk])
+        seq = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
+        for i, h in enumerate(chunk):
+            seq[i, : len(h)] = torch.from_numpy(h)
+        hidden = model.hidden(seq.to(device))
+        last = hidden[torch.arange(len(chunk)), lengths.to(device) - 1]
+        out.append((last @ model.item_emb.weight.T).float().cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluate
+
+
+def model_dir(run_dir: Path) -> Path:
+    """The checkpoint to evaluate and serve: the best validation one when there is one."""
+    best = run_dir / "pretrain" / "best"
+    return best if (best / "model.safetensors").is_file() else run_dir / "pretrain"
+
+
+def compare(
+    model: nn.Module | None,
+    seqs: list[np.ndarray],
+    n_items: int,
+    max_len: int,
+    ks: list[int],
+    n_negatives: int,
+    seed: int,
+    device="cpu",
+    which: str = "test",
+    neighbors: int = 100,
+) -> dict[str, dict]:
+    """{method: {'full': {...}, 'sampled': {...}}} for SASRec (when given), popularity and
+    item-kNN on one leave-one-out split. Every method learns from the same interactions (the
+    training histories, as SASRec) and reads the same history at prediction time."""
+    hist, targets = split(seqs, which)
+    train_hist, _ = split(seqs, "val")
+    negatives = ranking.sample_negatives(seqs, n_items, n_negatives, seed)
+    pop = ranking.popularity(train_hist, n_items)
+    knn = ranking.ItemKNN(train_hist, n_items, neighbors)
+    methods = {
+        "popularity": lambda users: pop.expand(len(users), -1),
+        "item_knn": lambda users: knn.scores([hist[u] for u in users]),
+    }
+    if model is not None:
+        methods = {
+            "sasrec": lambda users: sasrec_scores(model, [hist[u] for u in users], max_len, device),
+            **methods,
+        }
+    return {
+        name: ranking.evaluate_ranking(fn, hist, targets, negatives, n_items, ks, seed)
+        for name, fn in methods.items()
+    }
+
+
+def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+    from modelworks.runtime import resolve_device
+    from modelworks.train.checkpoint import load_model
+
+    device = resolve_device(cfg.device)
+    mdir = model_dir(run_dir)
+    model = load_model(mdir, device).eval()
+    seqs, items = load_sequences(run_dir)
+    ks = sorted(set(cfg.evaluate.ks))
+    n_neg = cfg.evaluate.sampled_negatives
+    results = compare(
+        model, seqs, len(items), model.cfg.max_len, ks, n_neg, cfg.seed, device, "test"
+    )
+    k10 = 10 if 10 in ks else ks[len(ks) // 2]
+    key = f"ndcg@{k10}"
+    ours = results["sasrec"]["full"][key]
+    beats = all(ours > r["full"][key] for m, r in results.items() if m != "sasrec")
+    metrics = {
+        "split": "test",
+        "users": len(seqs),
+        "items": len(items),
+        "checkpoint": str(mdir.relative_to(run_dir)),
+        "protocols": {
+            "full": "target ranked against every item not in the user's history",
+            "sampled": f"target ranked against {n_neg} sampled items the user never had",
+        },
+        "full": {m: r["full"] for m, r in results.items()},
+        f"sampled_{n_neg}": {m: r["sampled"] for m, r in results.items()},
+        f"sasrec_beats_baselines_full_{key}": beats,
+    }
+    pop, knn = results["popularity"]["full"][key], results["item_knn"]["full"][key]
+    reporter.info(
+        f"[evaluate] test {key}: SASRec {ours:.4f}, popularity {pop:.4f}, item-kNN {knn:.4f} "
+        f"(full ranking over {len(items)} items, {len(seqs)} users)"
+    )
+    trained = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["summary"]
+    stats = json.loads((run_dir / "preprocess" / "stats.json").read_text())
+    data = md_table(
+        [
+            ("users", str(stats["users"])),
+            ("items", str(stats["items"])),
+            ("interactions", str(stats["interactions"])),
+            ("users dropped: one interaction", str(stats["users_one_interaction"])),
+            (
+                "users / items dropped by the k-core",
+                f"{stats['users_below_k_core']} / {stats['items_below_k_core']}",
+            ),
+            ("split", stats["split"]),
+        ]
+    )
+    sections = [
+        ("Data", data),
+        (
+            f"Results: full ranking over all {len(items)} items (test split)",
+            results_table(results, ks, "full"),
+        ),
+        (f"Results: {n_neg} sampled negatives (test split)", results_table(results, ks, "sampled")),
+        ("Training", training_table(trained)),
+    ]
+    return metrics, sections, []
+
+
+def results_table(results: dict, ks: list[int], protocol: str) -> str:
+    names = {"sasrec": "SASRec", "popularity": "popularity", "item_knn": "item-kNN"}
+    head = ["method", *[f"HR@{k}" for k in ks], *[f"NDCG@{k}" for k in ks]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, r in results.items():
+        vals = [r[protocol][f"hr@{k}"] for k in ks] + [r[protocol][f"ndcg@{k}"] for k in ks]
+        lines.append(f"| {names.get(m, m)} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+
+
+@dataclass
+class Recommender:
+    model: nn.Module
+    items: list[str]  # id - 1 -> name
+    counts: list[int]  # training-data popularity, for histories with no known item
+    device: torch.device
+    index: dict[str, int] = field(init=False)  # name -> id
+
+    def __post_init__(self) -> None:
+        self.index = {name: i + 1 for i, name in enumerate(self.items)}
+
+
+def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Recommender:
+    """From a run folder, its pretrain/ folder, or a model folder holding items.json."""
+    from modelworks.train.checkpoint import CheckpointError, load_model
+
+    path = Path(path)
+    mdir = model_dir(path) if (path / "pretrain").is_dir() else path
+    items_json = next(
+        (p for p in (mdir / "items.json", mdir.parent / "items.json") if p.is_file()), None
+    )
+    if items_json is None:
+        raise CheckpointError(f"{mdir}: no items.json (item-id mapping) next to the model")
+    meta = json.loads(items_json.read_text())
+    model = load_model(mdir, device).eval()
+    return Recommender(model, meta["items"], meta["counts"], torch.device(device))
+
+
+def recommend(
+    source: Recommender | str | Path,
+    recent_items: list[str],
+    k: int = 10,
+    exclude_seen: bool = True,
+) -> dict:
+    """Top-k next items after `recent_items` (oldest first): {items: [{item, score}], warnings}.
+
+    Unknown items are ignored with a warning; with no known item at all, the most popular
+    items come back (score = training count) with a warning saying so."""
+    rec = source if isinstance(source, Recommender) else load_recommender(source)
+    known, unknown = [], []
+    for name in recent_items:
+        (known if name in rec.index else unknown).append(name)
+    warnings = []
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        warnings.append(f"ignored {len(unknown)} unknown item(s): {shown}")
+    if known:
+        ids = np.array([rec.index[n] for n in known], dtype=np.int64)
+        max_len = rec.model.cfg.max_len
+        scores = sasrec_scores(rec.model, [ids], max_len, rec.device)[0]
+    else:
+        warnings.append("no known item in the history: returning the most popular items")
+        scores = torch.tensor([-torch.inf, *map(float, rec.counts)])
+    scores[0] = -torch.inf
+    if exclude_seen and known:
+        scores[torch.tensor([rec.index[n] for n in known])] = -torch.inf
+    k = max(0, min(k, int(torch.isfinite(scores).sum())))
+    top = torch.topk(scores, k)
+    return {
+        "items": [
+            {"item": rec.items[i - 1], "score": round(float(s), 6)}
+            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ],
+        "warnings": warnings,
+    }
+
+
+class RecommendRequest(BaseModel):
+    items: list[str] = Field(..., description="the user's recent items, oldest first")
+    k: int = Field(10, ge=1, le=1000, description="how many items to return")
+    exclude_seen: bool = Field(True, description="leave out items already in `items`")
+    model: str | None = Field(None, description="served model name (optional)")
+
+
+def serve_routes(app, run_dir: Path, cfg, device: str = "auto") -> None:
+    """Adds `POST /v1/recommend`: {"items": [recent item names, oldest first], "k": 10,
+    "exclude_seen": true} -> {"object": "recommendation", "model", "items": [{item, score}],
+    "warnings": [...]}."""
+    from fastapi.concurrency import run_in_threadpool
+
+    from modelworks.runtime import resolve_device
+    from modelworks.serve.app import APIError, check_model, register_model, start_loading
+
+    name = cfg.model_name or Path(run_dir).name
+    state: dict[str, Recommender] = {}
+
+    def load() -> None:
+        state["rec"] = load_recommender(run_dir, resolve_device(device))
+        register_model(app, name, task="recommendation", items=len(state["rec"].items))
+
+    start_loading(app, name, load)
+
+    @app.post("/v1/recommend")
+    async def recommend_route(req: RecommendRequest):
+        if "rec" not in state:
+            raise APIError(503, "the model is still loading; retry shortly")
+        check_model(app, req.model)
+        result = await run_in_threadpool(
+            recommend, state["rec"], req.items, req.k, req.exclude_seen
+        )
+        return {"object": "recommendation", "model": name, **result}

@@ -1,0 +1,383 @@
+"""Text classification (sentiment, topics...): cross-entropy on an encoder's pooled output.
+
+Data: a `table` collect source (CSV/TSV/JSONL/Parquet with text and label columns). Preprocess
+drops empty texts (counted), shuffles, splits train/val/test (`preprocess.val_fraction`,
+`preprocess.test_fraction`) and refuses a label that appears in val/test but never in train (the
+model could never predict it). It writes `{train,val,test}.parquet` (text, label id),
+`labels.json` and, when a model is trained from scratch, a BPE `tokenizer.json`.
+
+Training: from scratch (`pretrain`, `model.name: encoder`) or, usually, by fine-tuning an encoder
+(`finetune.from: minilm` or a BERT folder), with a fresh head on the mean-pooled or [CLS] vector.
+Texts longer than the training `seq_len` are truncated, and the count is reported.
+Metrics (scikit-learn): accuracy, macro-F1, per-class precision/recall, confusion matrix, next to
+a majority-class baseline, on the held-out test split (val when there is none).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from modelworks.artifacts import atomic_write_json
+from modelworks.config import Config, ConfigError
+from modelworks.evaluate.report import md_table, training_table
+from modelworks.models.registry import build_model, model_config_from
+from modelworks.progress import Reporter
+from modelworks.tasks import fill_from_data
+from modelworks.train.data import DataError, EpochSampler, _Sampled
+from modelworks.train.trainer import TrainSetup
+
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocess
+
+
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+    docs_path = run_dir / "collect" / "documents.parquet"
+    table = pq.read_table(docs_path)
+    if "label" not in table.column_names:
+        raise ConfigError(
+            f"{docs_path} has no labels: task text_classification needs a collect source of "
+            "type: table (with text_field and label_field)"
+        )
+    texts = [t.strip() for t in table.column("text").to_pylist()]
+    labels = table.column("label").to_pylist()
+    keep = [i for i, t in enumerate(texts) if t]
+    n_empty = len(texts) - len(keep)
+    if n_empty:
+        reporter.info(f"[preprocess] dropped {n_empty} empty text(s)")
+    order = np.random.default_rng(cfg.seed).permutation(keep)
+    n = len(order)
+    n_test = int(round(n * cfg.preprocess.test_fraction))
+    n_val = max(1, int(round(n * cfg.preprocess.val_fraction)))
+    if n - n_val - n_test < 2:
+        raise DataError(
+            f"{docs_path}: {n} non-empty texts are too few to split into train/val/test"
+        )
+    parts = {
+        "test": order[:n_test],
+        "val": order[n_test : n_test + n_val],
+        "train": order[n_test + n_val :],
+    }
+    classes = sorted({labels[i] for i in parts["train"]}, key=_label_key)
+    index = {c: i for i, c in enumerate(classes)}
+    for split in ("val", "test"):
+        unseen = sorted({labels[i] for i in parts[split]} - set(classes), key=_label_key)
+        if unseen:
+            count = sum(labels[i] == unseen[0] for i in order)
+            raise DataError(
+                f"{docs_path}: label {unseen[0]!r} ({count} example(s)) falls only in the {split} "
+                "split, so the model never sees it in training; add examples of it or remove it"
+            )
+    if len(classes) < 2:
+        raise DataError(f"{docs_path}: the training split has one label ({classes}); need >= 2")
+    for split, idx in parts.items():
+        pq.write_table(
+            pa.table(
+                {
+                    "text": [texts[i] for i in idx],
+                    "label": pa.array([index[labels[i]] for i in idx], pa.int64()),
+                }
+            ),
+            out / f"{split}.parquet",
+        )
+    atomic_write_json(out / "labels.json", {"classes": classes})
+    if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # a from-scratch model
+        from modelworks.preprocess.tokenizer import train_bpe
+
+        tok = train_bpe((texts[i] for i in parts["train"]), cfg.preprocess.vocab_size)
+        tok.save(str(out / "tokenizer.json"))
+    counts = {s: len(i) for s, i in parts.items()}
+    reporter.info(
+        f"[preprocess] {n} texts, {len(classes)} labels; train/val/test {counts['train']}/"
+        f"{counts['val']}/{counts['test']}"
+    )
+    return {"texts": n, "empty_dropped": n_empty, "classes": classes, "split_sizes": counts}
+
+
+def _label_key(label: str):
+    """Numeric labels sort as numbers ('2' before '10'), others as text."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def load_split(run_dir: Path, split: str) -> tuple[list[str], torch.Tensor]:
+    table = pq.read_table(run_dir / "preprocess" / f"{split}.parquet")
+    return table.column("text").to_pylist(), torch.tensor(table.column("label").to_pylist())
+
+
+def classes_of(run_dir: Path) -> list[str]:
+    return json.loads((run_dir / "preprocess" / "labels.json").read_text())["classes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens and batches
+
+
+def encode(
+    tok: Tokenizer, texts: list[str], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids and a 1/0 mask (N, L), right-padded to the longest (<= max_len); and how many
+    texts were longer than max_len and were truncated."""
+    tok = Tokenizer.from_str(tok.to_str())  # a copy: leave the caller's settings alone
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_len)
+    encs = tok.encode_batch(texts)
+    n_truncated = sum(1 for e in encs if e.overflowing)
+    width = max((len(e.ids) for e in encs), default=1)
+    ids = torch.zeros(len(encs), width, dtype=torch.long)
+    mask = torch.zeros(len(encs), width, dtype=torch.long)
+    for i, e in enumerate(encs):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+        mask[i, : len(e.ids)] = 1
+    return ids, mask, n_truncated
+
+
+def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the padding columns no row of this batch uses (short sentences train much faster)."""
+    width = max(1, int(mask.sum(1).max()))
+    return ids[:, :width], mask[:, :width]
+
+
+class TextLoader(_Sampled):
+    """(ids, mask, label) batches of a shuffled epoch, padding trimmed per batch."""
+
+    def __init__(self, ids, mask, y, batch_size: int, seed: int, rank=0, world=1) -> None:
+        if len(ids) < batch_size * world:
+            raise DataError(
+                f"{len(ids)} training texts are fewer than one batch of {batch_size * world}; "
+                "lower the batch_size or add data"
+            )
+        self.ids, self.mask, self.y = ids, mask, y
+        self.sampler = EpochSampler(len(ids), batch_size, seed, rank, world)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.sampler.next_indices())
+        ids, mask = _trim(self.ids[idx], self.mask[idx])
+        return ids, mask, self.y[idx]
+
+
+def ce_loss(model: nn.Module, batch) -> torch.Tensor:
+    ids, mask, y = batch
+    return F.cross_entropy(model(ids, mask).float(), y)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ids, mask, device, batch_size: int = 256) -> torch.Tensor:
+    """Logits (N, n_classes), float32 on the CPU."""
+    outs = []
+    for i in range(0, len(ids), batch_size):
+        b_ids, b_mask = _trim(ids[i : i + batch_size], mask[i : i + batch_size])
+        outs.append(model(b_ids.to(device), b_mask.to(device)).float().cpu())
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def _setup(cfg: Config, run_dir: Path, device, model, tok: Tokenizer, train_cfg, rank, world):
+    max_len = min(train_cfg.seq_len, model.cfg.context_len)
+    texts, y = load_split(run_dir, "train")
+    ids, mask, n_trunc = encode(tok, texts, max_len)
+    v_texts, vy = load_split(run_dir, "val")
+    v_ids, v_mask, v_trunc = encode(tok, v_texts, max_len)
+    loader = TextLoader(ids, mask, y, train_cfg.batch_size // world, cfg.seed, rank, world)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        logits = predict(m, v_ids, v_mask, device)
+        return {
+            "val_loss": F.cross_entropy(logits, vy).item(),
+            "val_accuracy": (logits.argmax(1) == vy).float().mean().item(),
+        }
+
+    info = {
+        "max_tokens": max_len,
+        "train_texts": len(texts),
+        "train_truncated": n_trunc,
+        "val_truncated": v_trunc,
+    }
+    setup = TrainSetup(model, ce_loss, loader, validate, train_cfg.batch_size // world, "ex")
+    return setup, info
+
+
+def _tokenizer(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: the model has no tokenizer to read texts with")
+    return Tokenizer.from_file(str(path))
+
+
+def setup_training(
+    cfg: Config, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainSetup:
+    """From scratch: the `model:` section (an encoder) with the run's own BPE tokenizer."""
+    tok = _tokenizer(run_dir / "preprocess" / "tokenizer.json")
+    model_cfg = model_config_from(cfg.model)
+    if not hasattr(model_cfg, "pooling"):
+        raise ConfigError(
+            f"task text_classification trains model.name: encoder, not {cfg.model.name!r}"
+        )
+    fill_from_data(model_cfg, vocab_size=tok.get_vocab_size(), n_classes=len(classes_of(run_dir)))
+    model = build_model(model_cfg).to(device)
+    return _setup(cfg, run_dir, device, model, tok, cfg.pretrain, rank, world)[0]
+
+
+def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
+    """From a pretrained encoder or decoder: the same body with a head for this data's labels
+    (encoders pool by `finetune.pooling`; decoders read the last real token)."""
+    from modelworks.models.encoder import Encoder
+    from modelworks.models.gpt import GPT
+    from modelworks.models.gpt_classifier import GPTClassifierConfig
+
+    if base.tokenizer is None:
+        raise ConfigError(f"finetune.from={cfg.finetune.from_!r}: no tokenizer.json with it")
+    n_classes = len(classes_of(run_dir))
+    if isinstance(base.model, Encoder):
+        arch = replace(base.model.cfg, n_classes=n_classes, pooling=cfg.finetune.pooling)
+    elif isinstance(base.model, GPT):
+        fields = {k: v for k, v in vars(base.model.cfg).items() if k != "n_classes"}
+        arch = GPTClassifierConfig(**fields, n_classes=n_classes)
+    else:
+        raise ConfigError(
+            f"finetune.from={cfg.finetune.from_!r} is a {type(base.model).__name__}; "
+            "text_classification fine-tunes an encoder (minilm, a BERT folder, model.name: "
+            "encoder) or a decoder (gpt, a Llama folder)"
+        )
+    model = build_model(arch)
+    state = {k: v for k, v in base.model.state_dict().items() if not k.startswith("lm_head.")}
+    if getattr(base.model.cfg, "n_classes", 0) != n_classes:  # a new task: a new head
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise ConfigError(f"finetune.from={cfg.finetune.from_!r}: weights do not fit {arch}")
+    return _setup(cfg, run_dir, device, model.to(device), base.tokenizer, cfg.finetune, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    try:
+        from sklearn.metrics import (
+            accuracy_score,
+            confusion_matrix,
+            precision_recall_fscore_support,
+        )
+    except ImportError:
+        raise ConfigError(
+            "task text_classification needs scikit-learn for its metrics: pip install scikit-learn"
+        ) from None
+
+    labels = list(range(n_classes))
+    p, r, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(np.mean(f1)),
+        "precision": p.tolist(),
+        "recall": r.tolist(),
+        "support": support.tolist(),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+    from modelworks.pipeline import model_stage
+    from modelworks.runtime import resolve_device
+    from modelworks.train.checkpoint import load_model
+
+    device = resolve_device(cfg.device)
+    stage = model_stage(cfg)
+    model_dir = run_dir / stage
+    model = load_model(model_dir, device).eval()
+    tok_path = model_dir / "tokenizer.json"
+    tok = _tokenizer(tok_path if tok_path.is_file() else run_dir / "preprocess" / "tokenizer.json")
+    classes = classes_of(run_dir)
+    if getattr(model.cfg, "n_classes", 0) != len(classes):
+        raise DataError(
+            f"{model_dir}: the model predicts {getattr(model.cfg, 'n_classes', 0)} classes but "
+            f"the data has {len(classes)} ({classes})"
+        )
+    split = "test"
+    texts, y = load_split(run_dir, split)
+    if len(y) == 0:
+        split = "val"
+        texts, y = load_split(run_dir, split)
+    train_cfg = cfg.finetune if stage == "finetune" else cfg.pretrain
+    max_len = min(train_cfg.seq_len, model.cfg.context_len)
+    ids, mask, n_trunc = encode(tok, texts, max_len)
+    logits = predict(model, ids, mask, device)
+    m = classification_metrics(y.numpy(), logits.argmax(1).numpy(), len(classes))
+    _, train_y = load_split(run_dir, "train")
+    majority = int(torch.bincount(train_y).argmax())
+    trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
+    metrics = {
+        "split": split,
+        "examples": len(y),
+        "loss": F.cross_entropy(logits, y).item(),
+        **m,
+        "majority_baseline_accuracy": float((y == majority).float().mean()),
+        "classes": classes,
+        "max_tokens": max_len,
+        "truncated": n_trunc,
+        **{k: v for k, v in trained.items() if k.startswith("dp_")},
+    }
+    reporter.info(
+        f"[evaluate] {split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on "
+        f"{len(y)} texts (majority-class baseline {metrics['majority_baseline_accuracy']:.4f})"
+        + (f"; {n_trunc} text(s) truncated to {max_len} tokens" if n_trunc else "")
+    )
+    plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion.png")
+    rows = [
+        (f"{split} texts", str(len(y))),
+        ("accuracy", f"{m['accuracy']:.4f}"),
+        ("macro-F1", f"{m['macro_f1']:.4f}"),
+        ("majority-class baseline accuracy", f"{metrics['majority_baseline_accuracy']:.4f}"),
+        (f"texts truncated to {max_len} tokens", str(n_trunc)),
+    ]
+    if "dp_epsilon" in trained:
+        rows.append(("DP (epsilon, delta)", f"({trained['dp_epsilon']}, {trained['dp_delta']})"))
+    per_class = "\n".join(
+        ["| class | precision | recall | support |", "|---|---|---|---|"]
+        + [
+            f"| {c} | {p:.3f} | {r:.3f} | {s} |"
+            for c, p, r, s in zip(classes, m["precision"], m["recall"], m["support"], strict=True)
+        ]
+    )
+    sections = [
+        (f"Results ({split} split)", md_table(rows)),
+        ("Per class", per_class),
+        (f"Training ({stage})", training_table(trained)),
+    ]
+    return metrics, sections, [("confusion.png", "Confusion matrix")]
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0)
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            dark = cm[i, j] > cm.max() / 2
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if dark else "k")
+    ax.set(xlabel="predicted label", ylabel="true label", title="Confusion matrix (counts)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
