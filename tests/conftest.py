@@ -1,7 +1,10 @@
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(target, *overrides: str, timeout: float = 120):
+    """`modelworks serve TARGET` on a free loopback port; yields (base URL, process) once
+    /health says 200, and stops the server after. Its log goes to a file, never a pipe that a
+    chatty server could fill."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "modelworks", "serve", str(target), f"serve.port={port}"]
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen([*cmd, *overrides], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"server exited:\n{log.read()[-3000:]}")
+                try:
+                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.time() < deadline, f"server did not become healthy in {timeout} s"
+                time.sleep(0.2)
+            yield base, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

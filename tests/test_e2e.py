@@ -1,14 +1,11 @@
 """The whole lifecycle through the real CLI, then a real HTTP server on a loopback port."""
 
 import json
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, cli, free_port, tiny_overrides
+from tests.conftest import cli, served, tiny_overrides
 
 # a little more training than `tiny`, enough for the model to beat the unigram baseline
 LONGER = [
@@ -51,30 +48,8 @@ def test_run_produces_every_artifact_and_beats_unigram(trained):
 
 @pytest.fixture(scope="module")
 def server(trained):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelworks", "serve", str(trained), f"serve.port={port}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError("server did not become healthy in 60 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    with served(trained) as (base, _):
+        yield base
 
 
 def test_completion_over_http(server):

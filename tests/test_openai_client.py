@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
-import time
 
-import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import served
 from tests.test_serve import hf_folder, tokenizer  # noqa: F401  (fixtures)
 
 openai = pytest.importorskip("openai")
@@ -19,39 +15,9 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def client(hf_folder):  # noqa: F811
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modelworks",
-            "serve",
-            str(hf_folder),
-            f"serve.port={port}",
-            "serve.api_keys=[sk-test]",
-            "serve.model_name=tiny-llama",
-            "device=cpu",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.time() < deadline, "server did not become healthy in 60 s"
-        time.sleep(0.2)
-    yield openai.OpenAI(base_url=f"{base}/v1", api_key="sk-test", max_retries=0)
-    proc.terminate()
-    proc.wait(timeout=20)
+    overrides = ("serve.api_keys=[sk-test]", "serve.model_name=tiny-llama", "device=cpu")
+    with served(hf_folder, *overrides) as (base, _):
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="sk-test", max_retries=0)
 
 
 def test_models_and_completions(client):

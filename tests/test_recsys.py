@@ -3,9 +3,6 @@ run on the built-in stdlib data through the real CLI, and /v1/recommend on a rea
 
 import json
 import math
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +14,7 @@ import torch
 from modelworks.collect.interactions import function_calls, read_interactions
 from modelworks.evaluate import ranking
 from modelworks.tasks import recommendation as rec
-from tests.conftest import ROOT, cli, free_port
+from tests.conftest import cli, served
 
 # -- metrics -------------------------------------------------------------------------------------
 
@@ -209,31 +206,8 @@ def test_recommend_ignores_unknown_items_and_excludes_seen(trained):
 
 @pytest.fixture(scope="module")
 def server(trained):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelworks", "serve", str(trained), f"serve.port={port}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError("server did not become healthy in 60 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    with served(trained) as (base, _):
+        yield base
 
 
 def test_recommend_endpoint_over_http(server, trained):

@@ -11,9 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +19,7 @@ import pytest
 
 from modelworks.config import load_config
 from modelworks.pipeline import run
-from tests.conftest import ROOT, free_port, tiny_overrides
+from tests.conftest import ROOT, served, tiny_overrides
 
 CHROMIUM = os.environ.get("MODELWORKS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
@@ -64,38 +61,6 @@ def page(browser):
     assert not problems, problems
 
 
-def _serve(run_dir: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelworks", "serve", str(run_dir), f"serve.port={port}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited:\n{proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("server did not become healthy in 120 s")
-
-
-def _stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("ui") / "runs"
@@ -108,9 +73,8 @@ def lm_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm_server(lm_run):
-    proc, url = _serve(lm_run)
-    yield url
-    _stop(proc)
+    with served(lm_run) as (url, _):
+        yield url
 
 
 def _keep(shot: Path) -> None:
@@ -228,9 +192,8 @@ def image_server(tmp_path_factory):
         [f"runs_dir={runs}", "pretrain.steps=150", "pretrain.eval_every=75", "threads=1"],
     )
     run(cfg)
-    proc, url = _serve(cfg.run_dir)
-    yield url
-    _stop(proc)
+    with served(cfg.run_dir) as (url, _):
+        yield url
 
 
 @pytest.mark.slow
