@@ -383,3 +383,31 @@ def test_parallel_shards_match_serial_run_and_resume_after_a_crash(tmp_path):
         }
     rej = pq.read_table(cfg.run_dir / "preprocess" / "rejected" / "02_gopher_quality.parquet")
     assert rej.num_rows == 120
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_the_serial_run(tmp_path):
+    """The same shards as Ray tasks on a local Ray instance the test starts (2 CPUs)."""
+    pytest.importorskip("ray")
+    from modelworks.collect import collect
+    from modelworks.preprocess import preprocess
+
+    corpus = tmp_path / "corpus.jsonl"
+    _corpus_file(corpus)
+    base = [
+        "collect.sources.0.type=files", f"collect.sources.0.paths=[{corpus}]",
+        "preprocess.steps=[whitespace, pii, gopher_quality, exact_dedup]",
+        "preprocess.vocab_size=300",
+    ]  # fmt: skip
+    runs = {}
+    for name, extra in [("serial", []), ("ray", ["preprocess.executor=ray",
+                        "preprocess.workers=2", "preprocess.shard_docs=64"])]:  # fmt: skip
+        cfg = load_config(None, [f"runs_dir={tmp_path / name}", *base, *extra])
+        collect(cfg)
+        preprocess(cfg)
+        runs[name] = cfg.run_dir / "preprocess"
+    a, b = (pq.read_table(runs[n] / "documents.parquet").to_pylist() for n in ("serial", "ray"))
+    assert a == b and len(a) == 1080
+    sa, sb = (json.loads((runs[n] / "stats.json").read_text()) for n in ("serial", "ray"))
+    assert [r["out"] for r in sa["funnel"]] == [r["out"] for r in sb["funnel"]]
+    assert not (runs["ray"].parent / "preprocess.work").exists()

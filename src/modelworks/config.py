@@ -141,6 +141,12 @@ class PreprocessConfig(_Section):
     shard_docs: int = Field(
         10_000, ge=1, description="documents per shard when workers > 1 (whole row groups)"
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where shards run: a local process pool, or Ray tasks"
+    )
+    ray_address: str | None = Field(
+        None, description="executor=ray: the cluster to join (e.g. ray://head:10001); unset: local"
+    )
     min_user_interactions: int = Field(
         3, ge=3, description="recommendation: k-core, users keep at least this many items"
     )

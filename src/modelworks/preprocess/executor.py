@@ -1,8 +1,10 @@
-"""Local parallel executor: the per-document steps run over shards in a process pool.
+"""Parallel executors: the per-document steps run over shards in a process pool or on Ray.
 
     preprocess:
       workers: 4          # processes; 1 = everything in this process (the default)
       shard_docs: 10000   # documents per shard (rounded to whole Parquet row groups)
+      executor: local     # or ray: each shard is a Ray task (preprocess.ray_address, or a
+                          # local Ray instance of `workers` CPUs when unset)
 
 The step list splits at the first step that needs the whole corpus (exact_dedup, minhash_dedup):
 the steps before it run per shard in worker processes, each shard writing its kept documents,
@@ -11,6 +13,10 @@ last. A re-run after a crash finds the markers and runs only the missing shards 
 the input file and the step list, so a changed config starts afresh). The cross-shard steps then
 stream over the shards' outputs in this process: exact dedup keeps 16 bytes per document and
 near-dedup a 448-byte signature, never the texts.
+
+On Ray the same shard function runs as a task per shard; shards read the collect Parquet and
+write to the run folder by path, so on a multi-node cluster the run folder must be on storage
+every node sees (NFS, a shared volume), as with datatrove's or NeMo Curator's executors.
 """
 
 from __future__ import annotations
@@ -82,8 +88,43 @@ def _run_shard(specs: list, src: str, groups: list[int], work: str, k: int) -> N
     (work_dir / f"shard_{k:05d}.done").touch()  # last: the shard is complete
 
 
+def _run_local(prefix: list, src: Path, shards: list, work: Path, todo: list, workers: int):
+    ctx = get_context("spawn")  # no fork of a process holding threads (arrow, torch)
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        futures = [pool.submit(_run_shard, prefix, str(src), shards[k], str(work), k) for k in todo]
+        for f in futures:
+            f.result()
+
+
+def _run_ray(prefix, src, shards, work, todo, workers: int, address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        from modelworks.preprocess.text import PreprocessError
+
+        raise PreprocessError("preprocess.executor=ray needs Ray: pip install 'ray>=2.9'") from None
+    started = not ray.is_initialized()
+    if started:  # a cluster's head when given, else a local instance of `workers` CPUs
+        kw = {"address": address} if address else {"num_cpus": workers}
+        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=2)(_run_shard)
+        ray.get([task.remote(prefix, str(src), shards[k], str(work), k) for k in todo])
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def run_parallel(
-    specs: list, src: Path, run_dir: Path, out_dir: Path, workers: int, shard_docs: int, reporter
+    specs: list,
+    src: Path,
+    run_dir: Path,
+    out_dir: Path,
+    workers: int,
+    shard_docs: int,
+    reporter,
+    executor: str = "local",
+    address: str | None = None,
 ):
     """Runs the prefix over shards in `workers` processes; returns (docs iterator factory for
     the remaining steps, the prefix's report rows, the remaining specs, the work folder)."""
@@ -96,14 +137,10 @@ def run_parallel(
         reporter.info(
             f"[preprocess] resuming: {len(shards) - len(todo)} of {len(shards)} shards done"
         )
-    if todo:
-        ctx = get_context("spawn")  # no fork of a process holding threads (arrow, torch)
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_run_shard, prefix, str(src), shards[k], str(work), k) for k in todo
-            ]
-            for f in futures:
-                f.result()
+    if todo and executor == "ray":
+        _run_ray(prefix, src, shards, work, todo, workers, address)
+    elif todo:
+        _run_local(prefix, src, shards, work, todo, workers)
     rows = _merge_reports([work / f"shard_{k:05d}" / "stats.json" for k in range(len(shards))])
     _merge_rejected(work, len(shards), out_dir / "rejected")
 

@@ -69,9 +69,9 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     src = run_dir / "collect" / "documents.parquet"
     specs, done_rows, work = step_specs(cfg), [], None
     source = lambda: _read_documents(src)  # noqa: E731
-    if p.workers > 1:
+    if p.workers > 1 or p.executor == "ray":
         source, done_rows, specs, work = executor.run_parallel(
-            specs, src, run_dir, out, p.workers, p.shard_docs, reporter
+            specs, src, run_dir, out, p.workers, p.shard_docs, reporter, p.executor, p.ray_address
         )
     steps = build_steps(cfg, specs)
     docs = runner.run_steps(steps, source, out, out / "_work", start=len(done_rows))
