@@ -35,6 +35,8 @@ class SourceConfig(_Section):
         "sklearn_digits",
         "image_folder",
         "idx",
+        "image_table",
+        "npz",
         "table",
         "interactions",
         "stdlib_calls",
@@ -50,6 +52,8 @@ class SourceConfig(_Section):
         "hf: a Hugging Face dataset (`dataset`: local path, or Hub name when online); "
         "sklearn_digits: scikit-learn's 8x8 digits; "
         "image_folder: root/<class>/<image>; idx: MNIST-style [images, labels] files; "
+        "image_table: csv/tsv/parquet of image path + label (path_field, label_field); "
+        "npz: NumPy .npz image + label arrays (array_keys); "
         "table: labelled texts from csv/tsv/txt/jsonl/parquet (text_field, label_field); "
         "interactions: user/item logs from csv/parquet (user_field, item_field, time_field); "
         "stdlib_calls / stdlib_imports: built-in recommendation data from the Python stdlib",
@@ -58,7 +62,15 @@ class SourceConfig(_Section):
         default_factory=list, description="files, globs or folders to read (see type)"
     )
     text_field: str = Field("text", description="field holding the text in jsonl files")
-    label_field: str = Field("label", description="table: column holding the label")
+    label_field: str = Field("label", description="table, image_table: column holding the label")
+    path_field: str = Field(
+        "path",
+        description="image_table: column holding the image path (relative to the table's folder)",
+    )
+    array_keys: list[str] = Field(
+        default_factory=list,
+        description="npz: [images key, labels key]; empty = x/y, else images/labels",
+    )
     columns: list[str] = Field(
         default_factory=list,
         description="table: csv/tsv/txt files have no header; these name their columns in order",

@@ -15,7 +15,7 @@ import itertools
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modelworks.collect import files, interactions, sources, tables
+from modelworks.collect import files, image_sources, interactions, sources, tables
 from modelworks.config import Config
 from modelworks.errors import ModelworksError
 from modelworks.progress import Reporter
@@ -32,7 +32,7 @@ TEXT_SCHEMA = pa.schema(
 IMAGE_SCHEMA = pa.schema(
     [("id", pa.string()), ("image", pa.binary()), ("label", pa.string()), ("source", pa.string())]
 )
-IMAGE_TYPES = {"sklearn_digits", "image_folder", "idx"}
+IMAGE_TYPES = {"sklearn_digits", "image_folder", "idx", "image_table", "npz"}
 TABLE_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("label", pa.string()), ("source", pa.string())]
 )
@@ -58,6 +58,10 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
         "sklearn_digits": lambda: sources.sklearn_digits(),
         "image_folder": lambda: sources.image_folder(src.paths, where),
         "idx": lambda: sources.idx_files(src.paths, where),
+        "image_table": lambda: image_sources.image_table(
+            src.paths, src.path_field, src.label_field, where, problems
+        ),
+        "npz": lambda: image_sources.npz_arrays(src.paths, src.array_keys, where),
         "table": lambda: tables.read_tables(
             src.paths, src.text_field, src.label_field, src.columns, where
         ),

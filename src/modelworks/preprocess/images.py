@@ -68,7 +68,8 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
     classes = sorted(set(labels["train"]))
     if len(classes) < 2:
         raise ImageDataError(
-            f"the training split has {len(classes)} class(es) {classes}; classification needs 2+"
+            f"{run_dir / 'collect' / 'images.parquet'}: the training split has {len(classes)} "
+            f"class(es) {classes}; classification needs 2+ (check collect.sources' labels)"
         )
     index = {c: i for i, c in enumerate(classes)}
     unseen = {c for s in ("val", "test") for c in labels[s]} - set(classes)

@@ -168,12 +168,19 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
             for c, p, r in zip(classes, m["precision"], m["recall"], strict=True)
         ]
     )
+    errors_table, wrong = per_class_errors(np.array(m["confusion_matrix"]), classes)
+    metrics["per_class_errors"] = wrong
     sections = [
         (f"Results ({split} split)", results),
         ("Per class", per_class),
+        ("Per-class errors", errors_table),
         ("Training", training_table(trained)),
     ]
     images = [("confusion.png", "Confusion matrix")]
+    if wrong["total"]:
+        raw = load_file(str(run_dir / "preprocess" / "data.safetensors"))[f"{split}_x"]
+        shown = plot_misclassified(raw, y.numpy(), pred, classes, out / "misclassified.png")
+        images.append(("misclassified.png", f"Misclassified {split} images ({shown} shown)"))
     if hasattr(model, "patch_embed"):  # a ViT: where the class token looks, on a few test images
         from modelworks.evaluate.explain import plot_vit_attention
 
@@ -185,6 +192,52 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         plot_vit_attention(model, x[:6].to(device), raw, titles, out / "vit_attention.png")
         images.append(("vit_attention.png", "Interpretability: ViT attention"))
     return metrics, sections, images
+
+
+def per_class_errors(cm: np.ndarray, classes: list[str]) -> tuple[str, dict]:
+    """Markdown table of errors per true class (and what they were mistaken for) + a summary."""
+    rows = [
+        "| class | images | errors | error rate | most often predicted as |",
+        "|---|---|---|---|---|",
+    ]
+    per_class = {}
+    for i, c in enumerate(classes):
+        n, err = int(cm[i].sum()), int(cm[i].sum() - cm[i, i])
+        off = cm[i].copy()
+        off[i] = 0
+        confused = f"{classes[int(off.argmax())]} ({int(off.max())})" if err else "-"
+        rate = f"{err / n:.3f}" if n else "-"
+        rows.append(f"| {c} | {n} | {err} | {rate} | {confused} |")
+        per_class[c] = err
+    total = int(cm.sum() - np.trace(cm))
+    return "\n".join(rows), {"total": total, "per_class": per_class}
+
+
+def plot_misclassified(
+    raw, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], path: Path, limit: int = 16
+) -> int:
+    """A grid of up to `limit` misclassified images (uint8, N x C x H x W), "true → predicted"."""
+    import matplotlib.pyplot as plt
+
+    wrong = np.flatnonzero(y_true != y_pred)[:limit]
+    cols = min(4, len(wrong))
+    rows = -(-len(wrong) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows + 0.4), dpi=100)
+    axes = np.atleast_1d(axes).reshape(-1)
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, wrong, strict=False):
+        img = raw[int(i)].numpy()
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(img.transpose(1, 2, 0))
+        ax.set_title(f"{classes[int(y_true[i])]} → {classes[int(y_pred[i])]}", fontsize=9)
+    fig.suptitle("Misclassified images (true → predicted)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return len(wrong)
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:

@@ -1,0 +1,174 @@
+"""Image sources from tables and arrays: each yields {"id", "image" (bytes), "label", "source"}.
+
+- `image_table`: CSV/TSV/Parquet files with an image-path column and a label column; relative
+  paths are resolved against the table file's folder. A listed file that does not exist is skipped
+  and counted (collect's `problems`); a file that is not an image is skipped and counted by
+  preprocess, as for `image_folder`. A missing column or a row without a label is an error naming
+  the file (and line).
+- `npz`: NumPy `.npz` files holding an image array (N, H, W) or (N, H, W, C) with C in 1/3/4 and
+  a label array (N,). uint8 is kept; float arrays with values in [0, 1] are scaled by 255, other
+  values are clipped to 0..255. Keys: `array_keys` = [images, labels], else x/y or images/labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+from collections.abc import Iterator
+from pathlib import Path
+
+from modelworks.collect.sources import _png
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+DEFAULT_ARRAY_KEYS = (("x", "y"), ("images", "labels"))
+
+
+def _matches(patterns: list[str], where: str, what: str) -> Iterator[Path]:
+    if not patterns:
+        raise FileNotFoundError(f"{where}.paths: empty; give {what}")
+    for pattern in patterns:
+        hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
+        if not hits:
+            raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
+        yield from hits
+
+
+def _table_rows(table: Path, needed: list[str], where: str) -> Iterator[tuple[int, dict]]:
+    suffix = table.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(table).names
+        except Exception as e:  # pyarrow raises several types for a non-Parquet file
+            raise ValueError(f"{table}: not a readable Parquet file ({e})") from None
+        _check_columns(table, names, needed, where)
+        rows = pq.read_table(table, columns=needed).to_pylist()
+        yield from enumerate(rows, 1)
+    elif suffix in (".csv", ".tsv"):
+        try:
+            with open(table, encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f, delimiter="," if suffix == ".csv" else "\t")
+                _check_columns(table, reader.fieldnames or [], needed, where)
+                yield from enumerate(reader, 2)  # line 1 is the header
+        except UnicodeDecodeError:
+            raise ValueError(f"{table}: not UTF-8 text") from None
+    else:
+        raise ValueError(
+            f"{table}: unsupported table type {table.suffix!r} ({', '.join(TABLE_SUFFIXES)})"
+        )
+
+
+def _check_columns(table: Path, names: list[str], needed: list[str], where: str) -> None:
+    fields = {needed[0]: "path_field", needed[1]: "label_field"}
+    for col in needed:
+        if col not in names:
+            raise ValueError(
+                f"{table}: no column {col!r} ({where}.{fields[col]}); columns are {list(names)}"
+            )
+
+
+def image_table(
+    patterns: list[str], path_field: str, label_field: str, where: str, problems: list[str]
+) -> Iterator[dict]:
+    """Rows of (image path, label) from CSV/TSV/Parquet tables; paths relative to the table."""
+    what = "CSV/TSV/Parquet files with an image-path and a label column"
+    for table in _matches(patterns, where, what):
+        for line, row in _table_rows(table, [path_field, label_field], where):
+            label = row.get(label_field)
+            if label is None or str(label).strip() == "":
+                raise ValueError(f"{table} line {line}: missing label (column {label_field!r})")
+            rel = row.get(path_field)
+            if rel is None or str(rel).strip() == "":
+                problems.append(f"{table} line {line}: empty path (column {path_field!r})")
+                continue
+            path = Path(str(rel).strip())
+            path = path if path.is_absolute() else table.parent / path
+            if not path.is_file():
+                problems.append(f"{table} line {line}: {path} does not exist")
+                continue
+            yield {
+                "id": str(path),
+                "image": path.read_bytes(),
+                "label": str(label).strip(),
+                "source": str(table),
+            }
+
+
+def _to_uint8(images, path: Path):
+    import numpy as np
+
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: images have dtype {images.dtype}; need integers or floats")
+    arr = np.nan_to_num(images.astype(np.float64))
+    if images.dtype.kind == "f" and arr.size and arr.min() >= 0 and arr.max() <= 1:
+        arr = arr * 255
+    return np.clip(np.round(arr), 0, 255).astype(np.uint8)
+
+
+def _label_text(value) -> str:
+    import numpy as np
+
+    if isinstance(value, np.floating) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, np.integer | np.bool_):
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def npz_arrays(patterns: list[str], keys: list[str], where: str) -> Iterator[dict]:
+    """Images and labels from NumPy .npz files (keys `array_keys`, else x/y or images/labels)."""
+    import numpy as np
+
+    if keys and len(keys) != 2:
+        raise ValueError(f"{where}.array_keys: give [images key, labels key], got {keys}")
+    for path in _matches(patterns, where, ".npz files with an image and a label array"):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as e:  # numpy raises OSError/ValueError/BadZipFile for bad files
+            raise ValueError(f"{path}: not a readable .npz file ({e})") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: a single .npy array; give an .npz with images and labels")
+        with data:
+            names = list(data.files)
+            if keys:
+                img_key, lbl_key = keys
+            else:
+                pair = next((p for p in DEFAULT_ARRAY_KEYS if set(p) <= set(names)), None)
+                if pair is None:
+                    raise ValueError(
+                        f"{path}: no x/y or images/labels arrays ({where}.array_keys); "
+                        f"arrays are {names}"
+                    )
+                img_key, lbl_key = pair
+            for k in (img_key, lbl_key):
+                if k not in names:
+                    raise ValueError(f"{path}: no array {k!r} ({where}.array_keys); has {names}")
+            try:
+                images, labels = data[img_key], data[lbl_key]
+            except ValueError as e:  # object arrays need pickle, which we never load
+                raise ValueError(f"{path}: cannot read arrays without pickle ({e})") from None
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))):
+            raise ValueError(
+                f"{path}: array {img_key!r} has shape {images.shape}; "
+                "need (N, H, W) or (N, H, W, C) with C in 1, 3, 4"
+            )
+        labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(
+                f"{path}: {len(images)} images but labels {lbl_key!r} have shape {labels.shape}"
+            )
+        images = _to_uint8(images, path)
+        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+            yield {
+                "id": f"{path}:{i}",
+                "image": _png(img),
+                "label": _label_text(label),
+                "source": str(path),
+            }
