@@ -174,3 +174,43 @@ def test_vit_config_reaches_97_percent(tmp_path):
     m = _digits(tmp_path, "vit.yaml")  # about 65 s on one core; measured 0.994
     assert m["split"] == "test" and m["examples"] > 300
     assert m["accuracy"] >= 0.97, m["accuracy"]
+
+
+def test_pretrain_on_digits_then_finetune_on_another_label_set(tmp_path):
+    """A CNN pretrained on the 10 digit classes is fine-tuned on odd/even labels of the same
+    images (given as an .npz): a new 2-way output layer, every other weight carried over."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from modelworks.train.checkpoint import load_model
+
+    base = _digits(tmp_path, "cnn.yaml", "pretrain.steps=120", "pretrain.eval_every=60")
+    assert base["accuracy"] > 0.8
+    base_dir = tmp_path / "runs" / "cnn-digits"
+    before = (base_dir / "pretrain" / "model.safetensors").read_bytes()
+    d = load_digits()
+    parity = np.array(["even", "odd"])[d.target % 2]
+    np.savez(tmp_path / "parity.npz", x=np.uint8(d.images * 255 / 16), y=parity)
+    m = _digits(
+        tmp_path,
+        "cnn.yaml",
+        "name=parity",
+        "collect.sources=[{type: npz, paths: ['" + str(tmp_path / "parity.npz") + "']}]",
+        f"finetune.from={base_dir}",
+        "finetune.steps=60",
+        "finetune.lr=0.003",
+        "finetune.eval_every=30",
+        "finetune.best_metric=val_accuracy",
+        "finetune.best_mode=max",
+    )
+    assert m["accuracy"] >= 0.9, m["accuracy"]  # held-out test images, 2 classes
+    tuned = load_model(tmp_path / "runs" / "parity" / "finetune")
+    assert tuned.cfg.n_classes == 2
+    base_model = load_model(base_dir / "pretrain")
+    carried = [k for k in base_model.state_dict() if k.startswith("features.")]
+    assert carried and not all(
+        torch.equal(tuned.state_dict()[k], base_model.state_dict()[k]) for k in carried
+    )  # started from the base, then trained on
+    assert (base_dir / "pretrain" / "model.safetensors").read_bytes() == before
+    summary = json.loads((tmp_path / "runs" / "parity" / "finetune" / "manifest.json").read_text())
+    assert summary["summary"]["new_head"] and summary["summary"]["base_classes"] == 10

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from modelworks.config import Config
+from modelworks.config import Config, ConfigError
 from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import EvaluateError, md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
@@ -84,8 +84,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 def setup_training(
     cfg: Config, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1
 ) -> TrainSetup:
-    x, y, meta = load_split(run_dir, "train")
-    vx, vy, _ = load_split(run_dir, "val")
+    x, _, meta = load_split(run_dir, "train")
     model_cfg = model_config_from(cfg.model)
     fill_from_data(
         model_cfg,
@@ -94,8 +93,54 @@ def setup_training(
         image_size=meta["image_size"],
         channels=meta["channels"],
     )
-    model = build_model(model_cfg).to(device)
-    p = cfg.pretrain
+    return _setup(
+        cfg, run_dir, device, build_model(model_cfg).to(device), cfg.pretrain, rank, world
+    )
+
+
+HEADS = {"vit": "head.", "cnn": "head.", "mlp": "net."}  # mlp: only its last Linear is the head
+
+
+def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
+    """From a trained image classifier (vit, cnn, mlp): the same network, with a new output
+    layer when this data's label set differs (pretrain on one label set, fine-tune on another);
+    every other weight carries over. The images must have the base's size and channels."""
+    from dataclasses import fields, replace
+
+    from modelworks.models.registry import name_of
+
+    name = name_of(getattr(base.model, "modelworks_config", None) or base.model.cfg)
+    if name not in HEADS:
+        raise ConfigError(
+            f"finetune.from={cfg.finetune.from_!r} is a {type(base.model).__name__}; "
+            "image_classification fine-tunes a vit, cnn or mlp run"
+        )
+    x, _, meta = load_split(run_dir, "train")
+    arch = base.model.cfg
+    for key, value in (("image_size", meta["image_size"]), ("channels", meta["channels"]),
+                       ("in_features", x[0].numel())):  # fmt: skip
+        have = getattr(arch, key, value) if key in {f.name for f in fields(arch)} else value
+        if have != value:
+            raise ConfigError(
+                f"finetune.from={cfg.finetune.from_!r} takes {key}={have}, the data has {value}; "
+                f"set preprocess.{'image_size' if key != 'channels' else 'channels'} to match"
+            )
+    n_classes = len(meta["classes"])
+    model = build_model(replace(arch, n_classes=n_classes))
+    state = base.model.state_dict()
+    if arch.n_classes != n_classes:  # a new label set: a new output layer
+        last = [k for k in state if k.startswith(HEADS[name])][-2:]  # its weight and bias
+        state = {k: v for k, v in state.items() if k not in last}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(HEADS[name]) for k in missing):
+        raise ConfigError(f"finetune.from={cfg.finetune.from_!r}: weights do not fit {arch}")
+    info = {"new_head": arch.n_classes != n_classes, "base_classes": arch.n_classes}
+    return _setup(cfg, run_dir, device, model.to(device), cfg.finetune, 0, 1), info
+
+
+def _setup(cfg, run_dir, device, model, p, rank: int, world: int) -> TrainSetup:
+    x, y, _ = load_split(run_dir, "train")
+    vx, vy, _ = load_split(run_dir, "val")
     loader = ExampleLoader(x, y, p.batch_size // world, cfg.seed, rank, world)
     augment = make_augment(
         crop_padding=p.augment_crop_padding,
@@ -120,7 +165,10 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     from modelworks.runtime import resolve_device
 
     device = resolve_device(cfg.device)
-    model = load_model(run_dir / "pretrain", device).eval()
+    from modelworks.pipeline import model_stage
+
+    stage = model_stage(cfg)
+    model = load_model(run_dir / stage, device).eval()
     from modelworks.evaluate.metrics import classification_cis
 
     split = cfg.evaluate.split or "test"
@@ -152,7 +200,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         f"{len(y)} images (majority-class baseline {metrics['majority_baseline_accuracy']:.4f})"
     )
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion.png")
-    trained = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["summary"]
+    trained = json.loads((run_dir / stage / "manifest.json").read_text())["summary"]
     results = md_table(
         [
             (f"{split} images", str(len(y))),
