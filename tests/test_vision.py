@@ -30,10 +30,11 @@ def test_mlp_reaches_95_percent_on_held_out_digits(tmp_path):
 
 
 def _write_digit_files(root, n=400):
-    """Real digits as 28x28 PNG files in class folders, plus a corrupt file and odd modes."""
+    """Real digits as PNG files in class folders (28x28, some 36x36), a corrupt file, odd modes."""
     d = load_digits()
     for i in range(n):
-        img = Image.fromarray(np.uint8(d.images[i] * 255 / 16)).resize((28, 28))
+        size = 36 if i % 5 == 0 else 28  # mixed sizes are resized to preprocess.image_size
+        img = Image.fromarray(np.uint8(d.images[i] * 255 / 16)).resize((size, size))
         if i % 7 == 0:
             img = img.convert("RGB")  # mixed modes are converted
         folder = root / str(d.target[i])
