@@ -322,3 +322,29 @@ def test_minilm_lora_finetune_learns_generated_reviews(tmp_path):
     assert summary["trainable_parameters"] == 6 * 2 * 2 * 384 * 8 + 384 * 2 + 2
     metrics = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9
+
+
+def test_a_finetuned_classifier_is_served_with_classify_and_explain(base_run):
+    import httpx
+
+    from modelworks.tasks import text_classification as tc
+    from tests.conftest import served
+
+    cfg = ft_config(base_run, "served", steps=10)
+    run(cfg)
+    texts = ["great food and lovely staff", "awful slow service, never again", "fine"]
+    model = load_model(cfg.run_dir / "finetune").eval()
+    tok = tc._tokenizer(cfg.run_dir / "finetune" / "tokenizer.json")
+    ids, mask, _ = tc.encode(tok, texts, 32)
+    expected = torch.softmax(tc.predict(model, ids, mask, "cpu"), dim=-1)
+    classes = tc.classes_of(cfg.run_dir)
+    with served(cfg.run_dir) as (base, _):
+        r = httpx.post(f"{base}/v1/classify", json={"input": texts, "top_k": 1}, timeout=30)
+        assert r.status_code == 200, r.text
+        for row, probs in zip(r.json()["data"], expected, strict=True):
+            assert row["label"] == classes[int(probs.argmax())]
+            assert abs(row["labels"][0]["probability"] - float(probs.max())) < 1e-4
+        e = httpx.post(f"{base}/v1/explain", json={"input": texts[0]}, timeout=60).json()
+        assert e["kind"] == "classifier" and len(e["attributions"]) == len(e["tokens"]) > 1
+        bad = httpx.post(f"{base}/v1/classify", json={"input": ""}, timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

@@ -197,10 +197,12 @@ def _serve(ns: argparse.Namespace) -> None:
     _, overrides = _split_args(ns)
     if is_hf_folder(run_dir):  # a Hugging Face folder: only the overrides configure the server
         data: dict = {}
-    elif not (run_dir / "pretrain" / "manifest.json").is_file() or not stored.is_file():
+    elif not stored.is_file() or not any(
+        (run_dir / stage / "manifest.json").is_file() for stage in ("pretrain", "finetune")
+    ):
         raise ConfigError(
-            f"{run_dir} is not a finished run (no pretrain/ or config.yaml) nor a Hugging Face "
-            "model folder (config.json): train one with `modelworks run` first"
+            f"{run_dir} is not a finished run (no pretrain/, finetune/ or config.yaml) nor a "
+            "Hugging Face model folder (config.json): train one with `modelworks run` first"
         )
     else:
         data = yaml.safe_load(stored.read_text())

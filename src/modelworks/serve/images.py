@@ -35,7 +35,12 @@ def add_routes(app: FastAPI, run_dir: Path, cfg: ServeConfig, device: str) -> No
     def load():
         meta = json.loads((Path(run_dir) / "preprocess" / "labels.json").read_text())
         dev = resolve_device(device)
-        state.update(model=load_model(Path(run_dir) / "pretrain", dev).eval(), meta=meta, dev=dev)
+        stage = (
+            "finetune"
+            if (Path(run_dir) / "finetune" / "model.safetensors").is_file()
+            else "pretrain"
+        )
+        state.update(model=load_model(Path(run_dir) / stage, dev).eval(), meta=meta, dev=dev)
         register_model(app, name, task="image_classification", classes=meta["classes"])
 
     start_loading(app, "classifier", load)

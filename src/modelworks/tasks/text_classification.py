@@ -381,3 +381,82 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
+    """`modelworks serve` hook: POST /v1/classify ({"input": text or [texts], "top_k"}) returns
+    the top-k labels with probabilities; POST /v1/explain ({"input": text}) the attention maps
+    and integrated-gradients token attributions of the predicted class (evaluate/explain.py)."""
+    import yaml
+
+    from modelworks.runtime import resolve_device
+    from modelworks.serve.app import APIError, check_model, register_model, start_loading
+    from modelworks.train.checkpoint import load_model
+
+    state: dict = {}
+    name = cfg.model_name or Path(run_dir).name
+
+    def load():
+        stage = "finetune" if (run_dir / "finetune" / "model.safetensors").is_file() else "pretrain"
+        dev = resolve_device(device)
+        model = load_model(run_dir / stage, dev).eval()
+        tok_path = run_dir / stage / "tokenizer.json"
+        tok = _tokenizer(
+            tok_path if tok_path.is_file() else run_dir / "preprocess" / "tokenizer.json"
+        )
+        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        seq_len = (run_cfg.get(stage) or {}).get("seq_len") or model.cfg.context_len
+        classes = classes_of(run_dir)
+        state.update(model=model, tok=tok, dev=dev, classes=classes)
+        state["max_len"] = min(int(seq_len), model.cfg.context_len)
+        register_model(app, name, task="text_classification", classes=classes)
+
+    start_loading(app, "classifier", load)
+
+    def _texts(body: dict) -> list[str]:
+        if "model" not in state:
+            raise APIError(503, "the model is still loading; retry when /health is 200")
+        if not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object", None)
+        check_model(app, body.get("model"))
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise APIError(400, "input: a non-empty string or list of non-empty strings", "input")
+        return texts
+
+    @app.post("/v1/classify")
+    def classify(body: dict):  # sync: FastAPI runs it in a worker thread
+        texts = _texts(body)
+        top_k = body.get("top_k", len(state["classes"]))
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise APIError(400, f"top_k: must be a positive integer (got {top_k!r})", "top_k")
+        ids, mask, n_trunc = encode(state["tok"], texts, state["max_len"])
+        probs = torch.softmax(predict(state["model"], ids, mask, state["dev"]), dim=-1)
+        top = torch.topk(probs, min(top_k, len(state["classes"])), dim=-1)
+        data = [
+            {
+                "index": i,
+                "label": state["classes"][int(top.indices[i, 0])],
+                "labels": [
+                    {"label": state["classes"][c], "probability": p}
+                    for c, p in zip(top.indices[i].tolist(), top.values[i].tolist(), strict=True)
+                ],
+            }
+            for i in range(len(texts))
+        ]
+        return {"object": "list", "model": name, "data": data, "truncated": n_trunc}
+
+    @app.post("/v1/explain")
+    def explain_text(body: dict):
+        from modelworks.evaluate.explain import explain
+
+        texts = _texts(body)
+        if len(texts) != 1:
+            raise APIError(400, "input: explain takes one text", "input")
+        result = explain(state["model"], state["tok"], texts[0])
+        return {"object": "explanation", "model": name, **result}
