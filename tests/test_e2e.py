@@ -100,3 +100,17 @@ def test_errors_are_openai_shaped(server):
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 400 and "error" in r.json()
+
+
+def test_explain_returns_attention_and_attributions(server):
+    r = httpx.post(f"{server}/v1/explain", json={"input": "Return the list of"}, timeout=60)
+    assert r.status_code == 200, r.text
+    e = r.json()
+    n = len(e["tokens"])
+    assert e["kind"] == "language_model" and n > 1 and len(e["attributions"]) == n
+    assert len(e["attention"]) == e["n_layer"] and len(e["attention"][0]) == e["n_head"]
+    rows = e["attention_mean"]
+    assert all(abs(sum(row) - 1) < 1e-3 for row in rows)  # each query's weights sum to one
+    assert all(w == 0 for i, row in enumerate(rows) for w in row[i + 1 :])  # causal
+    bad = httpx.post(f"{server}/v1/explain", json={"input": ""}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

@@ -114,6 +114,7 @@ def test_twenty_random_kills_then_resume_reproduce_the_uninterrupted_run(tmp_pat
     assert counts.get("ckpt-write", 0) + counts.get("training", 0) >= 15
 
 
+@pytest.mark.slow
 def test_killed_run_command_completes_to_the_same_result(tmp_path):
     """`modelworks run` killed in collect, preprocess and pretrain, then re-run to the end."""
     runs = tmp_path / "runs"

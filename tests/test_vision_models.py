@@ -157,6 +157,7 @@ def test_augmentation_knobs_are_validated(tmp_path):
         _digits(tmp_path, "cnn.yaml", "pretrain.augment_rotate_degrees=-5")
 
 
+@pytest.mark.slow  # the default suite trains the CNN; the ViT's full run is slow too
 def test_vit_short_run_reaches_92_percent(tmp_path):
     # 300 of the config's 1200 steps: about 15 s; measured 0.967
     m = _digits(

@@ -298,6 +298,24 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
         _check_ids(engine, req.tokens, "tokens")
         return {"prompt": engine.decode(req.tokens)}
 
+    explainer: dict = {}
+
+    @app.post("/v1/explain")
+    def explain_text(body: dict):  # sync: a worker thread, on a private copy of the model
+        import copy
+
+        from modelworks.evaluate.explain import explain
+
+        engine = engine_for(body.get("model") if isinstance(body, dict) else None)
+        text = body.get("input") if isinstance(body, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise APIError(400, "input: a non-empty string", "input")
+        with engine._lock:  # the batching thread must not run the model while it is copied
+            if "model" not in explainer:
+                explainer["model"] = copy.deepcopy(engine.model).eval()
+        result = explain(explainer["model"], engine.tokenizer, text, start_id=engine.eot)
+        return {"object": "explanation", "model": engine.name, **result}
+
 
 def _params(req, max_tokens: int, j: int, stop: list[str]) -> SamplingParams:
     return SamplingParams(
