@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modelworks.models.registry import register
+from modelworks.models.vit import Block  # the same pre-norm block, with a causal mask
 
 
 @dataclass
@@ -44,38 +44,6 @@ class SASRecConfig:
             raise ValueError("max_len and n_layer must be >= 1 and mlp_ratio > 0")
 
 
-class CausalAttention(nn.Module):
-    def __init__(self, cfg: SASRecConfig) -> None:
-        super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: SASRecConfig) -> None:
-        super().__init__()
-        hidden = round(cfg.mlp_ratio * cfg.d_model)
-        self.attn_norm = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalAttention(cfg)
-        self.mlp_norm = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model)
-        )
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x)))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
-
-
 class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
@@ -85,7 +53,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.d_model)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)

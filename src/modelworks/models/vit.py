@@ -51,9 +51,12 @@ class ViTConfig:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ViTConfig) -> None:
+    """Multi-head self-attention; bidirectional (ViT) or causal (SASRec reuses these blocks).
+    `cfg` is any config with d_model, n_head and dropout."""
+
+    def __init__(self, cfg, causal: bool = False) -> None:
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.dropout, self.causal = cfg.n_head, cfg.dropout, causal
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -61,16 +64,18 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # no mask: bidirectional
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ViTConfig) -> None:
+    """Pre-norm block: LayerNorm, attention, LayerNorm, GELU MLP (`cfg` also has mlp_ratio)."""
+
+    def __init__(self, cfg, causal: bool = False) -> None:
         super().__init__()
         hidden = round(cfg.mlp_ratio * cfg.d_model)
         self.attn_norm = nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, causal)
         self.mlp_norm = nn.LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model)
