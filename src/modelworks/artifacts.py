@@ -94,6 +94,22 @@ def require_stage(run_dir: Path, stage: str, needed_by: str) -> dict:
     return manifest
 
 
+def final_model_dir(run_dir: str | Path) -> Path:
+    """The folder of the model a run ends with: `finetune/` when it has weights, else
+    `pretrain/`."""
+    run_dir = Path(run_dir)
+    tuned = run_dir / "finetune"
+    return tuned if (tuned / "model.safetensors").is_file() else run_dir / "pretrain"
+
+
+def tokenizer_path(run_dir: str | Path, model_dir: str | Path | None = None) -> Path:
+    """The tokenizer that goes with a run's model: saved next to the weights (a fine-tune keeps
+    its base's), else the run's own from preprocess."""
+    model_dir = Path(model_dir) if model_dir is not None else final_model_dir(run_dir)
+    own = model_dir / "tokenizer.json"
+    return own if own.is_file() else Path(run_dir) / "preprocess" / "tokenizer.json"
+
+
 def input_ref(run_dir: Path, stage: str, manifest: dict) -> dict:
     return {"stage": stage, "path": str(run_dir / stage), "digest": manifest["digest"]}
 

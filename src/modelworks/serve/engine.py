@@ -155,9 +155,11 @@ class Engine:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", name: str | None = None, **kw):
-        run_dir = Path(run_dir)
-        model = load_model(run_dir / "pretrain", resolve_device(device))
-        tok = load_tokenizer(run_dir / "preprocess" / "tokenizer.json")
+        from modelworks.artifacts import final_model_dir, tokenizer_path
+
+        run_dir = Path(run_dir)  # its fine-tuned model when it has one, else its pretrained one
+        model = load_model(final_model_dir(run_dir), resolve_device(device))
+        tok = load_tokenizer(tokenizer_path(run_dir))
         return cls(model, tok, name or run_dir.name, **kw)
 
     @classmethod

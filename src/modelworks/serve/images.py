@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 
+from modelworks.artifacts import final_model_dir
 from modelworks.config import ServeConfig
 from modelworks.serve.app import APIError, check_model, register_model, start_loading
 
@@ -35,12 +36,7 @@ def add_routes(app: FastAPI, run_dir: Path, cfg: ServeConfig, device: str) -> No
     def load():
         meta = json.loads((Path(run_dir) / "preprocess" / "labels.json").read_text())
         dev = resolve_device(device)
-        stage = (
-            "finetune"
-            if (Path(run_dir) / "finetune" / "model.safetensors").is_file()
-            else "pretrain"
-        )
-        state.update(model=load_model(Path(run_dir) / stage, dev).eval(), meta=meta, dev=dev)
+        state.update(model=load_model(final_model_dir(run_dir), dev).eval(), meta=meta, dev=dev)
         register_model(app, name, task="image_classification", classes=meta["classes"])
 
     start_loading(app, "classifier", load)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from modelworks.artifacts import atomic_write_json
+from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_path
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
@@ -301,8 +301,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     stage = model_stage(cfg)
     model_dir = run_dir / stage
     model = load_model(model_dir, device).eval()
-    tok_path = model_dir / "tokenizer.json"
-    tok = _tokenizer(tok_path if tok_path.is_file() else run_dir / "preprocess" / "tokenizer.json")
+    tok = _tokenizer(tokenizer_path(run_dir, model_dir))
     classes = classes_of(run_dir)
     if getattr(model.cfg, "n_classes", 0) != len(classes):
         raise DataError(
@@ -401,13 +400,11 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     name = cfg.model_name or Path(run_dir).name
 
     def load():
-        stage = "finetune" if (run_dir / "finetune" / "model.safetensors").is_file() else "pretrain"
+        model_dir = final_model_dir(run_dir)
+        stage = model_dir.name
         dev = resolve_device(device)
-        model = load_model(run_dir / stage, dev).eval()
-        tok_path = run_dir / stage / "tokenizer.json"
-        tok = _tokenizer(
-            tok_path if tok_path.is_file() else run_dir / "preprocess" / "tokenizer.json"
-        )
+        model = load_model(model_dir, dev).eval()
+        tok = _tokenizer(tokenizer_path(run_dir, model_dir))
         run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         seq_len = (run_cfg.get(stage) or {}).get("seq_len") or model.cfg.context_len
         classes = classes_of(run_dir)
