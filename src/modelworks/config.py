@@ -41,9 +41,12 @@ class SourceConfig(_Section):
         "interactions",
         "stdlib_calls",
         "stdlib_imports",
+        "parallel",
         "warc",
         "crawl",
         "hf",
+        "chat",
+        "synthetic_chat",
     ] = Field(
         "python_docs",
         description="python_docs: Python's own documentation and stdlib docstrings; "
@@ -56,13 +59,23 @@ class SourceConfig(_Section):
         "npz: NumPy .npz image + label arrays (array_keys); "
         "table: labelled texts from csv/tsv/txt/jsonl/parquet (text_field, label_field); "
         "interactions: user/item logs from csv/parquet (user_field, item_field, time_field); "
-        "stdlib_calls / stdlib_imports: built-in recommendation data from the Python stdlib",
+        "stdlib_calls / stdlib_imports: built-in recommendation data from the Python stdlib; "
+        "parallel: translation pairs from tsv/txt/jsonl (source_field, target_field); "
+        "chat: conversations (`messages` with roles, or instruction/input/output, or "
+        "prompt/completion records) from jsonl/parquet; synthetic_chat: generated instruction "
+        "pairs (repeat, reverse, uppercase, add; `limit` of them, default 2000)",
     )
     paths: list[str] = Field(
         default_factory=list, description="files, globs or folders to read (see type)"
     )
     text_field: str = Field("text", description="field holding the text in jsonl files")
     label_field: str = Field("label", description="table, image_table: column holding the label")
+    source_field: str = Field(
+        "source", description="parallel: field/column holding the text to translate"
+    )
+    target_field: str = Field(
+        "target", description="parallel: field/column holding its translation"
+    )
     path_field: str = Field(
         "path",
         description="image_table: column holding the image path (relative to the table's folder)",
@@ -109,7 +122,9 @@ class SourceConfig(_Section):
         "default <runs_dir>/<name>/crawl_state/<source index>",
     )
     dataset: str = Field(
-        "", description="hf: dataset folder or data file (offline), or Hub name (online)"
+        "",
+        description="hf: dataset folder or data file (offline), or Hub name (online); "
+        "parallel: numbers = built-in digits -> English words pairs (no files)",
     )
     subset: str | None = Field(None, description="hf: dataset configuration name")
     split: str = Field("train", description="hf: split to read")
@@ -134,6 +149,11 @@ class PreprocessConfig(_Section):
         0.05, gt=0, lt=1, description="share of documents held out for validation"
     )
     vocab_size: int = Field(4096, ge=260, description="BPE vocabulary size, specials included")
+    tokenizer: str = Field(
+        "train",
+        description="train: a new BPE tokenizer on this data; or reuse one: a tokenizer.json, "
+        "or a run, model or Hugging Face folder (to continue pretraining a base on new data)",
+    )
     test_fraction: float = Field(
         0.0, ge=0, lt=1, description="share held out as a test split (image tasks)"
     )
@@ -164,6 +184,21 @@ class PreprocessConfig(_Section):
     )
     min_item_interactions: int = Field(
         5, ge=1, description="recommendation: k-core, items keep at least this many users"
+    )
+    prompt_template: str = Field(
+        "{source} =>",
+        description="translation: the decoder's prompt; {source} is replaced by the source text "
+        "and the target follows it",
+    )
+    chat_template: str = Field(
+        "",
+        description="chat: a Jinja chat template (text, or a .jinja file path); empty: the "
+        "Hugging Face base's own, else the built-in User:/Assistant: template",
+    )
+    pretrain_text: Literal["sentences", "pairs"] = Field(
+        "sentences",
+        description="translation: what pretrain models; sentences: every source and target "
+        "sentence of the train split as its own document; pairs: prompt + target documents",
     )
 
     @field_validator("steps")
@@ -276,6 +311,9 @@ class FinetuneConfig(PretrainConfig):
         "query and value projections (encoder: query, value; gpt: wq, wv)",
     )
     save_adapter: bool = Field(True, description="lora: also save the adapters alone")
+    packing: bool = Field(
+        True, description="chat: pack several short conversations into one seq_len row"
+    )
     pooling: Literal["mean", "cls"] = Field(
         "mean", description="classification: pool encoder tokens by mean or first ([CLS]) token"
     )
@@ -368,6 +406,22 @@ class EvaluateConfig(_Section):
     sampled_negatives: int = Field(
         100, ge=1, description="recommendation: negatives per user in the sampled protocol"
     )
+    beam_size: int = Field(
+        4, ge=1, description="translation: beams of the beam search (greedy is measured too)"
+    )
+    length_penalty: float = Field(
+        1.0, ge=0, description="translation: beams rank by logprob / length**length_penalty"
+    )
+    bleu_tokenize: Literal["auto", "13a", "zh", "ja-mecab", "ko-mecab", "char", "none"] = Field(
+        "auto",
+        description="translation: sacrebleu BLEU tokenizer; auto: zh for Chinese targets, else 13a",
+    )
+    limit: int = Field(
+        0,
+        ge=0,
+        description="translation, chat: translate / answer only the first N examples of a "
+        "split; 0 = all",
+    )
 
 
 class ServeConfig(_Section):
@@ -402,7 +456,12 @@ class Config(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
     task: Literal[
-        "language_modeling", "image_classification", "text_classification", "recommendation"
+        "language_modeling",
+        "image_classification",
+        "text_classification",
+        "recommendation",
+        "translation",
+        "chat",
     ] = Field("language_modeling", description="what the model learns (see tasks/)")
     collect: CollectConfig = Field(default_factory=CollectConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)

@@ -245,6 +245,8 @@ def _save_with_tokenizer(out: Path, model: nn.Module, base: Base) -> None:
     save_model(out, model)
     if base.tokenizer is not None:
         base.tokenizer.save(str(out / "tokenizer.json"))
+        if (base.folder / "tokenizer_config.json").is_file():  # names a Hugging Face eos token
+            shutil.copy2(base.folder / "tokenizer_config.json", out / "tokenizer_config.json")
 
 
 def _save_adapter(out: Path, model: nn.Module, keep, cfg: Config, base: Base) -> None:

@@ -9,6 +9,7 @@ step, tokens per split).
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from modelworks.errors import ModelworksError
 from modelworks.preprocess import executor, runner
 from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
 from modelworks.preprocess.steps import Step, is_validation
-from modelworks.preprocess.tokenizer import eot_id, train_bpe
+from modelworks.preprocess.tokenizer import eot_id, find_tokenizer, load_tokenizer, train_bpe
 from modelworks.progress import Reporter
 
 CLEAN_SCHEMA = pa.schema(
@@ -104,9 +105,17 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
             f"val_fraction={p.val_fraction}; add documents or change preprocess.val_fraction"
         )
     docs_path = out / "documents.parquet"
-    tok = train_bpe(_texts(docs_path, "train"), p.vocab_size)
+    if p.tokenizer == "train":
+        tok = train_bpe(_texts(docs_path, "train"), p.vocab_size)
+        eot = eot_id(tok)
+    else:  # reuse a base's tokenizer, so that the base can be trained further on this data
+        tok_file = find_tokenizer(p.tokenizer)
+        tok = load_tokenizer(tok_file)
+        eot = eot_id(tok, tok_file.parent)
+        if (tok_file.parent / "tokenizer_config.json").is_file():
+            shutil.copy2(tok_file.parent / "tokenizer_config.json", out / "tokenizer_config.json")
+        reporter.info(f"[preprocess] tokenizer reused from {tok_file}")
     tok.save(str(out / "tokenizer.json"))
-    eot = eot_id(tok)
     dtype = token_dtype(tok.get_vocab_size())
     (out / "tokens").mkdir()
     splits = {}

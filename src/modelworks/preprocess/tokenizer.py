@@ -5,6 +5,7 @@ Byte-level pre-tokenisation means every string round-trips exactly: decode(encod
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,8 +48,44 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def eot_id(tok: Tokenizer) -> int:
+def eot_id(tok: Tokenizer, folder: str | Path | None = None) -> int:
+    """The end-of-text token that separates documents: ours, or else the `eos_token` the
+    tokenizer_config.json in `folder` names (a Hugging Face tokenizer)."""
     tid = tok.token_to_id(EOT)
+    if tid is None and folder is not None:
+        eos = _eos_token(Path(folder) / "tokenizer_config.json")
+        tid = tok.token_to_id(eos) if eos else None
     if tid is None:
-        raise TokenizerError(f"tokenizer has no {EOT} token")
+        where = f" (and {folder}/tokenizer_config.json names no eos_token it has)" if folder else ""
+        raise TokenizerError(f"tokenizer has no {EOT} token{where}")
     return tid
+
+
+def _eos_token(path: Path) -> str | None:
+    try:
+        eos = json.loads(path.read_text()).get("eos_token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return eos.get("content") if isinstance(eos, dict) else eos if isinstance(eos, str) else None
+
+
+def find_tokenizer(spec: str | Path) -> Path:
+    """The tokenizer.json that `spec` names: the file itself, or the one in a model or Hugging
+    Face folder, or a run folder's (its fine-tuned model's, else its pretrained one's, else the
+    one its preprocess trained)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    candidates = [
+        path / "tokenizer.json",
+        path / "finetune" / "tokenizer.json",
+        path / "pretrain" / "tokenizer.json",
+        path / "preprocess" / "tokenizer.json",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise TokenizerError(
+        f"preprocess.tokenizer={str(spec)!r}: no tokenizer.json there (a file, or a run, model "
+        "or Hugging Face folder with one); use `train` to train a new one"
+    )

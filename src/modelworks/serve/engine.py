@@ -159,8 +159,9 @@ class Engine:
 
         run_dir = Path(run_dir)  # its fine-tuned model when it has one, else its pretrained one
         model = load_model(final_model_dir(run_dir), resolve_device(device))
-        tok = load_tokenizer(tokenizer_path(run_dir))
-        return cls(model, tok, name or run_dir.name, **kw)
+        tok_file = tokenizer_path(run_dir)
+        tok = load_tokenizer(tok_file)
+        return cls(model, tok, name or run_dir.name, eot_id(tok, tok_file.parent), **kw)
 
     @classmethod
     def from_hf(cls, folder: str | Path, device: str = "auto", name: str | None = None, **kw):

@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelworks.artifacts import atomic_write_json
-from modelworks.config import Config
+from modelworks.artifacts import atomic_write_json, final_model_dir
+from modelworks.config import Config, ConfigError
 from modelworks.evaluate.metrics import fmt_ci, perplexity, unigram_cross_entropy
 from modelworks.evaluate.report import funnel_section, md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.preprocess.pack import TokenShards
 from modelworks.preprocess.text import prepare_text
+from modelworks.preprocess.tokenizer import load_tokenizer
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype
 from modelworks.tasks import fill_from_data
@@ -75,6 +76,48 @@ def setup_training(
     return TrainSetup(
         model, lm_loss, loader, validate, p.batch_size // world * p.seq_len, "tok", flops
     )
+
+
+def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
+    """Continued pretraining (domain adaptation): the base decoder trained further, by next-token
+    prediction, on this run's token shards, which must use the base's tokenizer
+    (`preprocess.tokenizer: <the base>`)."""
+    from modelworks.models.gpt import GPT
+
+    spec = cfg.finetune.from_
+    if not isinstance(base.model, GPT):
+        raise ConfigError(
+            f"finetune.from={spec!r} is a {type(base.model).__name__}; language_modeling "
+            "continues a decoder (a gpt run or model folder, or a Llama-family folder)"
+        )
+    own = load_tokenizer(run_dir / "preprocess" / "tokenizer.json")
+    if base.tokenizer is None or base.tokenizer.get_vocab() != own.get_vocab():
+        raise ConfigError(
+            f"finetune.from={spec!r}: this run's token shards were made with another "
+            f"tokenizer than the base's; set preprocess.tokenizer: {spec} and preprocess again"
+        )
+    model, ft = base.model, cfg.finetune
+    if ft.seq_len > model.cfg.context_len:
+        raise ConfigError(
+            f"finetune.seq_len={ft.seq_len} exceeds the base's context of {model.cfg.context_len}"
+        )
+    data_dir = run_dir / "preprocess" / "tokens"
+    train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    loader = WindowLoader(train.tokens(), ft.batch_size, ft.seq_len, cfg.seed)
+    val_tokens = val.tokens()
+    val_seq = min(ft.seq_len, len(val_tokens) - 1)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        batches = sequential_batches(val_tokens, ft.batch_size, val_seq, ft.eval_batches)
+        return {"val_loss": lm_eval_loss(m, batches, device)[0]}
+
+    model.to(device)
+    was_training = model.training
+    base_val = validate(model.eval())["val_loss"]  # the base on the new domain, before training
+    model.train(was_training)
+    flops = model.estimate_flops(ft.seq_len)
+    setup = TrainSetup(model, lm_loss, loader, validate, ft.batch_size * ft.seq_len, "tok", flops)
+    return setup, {"base_val_loss": base_val, "base_val_perplexity": perplexity(base_val)}
 
 
 def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
@@ -150,7 +193,10 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     atomic_write_json(out / "generations.json", generations)
 
     pre = json.loads((run_dir / "preprocess" / "stats.json").read_text())
-    trained = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["summary"]
+    trained = json.loads((final_model_dir(run_dir) / "manifest.json").read_text())["summary"]
+    if "base_val_loss" in trained:  # a fine-tune: how the base did on this data before it
+        metrics["base_val_loss"] = trained["base_val_loss"]
+        metrics["base_val_perplexity"] = trained["base_val_perplexity"]
     sections = _sections(metrics, pre, trained, generations) + sections_extra
     images = []
     if e.prompts:
@@ -176,6 +222,11 @@ def _sections(metrics: dict, pre: dict, trained: dict, generations: list[dict]):
             ("unigram baseline perplexity", f"{m['unigram_perplexity']:.2f}"),
             ("perplexity / unigram perplexity", f"{m['perplexity_ratio_vs_unigram']:.3f}"),
         ]
+        + (
+            [("base model before fine-tuning: validation perplexity", f"{base_ppl:.2f}")]
+            if (base_ppl := m.get("base_val_perplexity")) is not None
+            else []
+        )
     )
     funnel = funnel_section(pre)
     samples = "\n\n".join(
