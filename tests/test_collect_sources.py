@@ -170,3 +170,40 @@ def test_hf_dataset_from_a_local_folder_streams(tmp_path, monkeypatch):
         list(read_hf(str(tmp_path / "ds"), "train", "body"))
     one = list(read_hf(str(data / "train-00000.jsonl"), "train", "text", streaming=False))
     assert len(one) == 25
+
+
+def test_labelled_hf_dataset_feeds_text_classification(tmp_path, monkeypatch):
+    """`type: table` with `dataset:` reads a Hugging Face dataset's text and label columns;
+    ClassLabel integers come out as their names, and a missing label names the row."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    rows = {"sentence": [f"review {i}" for i in range(30)], "label": [i % 2 for i in range(30)]}
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(tmp_path / "ds" / "data" / "train-00000.parquet")
+    )
+    cfg = load_config(None, [
+        f"runs_dir={tmp_path / 'runs'}", "task=text_classification",
+        "collect.sources.0.type=table", f"collect.sources.0.dataset={tmp_path / 'ds'}",
+        "collect.sources.0.text_field=sentence",
+    ])  # fmt: skip
+    collect(cfg)
+    table = pq.read_table(tmp_path / "runs" / cfg.name / "collect" / "documents.parquet")
+    assert table.column("text").to_pylist()[:2] == ["review 0", "review 1"]
+    assert table.column("label").to_pylist()[:4] == ["neg", "pos", "neg", "pos"]
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train.jsonl").write_text(
+        '{"sentence": "fine", "label": "pos"}\n{"sentence": "no label"}\n'
+    )
+    bad = cfg.model_copy(deep=True)
+    bad.collect.sources[0].dataset = str(tmp_path / "bad" / "train.jsonl")
+    bad.name = "bad"
+    with pytest.raises(CollectError, match=r"row 1: missing label \('label'\)"):
+        collect(bad)

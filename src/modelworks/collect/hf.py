@@ -25,7 +25,10 @@ def read_hf(
     streaming: bool = True,
     subset: str | None = None,
     where: str = "collect.sources",
+    label_field: str | None = None,
 ) -> Iterator[dict]:
+    """Documents of a dataset split; with `label_field`, labelled rows (id, text, label, source)
+    for text classification, ClassLabel integers given as their names."""
     try:
         import datasets
     except ImportError:
@@ -53,10 +56,19 @@ def read_hf(
             f"{where}.text_field: {dataset!r} has no column {text_field!r} "
             f"(columns: {', '.join(features)})"
         )
+    if features and label_field is not None and label_field not in features:
+        raise ValueError(
+            f"{where}.label_field: {dataset!r} has no column {label_field!r} "
+            f"(columns: {', '.join(features)})"
+        )
+    names = getattr(features.get(label_field), "names", None) if label_field else None
     for n, record in enumerate(ds):
         if text_field not in record:
             raise ValueError(f"{where}.text_field: {dataset!r} has no column {text_field!r}")
         text = record.pop(text_field)
+        if label_field is not None:
+            yield _labelled(record, text, label_field, names, dataset, split, n, where)
+            continue
         if not isinstance(text, str) or not text:
             continue
         url = record.pop("url", None)
@@ -69,3 +81,17 @@ def read_hf(
             "url": url if isinstance(url, str) else None,
             "metadata": json.dumps(meta, default=str) if meta else None,
         }
+
+
+def _labelled(record, text, label_field, names, dataset, split, n, where) -> dict:
+    label = record.get(label_field)
+    if label is None or str(label).strip() == "":
+        raise ValueError(f"{where}: {dataset!r} {split} row {n}: missing label ({label_field!r})")
+    if names and isinstance(label, int) and 0 <= label < len(names):
+        label = names[label]
+    return {
+        "id": str(record.get("id") or f"{dataset}:{split}:{n}"),
+        "text": text if isinstance(text, str) else "",
+        "label": str(label).strip(),
+        "source": f"hf:{dataset}",
+    }
