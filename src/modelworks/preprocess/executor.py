@@ -6,13 +6,17 @@
       executor: local     # or ray: each shard is a Ray task (preprocess.ray_address, or a
                           # local Ray instance of `workers` CPUs when unset)
 
-The step list splits at the first step that needs the whole corpus (exact_dedup, minhash_dedup):
-the steps before it run per shard in worker processes, each shard writing its kept documents,
-its rejected documents and its stats to `<run>/preprocess.work/<key>/`, then a `.done` marker
-last. A re-run after a crash finds the markers and runs only the missing shards (the key covers
-the input file and the step list, so a changed config starts afresh). The cross-shard steps then
-stream over the shards' outputs in this process: exact dedup keeps 16 bytes per document and
-near-dedup a 448-byte signature, never the texts.
+The step list splits into segments, a new one at each step that needs the whole corpus
+(exact_dedup, minhash_dedup). Each segment runs per shard in worker processes, each shard
+writing its kept documents, its rejected documents and its stats to
+`<run>/preprocess.work/<key>/[segment_N/]shard_K/`, then a `.done` marker last; the next segment
+reads those documents. A segment that opens with a dedup first computes its verdicts across
+shards in parallel too (preprocess/dedup.py: signatures per shard, candidate pairs per band and
+key range, a union-find over the pairs only; hashes per prefix range for exact dedup), then each
+shard filters with its own removal mask: no process holds the corpus, and the output is the
+serial run's, document for document. A re-run after a crash finds the markers and runs only the
+missing shards (the key covers the input file and the step list, so a changed config starts
+afresh; a re-run shard makes the later segments start afresh).
 
 On Ray the same shard function runs as a task per shard; shards read the collect Parquet and
 write to the run folder by path, so on a multi-node cluster the run folder must be on storage
@@ -35,7 +39,7 @@ import pyarrow.parquet as pq
 from modelworks.preprocess import runner
 from modelworks.preprocess.steps import N_EXAMPLES
 
-GLOBAL_STEPS = {"exact_dedup", "minhash_dedup"}
+GLOBAL_STEPS = {"exact_dedup", "minhash_dedup"}  # preprocess/dedup.py runs them across shards
 
 
 def split_specs(specs: list) -> tuple[list, list]:
@@ -68,51 +72,76 @@ def plan_shards(src: Path, shard_docs: int) -> list[list[int]]:
     return shards
 
 
-def _run_shard(specs: list, src: str, groups: list[int], work: str, k: int) -> None:
-    work_dir = Path(work)
+def split_segments(specs: list) -> list[list]:
+    """Each cross-document step starts a new segment: [prefix], [dedup, steps...], ..."""
+    segments: list[list] = [[]]
+    for spec in specs:
+        name = spec if isinstance(spec, str) else spec.get("step")
+        if name in GLOBAL_STEPS and segments[-1]:
+            segments.append([])
+        segments[-1].append(spec)
+    return [s for s in segments if s]
+
+
+def _run_shard(
+    specs: list, source: tuple, shard_dir: str, done: str, start: int, remove: str | None
+) -> None:
+    """One shard through one segment: documents.parquet, rejected/, stats.json, then `done`."""
+    import numpy as np
+
     steps = runner.build_steps(specs)
-    pf = pq.ParquetFile(src)
-
-    def docs():
-        for g in groups:
-            yield from pf.read_row_group(g).to_pylist()
-
-    shard_dir = work_dir / f"shard_{k:05d}"
-    if shard_dir.exists():  # a crash midway: start this shard again
-        shutil.rmtree(shard_dir)
-    shard_dir.mkdir(parents=True)
-    kept = runner.run_steps(steps, docs, shard_dir)
-    runner._spill(kept, shard_dir / "documents.parquet")
+    if remove is not None:  # the segment's first step is a dedup whose verdicts are computed
+        steps[0].use_removals(np.load(remove))
+    out = Path(shard_dir)
+    if out.exists():  # a crash midway: start this shard again
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    kept = runner.run_steps(steps, lambda: runner.read_shard(*source), out, start=start)
+    runner._spill(kept, out / "documents.parquet")
     report = runner.finish(steps)
-    (shard_dir / "stats.json").write_text(json.dumps(report))
-    (work_dir / f"shard_{k:05d}.done").touch()  # last: the shard is complete
+    (out / "stats.json").write_text(json.dumps(report))
+    Path(done).touch()  # last: the shard is complete
 
 
-def _run_local(prefix: list, src: Path, shards: list, work: Path, todo: list, workers: int):
-    ctx = get_context("spawn")  # no fork of a process holding threads (arrow, torch)
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(_run_shard, prefix, str(src), shards[k], str(work), k) for k in todo]
-        for f in futures:
-            f.result()
+class _Pool:
+    """Runs a function over argument tuples in worker processes or as Ray tasks, in order."""
 
+    def __init__(self, workers: int, executor: str, address: str | None) -> None:
+        self.workers, self.executor, self.address = workers, executor, address
+        self._pool, self._ray, self._started = None, None, False
 
-def _run_ray(prefix, src, shards, work, todo, workers: int, address: str | None) -> None:
-    try:
-        import ray
-    except ImportError:
-        from modelworks.preprocess.text import PreprocessError
+    def __enter__(self) -> _Pool:
+        if self.executor == "ray":
+            try:
+                import ray
+            except ImportError:
+                from modelworks.preprocess.text import PreprocessError
 
-        raise PreprocessError("preprocess.executor=ray needs Ray: pip install 'ray>=2.9'") from None
-    started = not ray.is_initialized()
-    if started:  # a cluster's head when given, else a local instance of `workers` CPUs
-        kw = {"address": address} if address else {"num_cpus": workers}
-        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        task = ray.remote(num_cpus=1, max_retries=2)(_run_shard)
-        ray.get([task.remote(prefix, str(src), shards[k], str(work), k) for k in todo])
-    finally:
-        if started:
-            ray.shutdown()
+                raise PreprocessError(
+                    "preprocess.executor=ray needs Ray: pip install 'ray>=2.9'"
+                ) from None
+            self._ray, self._started = ray, not ray.is_initialized()
+            if self._started:  # a cluster's head when given, else a local instance
+                kw = {"address": self.address} if self.address else {"num_cpus": self.workers}
+                ray.init(**kw, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)  # fmt: skip
+        return self
+
+    def map(self, fn, arglists: list[tuple]) -> list:
+        if not arglists:
+            return []
+        if self._ray is not None:
+            task = self._ray.remote(num_cpus=1, max_retries=2)(fn)
+            return self._ray.get([task.remote(*a) for a in arglists])
+        if self._pool is None:  # spawn: no fork of a process holding threads (arrow, torch)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        return [f.result() for f in [self._pool.submit(fn, *a) for a in arglists]]
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self._started:
+            self._ray.shutdown()
 
 
 def run_parallel(
@@ -126,31 +155,60 @@ def run_parallel(
     executor: str = "local",
     address: str | None = None,
 ):
-    """Runs the prefix over shards in `workers` processes; returns (docs iterator factory for
-    the remaining steps, the prefix's report rows, the remaining specs, the work folder)."""
-    prefix, rest = split_specs(specs)
+    """Runs every step over shards in `workers` processes (or Ray tasks), the dedup steps'
+    cross-shard part partitioned too (preprocess/dedup.py); returns (docs iterator factory over
+    the result, the report rows, the remaining specs (none), the work folder)."""
+    from modelworks.preprocess import dedup
+
     work = run_dir / "preprocess.work" / work_key(src, specs, shard_docs)
     work.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(src, shard_docs)
-    todo = [k for k in range(len(shards)) if not (work / f"shard_{k:05d}.done").exists()]
-    if len(todo) < len(shards):
-        reporter.info(
-            f"[preprocess] resuming: {len(shards) - len(todo)} of {len(shards)} shards done"
-        )
-    if todo and executor == "ray":
-        _run_ray(prefix, src, shards, work, todo, workers, address)
-    elif todo:
-        _run_local(prefix, src, shards, work, todo, workers)
-    rows = _merge_reports([work / f"shard_{k:05d}" / "stats.json" for k in range(len(shards))])
-    _merge_rejected(work, len(shards), out_dir / "rejected")
+    sources: list[tuple] = [(str(src), groups) for groups in shards]
+    rows: list[dict] = []
+    rerun = False  # a segment that ran makes the later ones stale
+    with _Pool(workers, executor, address) as pool:
+        for i, segment in enumerate(split_segments(specs)):
+            seg = work if i == 0 else work / f"segment_{i}"  # segment 0: shard_K/ under work/
+            if rerun and i > 0:
+                shutil.rmtree(seg, ignore_errors=True)
+            seg.mkdir(parents=True, exist_ok=True)
+            todo = [k for k in range(len(shards)) if not (seg / f"shard_{k:05d}.done").exists()]
+            if i == 0 and 0 < len(todo) < len(shards):
+                n_done = len(shards) - len(todo)
+                reporter.info(f"[preprocess] resuming: {n_done} of {len(shards)} shards done")
+            first = segment[0] if isinstance(segment[0], str) else segment[0].get("step")
+            removes, extra = [None] * len(shards), {}
+            if first in GLOBAL_STEPS and todo:
+                removes, extra = dedup.REMOVALS[first](segment[0], sources, seg / "dedup", pool.map)
+            rerun = rerun or bool(todo)
+            shard = [str(seg / f"shard_{k:05d}") for k in range(len(shards))]
+            pool.map(
+                _run_shard,
+                [(segment, sources[k], shard[k], shard[k] + ".done", len(rows), removes[k])
+                 for k in todo],
+            )  # fmt: skip
+            seg_rows = _merge_reports(
+                [seg / f"shard_{k:05d}" / "stats.json" for k in range(len(shards))]
+            )
+            if extra or (first in GLOBAL_STEPS and not todo):
+                extra = extra or _load_extra(seg)
+                seg_rows[0].update(extra)
+                (seg / "dedup_stats.json").write_text(json.dumps(extra))
+            _merge_rejected(seg, len(shards), out_dir / "rejected")
+            rows += seg_rows
+            sources = [(str(seg / f"shard_{k:05d}" / "documents.parquet"), None)
+                       for k in range(len(shards))]  # fmt: skip
 
     def docs():
-        for k in range(len(shards)):
-            path = work / f"shard_{k:05d}" / "documents.parquet"
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-                yield from batch.to_pylist()
+        for source in sources:
+            yield from runner.read_shard(*source)
 
-    return docs, rows, rest, work
+    return docs, rows, [], work
+
+
+def _load_extra(seg: Path) -> dict:
+    path = seg / "dedup_stats.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _merge_reports(paths: list[Path]) -> list[dict]:

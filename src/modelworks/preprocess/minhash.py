@@ -17,7 +17,8 @@ Same scheme as datatrove's `MinhashDedup*` and datasketch's `MinHashLSH`:
 
 Memory is `num_perm * 4` bytes per document for the signatures (448 bytes at 112), plus
 the shingle sets of documents in candidate pairs for "exact" verification (about 4 bytes per
-word); texts are streamed, never held.
+word); texts are streamed, never held. With `preprocess.workers > 1` or `executor: ray` the same
+stages run partitioned over workers (preprocess/dedup.py) and no process holds the signatures.
 """
 
 from __future__ import annotations
@@ -203,6 +204,11 @@ class MinHashDedup(Filter):
         self._remove = roots != np.arange(len(roots))
         self.stats["clusters_with_duplicates"] = int(len(np.unique(roots[self._remove])))
         self._index = 0
+
+    def use_removals(self, remove: np.ndarray) -> None:
+        """Verdicts computed across shards (preprocess/dedup.py): True = remove, in order."""
+        self._remove, self._index = np.asarray(remove, dtype=bool), 0
+        self.needs_pass = False  # prepared already: the runner streams straight through
 
     def filter(self, doc: dict) -> bool | tuple[bool, str]:
         if self._remove is None:

@@ -182,6 +182,17 @@ def _read(path: Path) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
+def read_shard(path: str, groups: list[int] | None = None) -> Iterator[dict]:
+    """One shard's documents: the listed row groups of a Parquet file, or all of it."""
+    pf = pq.ParquetFile(path)
+    if groups is None:
+        for batch in pf.iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    else:
+        for g in groups:
+            yield from pf.read_row_group(g).to_pylist()
+
+
 def run_steps(
     steps: list[base.Step],
     source: Callable[[], Iterator[dict]],

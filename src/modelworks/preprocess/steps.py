@@ -221,8 +221,16 @@ class ExactDedup(Filter):
     def __init__(self) -> None:
         super().__init__()
         self.seen: set[bytes] = set()
+        self._remove = None
+
+    def use_removals(self, remove) -> None:
+        """Verdicts computed across shards (preprocess/dedup.py): True = remove, in order."""
+        self._remove, self._index = remove, 0
 
     def filter(self, doc: dict) -> bool:
+        if self._remove is not None:
+            self._index += 1
+            return not self._remove[self._index - 1]
         digest = exact_key(doc["text"])
         if digest in self.seen:
             return False

@@ -71,6 +71,12 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     specs, done_rows, work = step_specs(cfg), [], None
     source = lambda: _read_documents(src)  # noqa: E731
     if p.workers > 1 or p.executor == "ray":
+        for spec in specs:
+            if isinstance(spec, dict) and spec.get("step") == "pii" and spec.get("mapping_path"):
+                raise PreprocessError(
+                    "preprocess.steps: pii with mapping_path needs preprocess.workers: 1 and the "
+                    "local executor (every shard would write the one mapping file)"
+                )
         source, done_rows, specs, work = executor.run_parallel(
             specs, src, run_dir, out, p.workers, p.shard_docs, reporter, p.executor, p.ray_address
         )
