@@ -3,6 +3,7 @@
     modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
     modelworks collect|preprocess|pretrain|finetune|evaluate [CONFIG] [options/overrides]
     modelworks serve RUN_DIR [--serve.port N ...]
+    modelworks chat RUN_DIR [--system TEXT] [--max-tokens N] [--temperature T]
     modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
     modelworks compare RUN_DIR RUN_DIR [...] [--out DIR]
@@ -33,6 +34,7 @@ STAGE_HELP = {
     "finetune": "train a pretrained model further (full, freeze, LoRA, DP-SGD): finetune: section",
     "evaluate": "validation loss/perplexity vs a unigram baseline, generations, report",
     "serve": "serve a trained run over HTTP, OpenAI-compatible",
+    "chat": "talk to a run's model (or a Hugging Face Llama folder) in the terminal",
     "export": "write a run's model as a Hugging Face folder, safetensors, ONNX or int8 ONNX",
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
@@ -46,6 +48,7 @@ STAGE_SECTIONS = {
     "finetune": ("finetune",),
     "evaluate": ("evaluate",),
     "serve": ("serve",),
+    "chat": (),
     "export": (),
     "plan": ("model", "pretrain", "parallel"),
     "compare": (),
@@ -120,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="a run folder (runs/quickstart) or a Hugging Face Llama-family folder",
             )
             p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="config overrides")
+        elif name == "chat":
+            p.add_argument("run_dir", metavar="RUN_DIR", help="a run, model or HF Llama folder")
+            p.add_argument("--system", default=None, help="a system message opening the chat")
+            p.add_argument("--max-tokens", type=int, default=256, help="longest reply, tokens")
+            p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+            p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+            continue
         elif name == "compare":
             p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
             p.add_argument(
@@ -242,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "serve":
             _serve(ns)
             return 0
+        if ns.command == "chat":
+            from modelworks.serve.repl import chat_repl
+
+            return chat_repl(ns.run_dir, ns.device, ns.system, ns.max_tokens, ns.temperature)
         if ns.command == "compare":
             from modelworks.evaluate.compare import run_cli
 
@@ -279,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if cfg.task == "language_modeling" or hasattr(get_task(cfg.task), "serve_routes"):
                 done += f"; serve with `modelworks serve {cfg.run_dir}`"
+            if cfg.task == "chat":
+                done += f"; talk to it with `modelworks chat {cfg.run_dir}`"
             print(done)
         return 0
     except KeyboardInterrupt:

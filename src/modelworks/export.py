@@ -4,12 +4,14 @@
     modelworks export runs/quickstart out/model --format safetensors --checkpoint best
     modelworks export runs/big out/step-1000 --checkpoint step_001000        # consolidates DCP
 
-Sources (`--checkpoint`): `final` (default, `<run>/pretrain/model.safetensors`), `best`
-(`pretrain/best/`), or a checkpoint folder name under `pretrain/checkpoints/` or its path. A
+Sources (`--checkpoint`): `final` (default: the run's final model, `<run>/finetune/` when it
+was fine-tuned, else `<run>/pretrain/`), `best` (its `best/`), or a checkpoint folder name under
+its `checkpoints/` or a path. A
 checkpoint saved sharded by FSDP/TP (torch.distributed.checkpoint) is consolidated here, on one
 process, into a plain model; checksums are verified first. Formats: `safetensors` (our
 model.safetensors + config.json, loadable with `train.checkpoint.load_model`), `hf` (a folder
-that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer), `onnx`
+that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer and
+chat template), `onnx`
 and `int8` (an ONNX graph, fp32 or dynamically quantised, checked against onnxruntime; see
 export_onnx.py).
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
+from modelworks.artifacts import final_model_dir, tokenizer_path
 from modelworks.errors import ModelworksError
 from modelworks.models.registry import build_model, lookup
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
@@ -35,17 +38,17 @@ class ExportError(ModelworksError, ValueError):
 
 def source_folder(run_dir: Path, checkpoint: str = "final") -> Path:
     """The folder holding the weights `checkpoint` names in `run_dir`."""
-    pretrain = run_dir / "pretrain"
+    stage = final_model_dir(run_dir)
     if checkpoint == "final":
-        folder = pretrain
+        folder = stage
     elif checkpoint == "best":
-        folder = pretrain / "best"
+        folder = stage / "best"
     elif Path(checkpoint).is_dir():
         folder = Path(checkpoint)
     else:
-        folder = pretrain / "checkpoints" / checkpoint
+        folder = stage / "checkpoints" / checkpoint
     if not (folder / "config.json").is_file():
-        known = sorted(p.name for p in (pretrain / "checkpoints").glob("step_*"))
+        known = sorted(p.name for p in (stage / "checkpoints").glob("step_*"))
         raise ExportError(
             f"{folder}: no trained model here (--checkpoint is final, best, a folder, or one of "
             f"{known or 'no checkpoints'})"
@@ -87,9 +90,13 @@ def export(
     model = load_weights(source_folder(run_dir, checkpoint))
     if fmt == "hf":
         from modelworks.models.hf import export_hf
+        from modelworks.serve import run_chat_template
 
-        tokenizer = run_dir / "preprocess" / "tokenizer.json"
-        return export_hf(model, out_dir, tokenizer if tokenizer.is_file() else None)
+        tokenizer = tokenizer_path(run_dir)
+        template = run_chat_template(run_dir)
+        return export_hf(
+            model, out_dir, tokenizer if tokenizer.is_file() else None, "<|endoftext|>", template
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not empty; choose a new or empty folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,8 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
             _merge_best(writer.dir / "best", model)
             merge_lora(model)
         _save_with_tokenizer(writer.dir, model, base)
+        if hasattr(task, "save_finetuned"):  # files that go with the weights (chat template...)
+            task.save_finetuned(cfg, writer.dir, base)
         summary.update(
             {
                 "method": ft.method,

@@ -249,8 +249,10 @@ def export_hf(
     out_dir: str | Path,
     tokenizer_json: str | Path | None = None,
     eos_token: str = "<|endoftext|>",
+    chat_template: str | None = None,
 ) -> Path:
-    """Write `model` as a Hugging Face Llama folder; with `tokenizer_json`, also tokenizer files.
+    """Write `model` as a Hugging Face Llama folder; with `tokenizer_json`, also tokenizer files
+    (and `chat_template` in tokenizer_config.json, for `apply_chat_template`).
 
     The folder is built next to `out_dir` and renamed into place, replacing an earlier export."""
     if not isinstance(model, GPT):
@@ -293,6 +295,7 @@ def export_hf(
                     "model_max_length": cfg.context_len,
                     # our byte-level BPE decodes exactly; HF's clean-up would alter spaces
                     "clean_up_tokenization_spaces": False,
+                    **({"chat_template": chat_template} if chat_template else {}),
                 },
             )
         _swap_into_place(tmp, out_dir)

@@ -29,16 +29,21 @@ def is_hf_folder(path: str | Path) -> bool:
     return isinstance(cfg, dict) and "architectures" in cfg and not (path / "pretrain").is_dir()
 
 
-def _run_chat_template(run_dir: Path) -> str | None:
-    for name in ("chat_template.jinja", "tokenizer_config.json"):
-        path = run_dir / "preprocess" / name
-        if path.is_file():
-            text = path.read_text()
-            if name.endswith(".jinja"):
-                return text
-            template = json.loads(text).get("chat_template")
-            if isinstance(template, str):
-                return template
+def run_chat_template(run_dir: str | Path) -> str | None:
+    """The chat template stored with a run's final model, else with its preprocess, else None."""
+    from modelworks.artifacts import final_model_dir
+
+    run_dir = Path(run_dir)
+    for folder in (final_model_dir(run_dir), run_dir / "preprocess"):
+        for name in ("chat_template.jinja", "tokenizer_config.json"):
+            path = folder / name
+            if path.is_file():
+                text = path.read_text()
+                if name.endswith(".jinja"):
+                    return text
+                template = json.loads(text).get("chat_template")
+                if isinstance(template, str):
+                    return template
     return None
 
 
@@ -74,7 +79,7 @@ def build_app(
 
         def load():
             engine = Engine.from_run(target, device, cfg.model_name, max_batch=cfg.max_batch)
-            engine.chat_template = _run_chat_template(target)
+            engine.chat_template = run_chat_template(target)
             return engine
 
         add_lm_routes(app, load)

@@ -29,18 +29,20 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from modelworks.config import ServeConfig
+from modelworks.serve import schema as docs
 from modelworks.serve.engine import Engine, Event, PromptTooLong, SamplingParams
-from modelworks.serve.guard import Guard
+from modelworks.serve.guard import Guard, api_keys
 from modelworks.serve.metrics import Metrics
 from modelworks.serve.openai import (
     DEFAULT_CHAT_STOP,
-    DEFAULT_CHAT_TEMPLATE,
     ChatRequest,
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    ExplainRequest,
     Message,
     TokenizeRequest,
+    engine_chat_text,
     error_body,
 )
 
@@ -94,13 +96,13 @@ def create_app(cfg: ServeConfig | None = None, name: str = "model") -> FastAPI:
             detail = "body is not valid JSON (or not UTF-8)"
         elif exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
             detail = f"{request.method} {request.url.path}: no such endpoint on this server"
-        return error_response(exc.status_code, detail)
+        return error_response(exc.status_code, detail, headers=exc.headers)  # 405: Allow
 
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError):
         return error_response(exc.status, exc.message, exc.param, exc.code)
 
-    @app.get("/health")
+    @app.get("/health", responses=docs.answers(docs.Health, codes=(503,)))
     def health():
         if app.state.failed:
             return error_response(503, f"failed to load: {app.state.failed}")
@@ -108,11 +110,11 @@ def create_app(cfg: ServeConfig | None = None, name: str = "model") -> FastAPI:
             return error_response(503, "loading " + ", ".join(sorted(app.state.loading)))
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=docs.answers(docs.ModelList, codes=()))
     def models():
         return {"object": "list", "data": list(app.state.models.values())}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():
         return PlainTextResponse(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -127,6 +129,13 @@ def create_app(cfg: ServeConfig | None = None, name: str = "model") -> FastAPI:
     app.get("/", include_in_schema=False)(lambda: FileResponse(ui / "index.html"))
 
     app.add_middleware(Guard, cfg=cfg, metrics=app.state.metrics)
+
+    def openapi():  # FastAPI's schema, then what the error handlers and the guard answer
+        if app.openapi_schema is None:
+            docs.document_errors(FastAPI.openapi(app), keys=bool(api_keys(cfg)))
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
@@ -193,7 +202,7 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
         check_model(app, model)
         return engine
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=docs.answers(docs.Completion, docs.CompletionChunk))
     async def completions(req: CompletionRequest, request: Request):
         engine = engine_for(req.model)
         prompts = _prompts(engine, req.prompt)
@@ -223,13 +232,17 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
             "usage": _usage(n_prompt, n_out),
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        responses=docs.answers(docs.ChatCompletion, docs.ChatCompletionChunk),
+    )
     async def chat(req: ChatRequest, request: Request):
         engine = engine_for(req.model)
         ids = _chat_ids(engine, req.messages)
         stop = req.stops()
         if engine.chat_template is None:
             stop.append(DEFAULT_CHAT_STOP)
+        stop += getattr(engine, "chat_stop", [])  # a chat run's user-turn marker (tasks/chat.py)
         max_tokens = req.max_completion_tokens or req.max_tokens
         if max_tokens is None:  # as OpenAI: whatever the context leaves
             max_tokens = max(1, engine.context_len - len(ids) - 1)
@@ -255,7 +268,7 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
             "usage": _usage(n_prompt, n_out),
         }
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", responses=docs.answers(docs.EmbeddingList))
     async def embeddings(req: EmbeddingRequest):
         engine = engine_for(req.model)
         inputs = _prompts(engine, req.input)
@@ -282,7 +295,7 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
             "usage": {"prompt_tokens": n, "total_tokens": n},
         }
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses=docs.answers(docs.Tokenized))
     async def tokenize(req: TokenizeRequest):
         engine = engine_for(req.model)
         if (req.prompt is None) == (req.messages is None):
@@ -292,7 +305,7 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
         )
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.context_len}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", responses=docs.answers(docs.Detokenized))
     async def detokenize(req: DetokenizeRequest):
         engine = engine_for(req.model)
         _check_ids(engine, req.tokens, "tokens")
@@ -300,15 +313,15 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
 
     explainer: dict = {}
 
-    @app.post("/v1/explain")
-    def explain_text(body: dict):  # sync: a worker thread, on a private copy of the model
+    @app.post("/v1/explain", responses=docs.answers(docs.Explanation))
+    def explain_text(req: ExplainRequest):  # sync: a worker thread, on a private model copy
         import copy
 
         from modelworks.evaluate.explain import explain
 
-        engine = engine_for(body.get("model") if isinstance(body, dict) else None)
-        text = body.get("input") if isinstance(body, dict) else None
-        if not isinstance(text, str) or not text.strip():
+        engine = engine_for(req.model)
+        text = req.input
+        if not text.strip():
             raise APIError(400, "input: a non-empty string", "input")
         with engine._lock:  # the batching thread must not run the model while it is copied
             if "model" not in explainer:
@@ -356,24 +369,12 @@ def _check_ids(engine: Engine, ids: list[int], param: str) -> None:
 
 
 def _chat_ids(engine: Engine, messages: list[Message]) -> list[int]:
-    import jinja2.sandbox
+    import jinja2
 
     if not messages:
         raise APIError(400, "messages: must not be empty", "messages")
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message):  # Hugging Face templates call this to refuse a conversation
-        raise jinja2.TemplateError(message)
-
-    env.globals.update(raise_exception=raise_exception, strftime_now=time.strftime)
     try:
-        template = env.from_string(engine.chat_template or DEFAULT_CHAT_TEMPLATE)
-        text = template.render(
-            messages=[{"role": m.role, "content": m.text()} for m in messages],
-            add_generation_prompt=True,
-            bos_token=engine.token_text(engine.eot),
-            eos_token=engine.token_text(min(engine.eos)) if engine.eos else "",
-        )
+        text = engine_chat_text(engine, [{"role": m.role, "content": m.text()} for m in messages])
     except jinja2.TemplateError as e:
         raise APIError(400, f"messages: the chat template failed: {e}", "messages") from None
     return engine.tokenizer.encode(text, add_special_tokens=False).ids

@@ -80,7 +80,7 @@ def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, top_k: int, gen: torch.Generator | None
 ) -> int:
     """One token id from last-position logits (vocab,). temperature 0 means greedy."""
-    if temperature <= 0:
+    if temperature < 1e-5:  # as vLLM: greedy below this (dividing by it overflows float32)
         return int(torch.argmax(logits))
     logits = logits.float() / temperature
     if top_k and top_k < logits.numel():
@@ -91,6 +91,7 @@ def sample_next(
         sorted_p, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         drop = sorted_p.cumsum(0) - sorted_p >= top_p
+        drop[0] = False  # a top_p below float32's resolution (5e-324) would drop it too
         sorted_p[drop] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
@@ -173,15 +174,7 @@ class Engine:
             raise HFError(f"{folder}: no tokenizer.json; serving needs a fast tokenizer file")
         model = import_hf(folder).to(resolve_device(device))
         tok = load_tokenizer(folder / "tokenizer.json")
-        cfg = _json(folder / "config.json")
-        gen = _json(folder / "generation_config.json")
-        tcfg = _json(folder / "tokenizer_config.json")
-        eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
-        eos = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
-        bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
-        if bos is None:
-            bos = min(eos) if eos else 0
-        template = tcfg.get("chat_template") if isinstance(tcfg.get("chat_template"), str) else None
+        bos, eos, template = hf_chat_tokens(folder)
         return cls(model, tok, name or folder.name, bos, eos, template, **kw)
 
     @property
@@ -497,6 +490,21 @@ class Engine:
             x = m.norm(x)[0]
         n_start = T - len(ids)  # the start token is not part of the input
         return x[n_start:].float().mean(0).cpu().tolist() if ids else x[0].float().tolist()
+
+
+def hf_chat_tokens(folder: str | Path) -> tuple[int, set[int], str | None]:
+    """A Hugging Face folder's start token id, end token ids and chat template (or None)."""
+    folder = Path(folder)
+    cfg = _json(folder / "config.json")
+    gen = _json(folder / "generation_config.json")
+    tcfg = _json(folder / "tokenizer_config.json")
+    eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
+    eos = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+    bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
+    if bos is None:
+        bos = min(eos) if eos else 0
+    template = tcfg.get("chat_template") if isinstance(tcfg.get("chat_template"), str) else None
+    return bos, eos, template
 
 
 def _json(path: Path) -> dict:

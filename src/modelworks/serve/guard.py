@@ -28,11 +28,16 @@ def _error(status: int, message: str, type_: str, code: str | None, headers=()):
     return start, {"type": "http.response.body", "body": body}
 
 
+def api_keys(cfg) -> list[str]:
+    """The accepted keys: `serve.api_keys` and MODELWORKS_API_KEYS (comma-separated)."""
+    env = os.environ.get("MODELWORKS_API_KEYS", "")
+    return [k for k in [*cfg.api_keys, *env.split(",")] if k.strip()]
+
+
 class Guard:
     def __init__(self, app, cfg, metrics=None) -> None:
         self.app, self.cfg, self.metrics = app, cfg, metrics
-        env = os.environ.get("MODELWORKS_API_KEYS", "")
-        self.keys = [k for k in [*cfg.api_keys, *env.split(",")] if k.strip()]
+        self.keys = api_keys(cfg)
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send) -> None:

@@ -6,6 +6,7 @@ with a wrong type or value is a 400 naming it.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,8 +24,51 @@ DEFAULT_CHAT_TEMPLATE = (
 DEFAULT_CHAT_STOP = "\n\nUser:"
 
 
+def render_chat(
+    template: str | None,
+    messages: list[dict],
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """A conversation as the prompt text `template` (None: the default) makes of it, rendered
+    in Jinja's sandbox as Hugging Face does; a template's refusal is a jinja2.TemplateError."""
+    return _compiled(template or DEFAULT_CHAT_TEMPLATE).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str):
+    """Compiling costs ~1000x a render: a fine-tune renders every conversation several times."""
+    import time
+
+    import jinja2.sandbox
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message):  # Hugging Face templates call this to refuse a conversation
+        raise jinja2.TemplateError(message)
+
+    env.globals.update(raise_exception=raise_exception, strftime_now=time.strftime)
+    return env.from_string(template)
+
+
+def engine_chat_text(engine, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """`render_chat` with a serve.engine.Engine's template and start / end token texts."""
+    eos = engine.token_text(min(engine.eos)) if engine.eos else ""
+    return render_chat(
+        engine.chat_template, messages, add_generation_prompt, engine.token_text(engine.eot), eos
+    )
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    # OpenAI clients send fields we do not use; a field we use takes only its JSON type (strict:
+    # no true for 1, 1.5 or "2" for an int), as the OpenAPI schema says
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Request):
@@ -84,6 +128,11 @@ class EmbeddingRequest(_Request):
     model: str | None = None
     input: str | list[int] | list[str] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
+
+
+class ExplainRequest(_Request):
+    model: str | None = None
+    input: str = Field(..., description="the text whose next-token prediction is explained")
 
 
 class TokenizeRequest(_Request):

@@ -22,6 +22,8 @@ TASKS = {
     "image_classification": "modelworks.tasks.image_classification",
     "text_classification": "modelworks.tasks.text_classification",
     "recommendation": "modelworks.tasks.recommendation",
+    "translation": "modelworks.tasks.translation",
+    "chat": "modelworks.tasks.chat",
 }
 
 

@@ -1,0 +1,559 @@
+"""Chat / instruction tuning (SFT): next-token loss on the assistant's tokens only.
+
+    modelworks run configs/chat.yaml         # synthetic instructions: pretrain, SFT, evaluate
+    modelworks chat runs/chat                # talk to the result in the terminal
+    modelworks serve runs/chat               # /v1/chat/completions with the run's template
+
+Data: a `chat` collect source (`messages` with system/user/assistant roles, or instruction /
+input / output, or prompt / completion records; collect/chat.py) or `synthetic_chat`. Preprocess
+splits the conversations into `train.jsonl` / `val.jsonl` (`preprocess.val_fraction`) and stores
+the chat template as `chat_template.jinja`: `preprocess.chat_template` when set, else a Hugging
+Face base's own (its tokenizer_config.json), else CHAT_TEMPLATE below (the serving default with
+the end-of-text token closing each assistant turn, so the model learns to stop). When the run
+trains its own model (`finetune.from: pretrain`) preprocess also trains a BPE tokenizer on the
+rendered train conversations and packs them as token shards, which pretrain models as plain text.
+
+Fine-tuning renders each conversation with the template, tokenises the whole text once with the
+base's tokenizer and finds the assistant spans by rendering prefixes (messages[:i] with the
+generation prompt vs messages[:i+1]): targets are -100 everywhere except the assistant tokens of
+each span up to and including the end token that closes the turn; a template that closes turns
+without the end token gets one inserted there, so every model learns to stop. Packing
+(`finetune.packing`) concatenates examples into rows of `seq_len` with plain causal attention (our
+GPT takes no attention mask; each example starts with the start token, as pretraining documents
+did, and a target never belongs to another example); the rest of a row is padding with -100
+targets. Examples longer than `seq_len` are truncated and counted in the manifest.
+
+Evaluate: assistant-token loss and perplexity on val with a bootstrap CI over conversations, the
+same for the base model before SFT, and greedy answers to val prompts (last assistant turn) with
+their exact-match rate, for both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_path
+from modelworks.collect.chat import to_messages
+from modelworks.config import Config, ConfigError
+from modelworks.progress import Reporter
+from modelworks.serve.openai import DEFAULT_CHAT_STOP, render_chat
+from modelworks.train.data import DataError, EpochSampler, _Sampled
+from modelworks.train.trainer import TrainSetup
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'system' or m.role == 'developer' %}{{ m.content }}\n\n"
+    "{% elif m.role == 'user' %}User: {{ m.content }}\n\n"
+    "{% else %}Assistant: {{ m.content }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+IGNORE = -100  # F.cross_entropy's ignore_index: positions that are not trained
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocess
+
+
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+    path = run_dir / "collect" / "chats.parquet"
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} does not exist: task chat needs a collect source of type chat "
+            "(jsonl/parquet conversations) or synthetic_chat"
+        )
+    rows = pq.read_table(path).to_pylist()
+    convs = [to_messages(r, f"{path} row {i} ({r['id']})") for i, r in enumerate(rows)]
+    order = np.random.default_rng(cfg.seed).permutation(len(convs))
+    n_val = max(1, int(round(len(convs) * cfg.preprocess.val_fraction)))
+    if len(convs) - n_val < 1:
+        raise DataError(f"{path}: {len(convs)} conversation(s) are too few to split train/val")
+    parts = {"val": order[:n_val], "train": order[n_val:]}
+    for split, idx in parts.items():
+        lines = (json.dumps({"id": rows[i]["id"], "messages": convs[i]}) for i in idx)
+        (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+    template, origin = resolve_template(cfg)
+    try:  # a template that cannot render this data fails here, not in the middle of training
+        render_chat(template, convs[0], False)
+    except Exception as e:  # jinja2 syntax, undefined names, raise_exception(...)
+        raise ConfigError(f"chat template from {origin}: {type(e).__name__}: {e}") from None
+    (out / "chat_template.jinja").write_text(template)
+    stats = {
+        "conversations": len(convs),
+        "split_sizes": {s: len(i) for s, i in parts.items()},
+        "chat_template": origin,
+    }
+    if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # the run trains its own model
+        stats["tokens"] = _pack_own_tokens(cfg, [convs[i] for i in parts["train"]], template, out)
+        stats["tokens_val"] = _pack_own_tokens(
+            cfg, [convs[i] for i in parts["val"]], template, out, "val"
+        )
+    reporter.info(
+        f"[preprocess] {len(convs)} conversations, train/val {len(parts['train'])}/"
+        f"{len(parts['val'])}; chat template: {origin}"
+    )
+    return stats
+
+
+def resolve_template(cfg: Config) -> tuple[str, str]:
+    """(template, where it came from): preprocess.chat_template, else the base's, else ours."""
+    spec = cfg.preprocess.chat_template
+    if spec:
+        if "{" in spec:
+            return spec, "preprocess.chat_template"
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"preprocess.chat_template={spec!r}: neither a template nor a file")
+        return path.read_text(), str(path)
+    base = cfg.finetune.from_ if cfg.finetune is not None else "pretrain"
+    if base != "pretrain" and Path(base).is_dir():
+        folder = Path(base)
+        for sub in ("", "finetune", "pretrain"):
+            jinja, tcfg = (
+                folder / sub / "chat_template.jinja",
+                folder / sub / "tokenizer_config.json",
+            )
+            if jinja.is_file():
+                return jinja.read_text(), str(jinja)
+            if tcfg.is_file():
+                template = json.loads(tcfg.read_text()).get("chat_template")
+                if isinstance(template, str):
+                    return template, str(tcfg)
+    return CHAT_TEMPLATE, "built-in (User:/Assistant:)"
+
+
+def _pack_own_tokens(cfg, convs: list[list[dict]], template: str, out: Path, split="train"):
+    """Rendered conversations as LM token shards, for this run's own pretrain."""
+    from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
+    from modelworks.preprocess.tokenizer import EOT, eot_id, load_tokenizer, train_bpe
+
+    if split == "train":
+        plain = (render_chat(template, c, False) for c in convs)
+        tok = train_bpe(plain, cfg.preprocess.vocab_size)
+        tok.save(str(out / "tokenizer.json"))
+        (out / "tokens").mkdir()
+    tok = load_tokenizer(out / "tokenizer.json")
+    eot, dtype = eot_id(tok), token_dtype(tok.get_vocab_size())
+    sw = ShardWriter(out / "tokens", split, dtype, cfg.preprocess.shard_tokens)
+    for c in convs:
+        sw.add([*tok.encode(render_chat(template, c, False, EOT, EOT)).ids, eot])
+    shards = sw.close()
+    meta_path = out / "tokens" / "meta.json"
+    splits = json.loads(meta_path.read_text())["splits"] if meta_path.is_file() else {}
+    write_meta(out / "tokens", dtype, tok.get_vocab_size(), eot, {**splits, split: shards})
+    return sum(s["tokens"] for s in shards)
+
+
+def load_conversations(run_dir: Path, split: str) -> list[list[dict]]:
+    path = Path(run_dir) / "preprocess" / f"{split}.jsonl"
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line]
+
+
+# ---------------------------------------------------------------------------------------------
+# conversations -> tokens with an assistant-only mask
+
+
+@dataclass
+class ChatFormat:
+    """How conversations become tokens for one model: its tokenizer, template and specials."""
+
+    tokenizer: Tokenizer
+    template: str
+    bos: int  # the start token every sequence begins with
+    eos: set[int]  # tokens that end an assistant turn (generation stops there)
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        text = self.tokenizer.decode
+        bos, eos = text([self.bos], skip_special_tokens=False), ""
+        if self.eos:
+            eos = text([min(self.eos)], skip_special_tokens=False)
+        return render_chat(self.template, messages, add_generation_prompt, bos, eos)
+
+    def encode(self, messages: list[dict]) -> tuple[list[int], list[int]]:
+        """(ids, trained): the conversation's tokens, starting with the start token, and 1
+        where a token is an assistant token the model must predict (its turn's end included)."""
+        import jinja2
+
+        try:
+            full = self.render(messages)
+            spans = []
+            for i, m in enumerate(messages):
+                if m["role"] != "assistant":
+                    continue
+                prefix, upto = self.render(messages[:i], True), self.render(messages[: i + 1])
+                if not (upto.startswith(prefix) and full.startswith(upto)):
+                    raise DataError(
+                        f"the chat template does not render message {i} as an extension of "
+                        "the conversation before it; assistant turns cannot be located"
+                    )
+                spans.append((len(prefix), len(upto)))
+        except jinja2.TemplateError as e:
+            raise DataError(f"the chat template failed on a conversation: {e}") from None
+        enc = self.tokenizer.encode(full, add_special_tokens=False)
+        members: list[list[int]] = [[] for _ in spans]  # token indices starting in each span
+        k = 0
+        for j, (start, _) in enumerate(enc.offsets):
+            while k < len(spans) and start >= spans[k][1]:
+                k += 1
+            if k < len(spans) and start >= spans[k][0]:
+                members[k].append(j)
+        mark, close_after = [0] * len(enc.ids), set()
+        for js in members:
+            for j in js:
+                mark[j] = 1
+                if enc.ids[j] in self.eos:  # the turn's end: train it, not what follows
+                    break
+            else:  # the template closed the turn without the end token: add it
+                if js:
+                    close_after.add(js[-1])
+        ids: list[int] = []
+        trained: list[int] = []
+        for j, tid in enumerate(enc.ids):
+            ids.append(tid)
+            trained.append(mark[j])
+            if j in close_after:
+                ids.append(min(self.eos))
+                trained.append(1)
+        if not ids or ids[0] != self.bos:
+            ids, trained = [self.bos, *ids], [0, *trained]
+        return ids, trained
+
+
+def chat_format_for_base(cfg: Config, run_dir: Path, base) -> ChatFormat:
+    """The format a fine-tune of `base` (finetune.Base) trains with."""
+    from modelworks.models.gpt import GPT
+    from modelworks.preprocess.tokenizer import eot_id
+    from modelworks.serve.engine import hf_chat_tokens
+
+    if not isinstance(base.model, GPT) or getattr(base.model.cfg, "n_classes", 0):
+        raise ConfigError(
+            f"finetune.from={cfg.finetune.from_!r} is a {type(base.model).__name__}; task chat "
+            "fine-tunes a decoder (a gpt run or model folder, or a Llama-family folder)"
+        )
+    if base.tokenizer is None:
+        raise ConfigError(f"finetune.from={cfg.finetune.from_!r}: no tokenizer.json with it")
+    if base.kind == "llama":
+        bos, eos, _ = hf_chat_tokens(base.folder)
+    else:
+        bos = eot_id(base.tokenizer, base.folder)
+        eos = {bos}
+    if not eos:
+        raise ConfigError(f"{base.folder}: no eos_token_id; the model could not learn to stop")
+    template = (Path(run_dir) / "preprocess" / "chat_template.jinja").read_text()
+    return ChatFormat(base.tokenizer, template, bos, eos)
+
+
+def encode_all(fmt: ChatFormat, convs, max_len: int) -> tuple[list, int]:
+    """[(inputs, targets)] per conversation (targets -100 where not trained), cut to `max_len`
+    inputs; and how many were longer than that."""
+    out, n_trunc = [], 0
+    for messages in convs:
+        ids, trained = fmt.encode(messages)
+        if len(ids) - 1 > max_len:
+            ids, trained, n_trunc = ids[: max_len + 1], trained[: max_len + 1], n_trunc + 1
+        targets = [t if m else IGNORE for t, m in zip(ids[1:], trained[1:], strict=True)]
+        out.append((ids[:-1], targets))
+    return out, n_trunc
+
+
+def pack_rows(examples, seq_len: int, pad_id: int, packing: bool = True):
+    """Variable-length (inputs, targets) examples as rows (N, seq_len) of inputs and targets:
+    packed greedily in the given order when `packing`, else one per row; padding has target
+    -100. Every example lands whole in exactly one row."""
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    used = seq_len  # forces a first row
+    for inp, tgt in examples:
+        if not packing or used + len(inp) > seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append((inp, tgt))
+        used += len(inp)
+    x = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), seq_len), IGNORE, dtype=torch.long)
+    for r, row in enumerate(rows):
+        pos = 0
+        for inp, tgt in row:
+            x[r, pos : pos + len(inp)] = torch.tensor(inp, dtype=torch.long)
+            y[r, pos : pos + len(tgt)] = torch.tensor(tgt, dtype=torch.long)
+            pos += len(inp)
+    return x, y
+
+
+class PackedLoader(_Sampled):
+    """(inputs, targets) batches of a shuffled epoch over packed rows; columns that no row of
+    the batch uses are trimmed (unpacked short examples train faster)."""
+
+    def __init__(self, x, y, batch_size: int, seed: int, rank=0, world=1) -> None:
+        if len(x) < batch_size * world:
+            raise DataError(
+                f"{len(x)} training rows are fewer than one batch of {batch_size * world}; "
+                "lower finetune.batch_size or add data"
+            )
+        self.x, self.y = x, y
+        self.sampler = EpochSampler(len(x), batch_size, seed, rank, world)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.sampler.next_indices())
+        return _trim(self.x[idx], self.y[idx])
+
+
+def _trim(x: torch.Tensor, y: torch.Tensor):
+    used = (y != IGNORE).any(0).nonzero()
+    width = int(used.max()) + 1 if len(used) else 1
+    return x[:, :width], y[:, :width]
+
+
+def masked_lm_loss(model: nn.Module, batch) -> torch.Tensor:
+    """Mean cross-entropy over the trained (assistant) tokens, in float32."""
+    x, y = batch
+    logits = model(x).float().flatten(0, 1)
+    loss = F.cross_entropy(logits, y.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss / (y != IGNORE).sum().clamp(min=1)
+
+
+@torch.no_grad()
+def example_losses(model: nn.Module, examples, device, batch_size: int = 16):
+    """Summed nats and counts of trained tokens, per example (unpacked), as numpy arrays."""
+    nats, counts = [], []
+    for i in range(0, len(examples), batch_size):
+        x, y = pack_rows(
+            examples[i : i + batch_size], max(len(e[0]) for e in examples), 0, packing=False
+        )
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE, reduction="none")
+        nats += ce.sum(1).tolist()
+        counts += (y != IGNORE).sum(1).tolist()
+    return np.asarray(nats), np.asarray(counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def setup_training(cfg: Config, run_dir: Path, device, rank: int = 0, world: int = 1):
+    """This run's own pretrain: a language model on the rendered train conversations."""
+    from modelworks.tasks import language_modeling
+
+    if not (Path(run_dir) / "preprocess" / "tokens" / "meta.json").is_file():
+        raise ConfigError(
+            "task chat pretrains only when it trains its own model (finetune.from: pretrain); "
+            "re-run preprocess with that setting"
+        )
+    return language_modeling.setup_training(cfg, run_dir, device, rank, world)
+
+
+def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
+    ft = cfg.finetune
+    fmt = chat_format_for_base(cfg, run_dir, base)
+    max_len = min(ft.seq_len, base.model.cfg.context_len)
+    train, n_trunc = encode_all(fmt, load_conversations(run_dir, "train"), max_len)
+    val, v_trunc = encode_all(fmt, load_conversations(run_dir, "val"), max_len)
+    order = np.random.default_rng(cfg.seed).permutation(len(train))
+    x, y = pack_rows([train[i] for i in order], max_len, fmt.bos, ft.packing)
+    loader = PackedLoader(x, y, ft.batch_size, cfg.seed)
+    vx, vy = pack_rows(val, max_len, fmt.bos, ft.packing)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(vx), ft.batch_size):
+                bx, by = vx[i : i + ft.batch_size].to(device), vy[i : i + ft.batch_size].to(device)
+                n = int((by != IGNORE).sum())
+                total += masked_lm_loss(m, (bx, by)).item() * n
+                count += n
+        return {"val_loss": total / max(count, 1)}
+
+    info = {
+        "max_tokens": max_len,
+        "train_texts": len(train),
+        "train_rows": len(x),
+        "packing": ft.packing,
+        "train_truncated": n_trunc,
+        "val_truncated": v_trunc,
+        "assistant_tokens": int((y != IGNORE).sum()),
+    }
+    setup = TrainSetup(
+        base.model.to(device), masked_lm_loss, loader, validate, ft.batch_size * max_len
+    )
+    return setup, info
+
+
+def save_finetuned(cfg: Config, out: Path, base) -> None:
+    """The template and special tokens go next to the weights: the folder serves on its own."""
+    fmt = chat_format_for_base(cfg, cfg.run_dir, base)
+    (out / "chat_template.jinja").write_text(fmt.template)
+    stop = [DEFAULT_CHAT_STOP] if fmt.template == CHAT_TEMPLATE else []
+    atomic_write_json(
+        out / "chat.json", {"bos_id": fmt.bos, "eos_ids": sorted(fmt.eos), "stop": stop}
+    )
+
+
+def load_chat_engine(target: str | Path, device: str = "auto", name: str | None = None, **kw):
+    """A serve.engine.Engine with its chat template for a chat run, a chat model folder (a
+    fine-tune's finetune/), any run, or a Hugging Face folder; `engine.chat_stop` lists stop
+    strings that end the assistant's turn."""
+    from modelworks.preprocess.tokenizer import load_tokenizer
+    from modelworks.runtime import resolve_device
+    from modelworks.serve import is_hf_folder, run_chat_template
+    from modelworks.serve.engine import Engine
+    from modelworks.train.checkpoint import load_model
+
+    target = Path(target)
+    if not target.is_dir():
+        raise ConfigError(f"{target}: no such folder (a run, a model or a Hugging Face folder)")
+    if is_hf_folder(target):
+        engine = Engine.from_hf(target, device, name, **kw)
+        engine.chat_stop = [] if engine.chat_template else [DEFAULT_CHAT_STOP]
+        return engine
+    is_model = (target / "chat.json").is_file()
+    model_dir = target if is_model else final_model_dir(target)
+    if (model_dir / "chat.json").is_file():
+        specials = json.loads((model_dir / "chat.json").read_text())
+        tok = load_tokenizer(model_dir / "tokenizer.json" if is_model else tokenizer_path(target))
+        engine = Engine(
+            load_model(model_dir, resolve_device(device)),
+            tok,
+            name or (target.parent.name if is_model else target.name),
+            specials["bos_id"],
+            set(specials["eos_ids"]),
+            (model_dir / "chat_template.jinja").read_text(),
+            **kw,
+        )
+        engine.chat_stop = specials["stop"]
+        return engine
+    engine = Engine.from_run(target, device, name, **kw)  # a run without a chat fine-tune
+    engine.chat_template = run_chat_template(target)
+    engine.chat_stop = [DEFAULT_CHAT_STOP] if engine.chat_template in (None, CHAT_TEMPLATE) else []
+    return engine
+
+
+def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
+    """`modelworks serve` hook: the OpenAI endpoints (chat included, with the run's template)."""
+    from modelworks.serve.app import add_lm_routes
+
+    add_lm_routes(
+        app, lambda: load_chat_engine(run_dir, device, cfg.model_name, max_batch=cfg.max_batch)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+    """Assistant-token loss / perplexity on val (95% bootstrap CI over conversations) and greedy
+    answers to val prompts, for the fine-tuned model and for its base before SFT."""
+    from modelworks.evaluate.metrics import fmt_ci, perplexity, ratio_ci
+    from modelworks.evaluate.report import EvaluateError, md_table, training_table
+    from modelworks.pipeline import model_stage
+
+    stage = model_stage(cfg)
+    convs = load_conversations(run_dir, "val")
+    if not convs:
+        raise EvaluateError(f"{run_dir}/preprocess/val.jsonl: no conversations to evaluate on")
+    engine = load_chat_engine(run_dir, cfg.device, cfg.name)
+    fmt = ChatFormat(engine.tokenizer, engine.chat_template, engine.eot, engine.eos)
+    train_cfg = cfg.finetune if stage == "finetune" else cfg.pretrain
+    max_len = min(train_cfg.seq_len, engine.context_len)
+    examples, n_trunc = encode_all(fmt, convs, max_len)
+    n_gen = min(cfg.evaluate.limit or len(convs), len(convs))  # evaluate.limit: 0 = all
+    e = cfg.evaluate
+    results = {"tuned": _score(engine, fmt, examples, convs[:n_gen], e.max_new_tokens)}
+    trained = json.loads((run_dir / stage / "manifest.json").read_text())["summary"]
+    if stage == "finetune":  # the same measures before SFT
+        from modelworks.finetune import load_base
+        from modelworks.serve.engine import Engine
+
+        base = load_base(cfg)
+        base_engine = Engine(
+            base.model.to(engine.device), engine.tokenizer, "base", engine.eot, engine.eos
+        )
+        base_engine.chat_template, base_engine.chat_stop = engine.chat_template, engine.chat_stop
+        results["base"] = _score(base_engine, fmt, examples, convs[:n_gen], e.max_new_tokens)
+    metrics: dict = {"split": "val", "conversations": len(convs), "truncated": n_trunc}
+    for who, r in results.items():
+        pre = "" if who == "tuned" else "base_"
+        nats, counts = r["nats"], r["counts"]
+        loss = float(nats.sum() / max(counts.sum(), 1))
+        metrics[f"{pre}loss"] = loss
+        metrics[f"{pre}perplexity"] = perplexity(loss)
+        metrics[f"{pre}exact_match"] = r["exact_match"]
+        if e.bootstrap:
+            ci = ratio_ci(nats, counts, n_boot=e.bootstrap, seed=cfg.seed)
+            metrics[f"{pre}loss_ci"] = list(ci)
+            metrics[f"{pre}perplexity_ci"] = [perplexity(v) for v in ci]
+        metrics["assistant_tokens"] = int(counts.sum())
+    metrics["answered"] = n_gen
+    generations = results["tuned"]["answers"]
+    atomic_write_json(out / "generations.json", generations)
+    m = metrics
+    reporter.info(
+        f"[evaluate] val assistant-token loss {m['loss']:.4f} (perplexity {m['perplexity']:.2f})"
+        + (f" vs base {m['base_loss']:.4f}" if "base_loss" in m else "")
+        + f"; exact match {m['exact_match']:.3f} on {n_gen} answers"
+        + (f" (base {m['base_exact_match']:.3f})" if "base_exact_match" in m else "")
+    )
+    rows = [
+        ("val conversations / assistant tokens", f"{len(convs)} / {m['assistant_tokens']:,}"),
+        ("assistant-token loss (nats)", fmt_ci(m["loss"], m.get("loss_ci"))),
+        ("perplexity", fmt_ci(m["perplexity"], m.get("perplexity_ci"), 2)),
+        (f"greedy exact match ({n_gen} answers)", f"{m['exact_match']:.3f}"),
+    ]
+    if "base_loss" in m:
+        rows += [
+            ("base model (before SFT) loss", fmt_ci(m["base_loss"], m.get("base_loss_ci"))),
+            ("base model exact match", f"{m['base_exact_match']:.3f}"),
+        ]
+    rows.append((f"conversations truncated to {max_len} tokens", str(n_trunc)))
+    samples = "\n".join(
+        ["| prompt | reference | response |", "|---|---|---|"]
+        + [
+            f"| {_cell(g['prompt'])} | {_cell(g['reference'])} | {_cell(g['response'])} |"
+            for g in generations[:8]
+        ]
+    )
+    sections = [
+        ("Results (val split; [95% bootstrap CI over conversations])", md_table(rows)),
+        ("Sample answers (greedy, last user turn of val conversations)", samples),
+        (f"Training ({stage})", training_table(trained)),
+    ]
+    return metrics, sections, []
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:200]
+
+
+def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dict:
+    """Per-conversation assistant-token nats and counts; greedy answers to the last turn."""
+    nats, counts = example_losses(engine.model, examples, engine.device)
+    answers, hits = [], 0
+    for messages in convs:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        ids = engine.encode(fmt.render(messages[:last], True))
+        room = engine.context_len - len(ids) - 1
+        if room < 1:
+            continue
+        gen = engine.generate(ids, min(max_new_tokens, room), 0.0, stop=engine.chat_stop)
+        reference = messages[last]["content"]
+        hits += gen.text.strip() == reference.strip()
+        answers.append(
+            {"prompt": messages[last - 1]["content"] if last else "", "reference": reference,
+             "response": gen.text.strip()}
+        )  # fmt: skip
+    return {
+        "nats": nats,
+        "counts": counts,
+        "exact_match": hits / max(len(answers), 1),
+        "answers": answers,
+    }
