@@ -28,11 +28,15 @@ from modelworks.evaluate.report import EvaluateError, save_png
 
 
 def _is_classifier(model: nn.Module) -> bool:
-    return getattr(model, "head", None) is not None and hasattr(model, "hidden_states")
+    # an encoder with a head, or our decoder with a class head (gpt_classifier)
+    has_head = getattr(model, "head", None) is not None
+    return has_head and (hasattr(model, "hidden_states") or _is_gpt(model))
 
 
 def _is_gpt(model: nn.Module) -> bool:
-    return hasattr(model, "blocks") and hasattr(model, "lm_head")
+    # our decoder's blocks (RoPE attention with wq/wk/wv), under an LM head or a class head
+    blocks = getattr(model, "blocks", None)
+    return bool(blocks) and hasattr(getattr(blocks[0], "attn", None), "wq")
 
 
 def _is_vit(model: nn.Module) -> bool:
@@ -239,6 +243,32 @@ def plot_attributions(result: dict, path: Path) -> None:
     save_png(fig, path)
 
 
+def plot_token_heat(results: list[dict], titles: list[str], path: Path) -> None:
+    """One row per classifier result: its tokens coloured by attribution (blue for, red against
+    the predicted class; each row scaled to its own largest magnitude), titled by `titles`."""
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+
+    width = max((len(r["tokens"]) for r in results), default=1)
+    fig, axes = plt.subplots(
+        len(results), 1, figsize=(min(16, 1 + 0.6 * width), 0.9 * len(results) + 0.6), dpi=100
+    )
+    axes = np.atleast_1d(axes)
+    cmap = colormaps["RdBu"]
+    for ax, r, title in zip(axes, results, titles, strict=True):
+        attr = np.array(r["attributions"], dtype=float)
+        scale = np.abs(attr).max() or 1.0
+        ax.imshow((attr / scale)[None], cmap=cmap, vmin=-1, vmax=1, aspect="auto")
+        for i, t in enumerate(_labels(r["tokens"])):
+            ax.text(i, 0, t, ha="center", va="center", fontsize=7)
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_title(title, fontsize=8, loc="left")
+    fig.suptitle("Integrated-gradients attribution per token (blue: for the prediction)")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
 def top_tokens_md(result: dict) -> str:
     return ", ".join(f"`{t['token']!r}` ({t['score']:+.3f})" for t in result["top_tokens"])
 
@@ -276,14 +306,16 @@ def classifier_samples_section(
     classes: list[str],
     n: int = 5,
     ig_steps: int = 32,
+    max_tokens: int = 64,
 ) -> tuple[str, list[dict]]:
     """Sample predictions of a text classifier with their top attributed tokens (integrated
     gradients), as a markdown table for the report and the JSON-ready results. Takes the first
-    `n` texts; a task's evaluate() adds it as a ("Sample predictions", table) section."""
+    `n` texts, each cut to `max_tokens` tokens; a task's evaluate() adds it as a
+    ("Sample predictions", table) section."""
     rows = ["| text | true | predicted (p) | top tokens |", "|---|---|---|---|"]
     results = []
     for text, label in list(zip(texts, labels, strict=True))[:n]:
-        r = explain(model, tokenizer, text, ig_steps=ig_steps)
+        r = explain(model, tokenizer, text, max_tokens=max_tokens, ig_steps=ig_steps)
         results.append(r)
         short = text if len(text) <= 80 else text[:77] + "..."
         short = short.replace("|", "/").replace("\n", " ")

@@ -19,7 +19,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -58,33 +57,48 @@ class LMScorer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    @torch.no_grad()
-    def token_logprobs(self, seqs: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    @torch.inference_mode()
+    def token_logprobs(
+        self, seqs: list[list[int]], greedy: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each sequence (starting with the start token): the log-probability of every token
-        after the first given the ones before it, and whether it was the argmax. Long sequences
-        are cut into disjoint windows of the model's context (each window restarts the context)."""
+        after the first given the ones before it, and whether it was the argmax (all False when
+        `greedy` is off). Long sequences are cut into disjoint windows of the model's context
+        (each window restarts the context).
+
+        Windows are sorted by length and batched by a token budget (`batch_size` full windows),
+        so short documents go many to a batch and every forward fills the matmuls. A batch only
+        takes windows at least 7/8 as long as its longest, so padding (after a window's tokens,
+        where causal attention keeps it out of the scores) costs at most 1/8 of the work."""
         L = self.context_len
-        windows = []  # (seq index, offset into targets, inputs, targets)
+        seqs = [np.asarray(q, dtype=np.int64) for q in seqs]
+        windows = []  # (seq index, offset into targets, number of targets)
         for s, seq in enumerate(seqs):
             for a in range(0, max(len(seq) - 1, 0), L):
-                windows.append((s, a, seq[a : a + L], seq[a + 1 : a + L + 1]))
+                windows.append((s, a, min(L, len(seq) - 1 - a)))
         out_lp = [np.zeros(max(len(q) - 1, 0)) for q in seqs]
         out_greedy = [np.zeros(max(len(q) - 1, 0), dtype=bool) for q in seqs]
-        order = sorted(range(len(windows)), key=lambda i: -len(windows[i][2]))
-        for b in range(0, len(order), self.batch_size):
-            batch = [windows[i] for i in order[b : b + self.batch_size]]
-            width = max(len(w[2]) for w in batch)
-            x = torch.zeros(len(batch), width, dtype=torch.long)
-            for r, w in enumerate(batch):
-                x[r, : len(w[2])] = torch.tensor(w[2])
+        windows.sort(key=lambda w: -w[2])
+        budget = max(1, self.batch_size) * L
+        i = 0
+        while i < len(windows):
+            width, j = windows[i][2], i  # the longest in the batch: sorted by length
+            end = min(len(windows), i + max(1, budget // width))
+            while j < end and 8 * windows[j][2] >= 7 * width:
+                j += 1
+            batch, i = windows[i:j], j
+            x = np.zeros((len(batch), width), dtype=np.int64)
+            y = np.zeros((len(batch), width), dtype=np.int64)
+            for r, (s, a, n) in enumerate(batch):
+                x[r, :n] = seqs[s][a : a + n]
+                y[r, :n] = seqs[s][a + 1 : a + n + 1]
             with self._autocast():
-                logits = self.model(x.to(self.device))
-            logp = F.log_softmax(logits.float(), dim=-1).cpu()
-            for r, (s, a, _, tgt) in enumerate(batch):
-                t = torch.tensor(tgt)
-                rows = logp[r, : len(tgt)]
-                out_lp[s][a : a + len(tgt)] = rows.gather(1, t[:, None])[:, 0].double().numpy()
-                out_greedy[s][a : a + len(tgt)] = (rows.argmax(1) == t).numpy()
+                logits = self.model(torch.from_numpy(x).to(self.device))
+            lp, hit = _target_logprobs(logits, torch.from_numpy(y).to(self.device), greedy)
+            lp, hit = lp.double().cpu().numpy(), hit.cpu().numpy()
+            for r, (s, a, n) in enumerate(batch):
+                out_lp[s][a : a + n] = lp[r, :n]
+                out_greedy[s][a : a + n] = hit[r, :n]
         return list(zip(out_lp, out_greedy, strict=True))
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -147,6 +161,23 @@ class LMScorer:
         return outs
 
 
+def _target_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, greedy: bool, chunk: int = 1 << 24
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(target) and target == argmax at every (row, position) of (B, T, V) logits, in
+    float32, a few rows at a time: the log-softmax is never materialised, only its normaliser
+    (logsumexp) per position, and the float32 copy of bf16 logits is one chunk at a time."""
+    B, T, V = logits.shape
+    step = max(1, chunk // max(1, T * V))
+    lps, hits = [], []
+    for r in range(0, B, step):
+        lg = logits[r : r + step].float()
+        t = targets[r : r + step]
+        lps.append(lg.gather(-1, t[..., None])[..., 0] - torch.logsumexp(lg, -1))
+        hits.append(lg.argmax(-1) == t if greedy else torch.zeros_like(t, dtype=torch.bool))
+    return torch.cat(lps), torch.cat(hits)
+
+
 def document_scores(scorer: LMScorer, docs: list[np.ndarray], eot: int, max_tokens: int = 0):
     """Per-document nats, tokens and UTF-8 bytes for perplexity and bits-per-byte.
 
@@ -157,17 +188,18 @@ def document_scores(scorer: LMScorer, docs: list[np.ndarray], eot: int, max_toke
     """
     contents, budget = [], max_tokens or None
     for d in docs:
-        c = [int(t) for t in d if int(t) != eot]
+        d = np.asarray(d, dtype=np.int64)
+        c = d[d != eot]
         if budget is not None:
             c = c[:budget]
             budget -= len(c)
-        if c:
+        if len(c):
             contents.append(c)
         if budget is not None and budget <= 0:
             break
-    scored = scorer.token_logprobs([[eot, *c] for c in contents])
+    scored = scorer.token_logprobs([np.concatenate([[eot], c]) for c in contents], greedy=False)
     nats = np.array([-lp.sum() for lp, _ in scored])
-    tokens = np.array([len(c) for c in contents])
-    n_bytes = np.array([len(scorer.decode(c).encode("utf-8")) for c in contents])
+    tokens = np.array([len(c) for c in contents], dtype=np.int64)
+    n_bytes = np.array([len(scorer.decode(c).encode("utf-8")) for c in contents], dtype=np.int64)
     targets = np.concatenate(contents) if contents else np.zeros(0, dtype=np.int64)
     return nats, tokens, n_bytes, targets

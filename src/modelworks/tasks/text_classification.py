@@ -9,8 +9,9 @@ model could never predict it). It writes `{train,val,test}.parquet` (text, label
 Training: from scratch (`pretrain`, `model.name: encoder`) or, usually, by fine-tuning an encoder
 (`finetune.from: minilm` or a BERT folder), with a fresh head on the mean-pooled or [CLS] vector.
 Texts longer than the training `seq_len` are truncated, and the count is reported.
-Metrics (scikit-learn): accuracy, macro-F1, per-class precision/recall, confusion matrix, next to
-a majority-class baseline, on the held-out test split (val when there is none).
+Metrics (scikit-learn): accuracy and macro-F1 with 95% bootstrap CIs, per-class precision/recall,
+confusion matrix, next to a majority-class baseline, on the held-out test split (val when there is
+none); a few sample predictions with their integrated-gradients top tokens.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 from torch import nn
 
 from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_path
 from modelworks.config import Config, ConfigError
+from modelworks.evaluate.metrics import classification_cis, fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.progress import Reporter
@@ -308,16 +312,21 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
             f"{model_dir}: the model predicts {getattr(model.cfg, 'n_classes', 0)} classes but "
             f"the data has {len(classes)} ({classes})"
         )
-    split = "test"
+    split = cfg.evaluate.split or "test"
     texts, y = load_split(run_dir, split)
-    if len(y) == 0:
+    if len(y) == 0 and cfg.evaluate.split is None:
         split = "val"
         texts, y = load_split(run_dir, split)
     train_cfg = cfg.finetune if stage == "finetune" else cfg.pretrain
     max_len = min(train_cfg.seq_len, model.cfg.context_len)
     ids, mask, n_trunc = encode(tok, texts, max_len)
     logits = predict(model, ids, mask, device)
-    m = classification_metrics(y.numpy(), logits.argmax(1).numpy(), len(classes))
+    pred = logits.argmax(1).numpy()
+    m = classification_metrics(y.numpy(), pred, len(classes))
+    if cfg.evaluate.bootstrap:
+        boot = {"n_boot": cfg.evaluate.bootstrap, "seed": cfg.seed}
+        m.update(classification_cis(y.numpy(), pred, len(classes), **boot))
+        m["ci_level"] = 0.95
     _, train_y = load_split(run_dir, "train")
     majority = int(torch.bincount(train_y).argmax())
     trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
@@ -340,8 +349,8 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion.png")
     rows = [
         (f"{split} texts", str(len(y))),
-        ("accuracy", f"{m['accuracy']:.4f}"),
-        ("macro-F1", f"{m['macro_f1']:.4f}"),
+        ("accuracy [95% CI]", fmt_ci(m["accuracy"], m.get("accuracy_ci"))),
+        ("macro-F1 [95% CI]", fmt_ci(m["macro_f1"], m.get("macro_f1_ci"))),
         ("majority-class baseline accuracy", f"{metrics['majority_baseline_accuracy']:.4f}"),
         (f"texts truncated to {max_len} tokens", str(n_trunc)),
     ]
@@ -359,7 +368,65 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         ("Per class", per_class),
         (f"Training ({stage})", training_table(trained)),
     ]
-    return metrics, sections, [("confusion.png", "Confusion matrix")]
+    images = [("confusion.png", "Confusion matrix")]
+    if cfg.evaluate.explain_samples:
+        section, heat = attribution_section(
+            model, tok, texts, y.numpy(), pred, classes, cfg.evaluate, max_len, out
+        )
+        sections.insert(2, section)
+        images += heat
+    return metrics, sections, images
+
+
+def attribution_section(model, tok, texts, y, pred, classes, e, max_len: int, out: Path):
+    """A few held-out predictions, wrong ones first, then correct, each with its top tokens by
+    integrated gradients (evaluate/explain.py, as /v1/explain); samples.json has the scores and
+    token_heat.png the tokens coloured by attribution."""
+    from modelworks.evaluate.explain import classifier_samples_section, plot_token_heat
+
+    wrong = np.flatnonzero(pred != y)
+    right = np.flatnonzero(pred == y)
+    k = e.explain_samples  # half wrong when there are enough, the rest correct
+    n_right = min(len(right), k - min(len(wrong), max(k // 2, 1)))
+    picked = [*wrong[: k - n_right], *right[:n_right]]
+    table, results = classifier_samples_section(
+        model,
+        tok,
+        [texts[i] for i in picked],
+        [int(y[i]) for i in picked],
+        classes,
+        n=len(picked),
+        ig_steps=e.ig_steps,
+        max_tokens=max_len,
+    )
+    samples = [
+        {
+            "index": int(i),
+            "text": texts[i],
+            "label": classes[int(y[i])],
+            "predicted": classes[r["target"]["id"]],
+            "probability": r["target"]["probability"],
+            "tokens": r["tokens"],
+            "attributions": r["attributions"],
+            "top_tokens": r["top_tokens"],
+        }
+        for i, r in zip(picked, results, strict=True)
+    ]
+    atomic_write_json(out / "samples.json", samples)
+    titles = [
+        f"true {s['label']}, predicted {s['predicted']} ({s['probability']:.2f})" for s in samples
+    ]
+    heat = []
+    if results:
+        plot_token_heat(results, titles, out / "token_heat.png")
+        heat = [("token_heat.png", "Token attributions of the sample predictions")]
+    body = (
+        f"{len(wrong)} of {len(y)} texts were misclassified. Below, {len(picked)} of the texts "
+        "(misclassified ones first, then correct ones), each with the tokens that "
+        f"pushed most towards the predicted class (integrated gradients, {e.ig_steps} steps, "
+        "from a zero embedding; `samples.json` has every token's score).\n\n" + table
+    )
+    return ("Sample predictions and attributions", body), heat
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
@@ -386,6 +453,31 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
 # serve
 
 
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    input: str | list[str] = Field(..., description="a text, or a list of texts")
+    top_k: int | None = Field(None, ge=1, description="labels per text (default: every class)")
+    model: str | None = Field(None, description="served model name (optional)")
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class Classified(BaseModel):
+    index: int = Field(ge=0)
+    label: str
+    labels: list[LabelProbability]
+
+
+class Classification(BaseModel):
+    object: Literal["list"]
+    model: str
+    data: list[Classified]
+    truncated: int = Field(ge=0, description="texts cut to the model's length")
+
+
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: POST /v1/classify ({"input": text or [texts], "top_k"}) returns
     the top-k labels with probabilities; POST /v1/explain ({"input": text}) the attention maps
@@ -394,6 +486,7 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 
     from modelworks.runtime import resolve_device
     from modelworks.serve.app import APIError, check_model, register_model, start_loading
+    from modelworks.serve.schema import Explanation, answers
     from modelworks.train.checkpoint import load_model
 
     state: dict = {}
@@ -414,24 +507,19 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 
     start_loading(app, "classifier", load)
 
-    def _texts(body: dict) -> list[str]:
+    def _texts(req: ClassifyRequest) -> list[str]:
         if "model" not in state:
             raise APIError(503, "the model is still loading; retry when /health is 200")
-        if not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object", None)
-        check_model(app, body.get("model"))
-        texts = body.get("input")
-        texts = [texts] if isinstance(texts, str) else texts
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        check_model(app, req.model)
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or not all(t.strip() for t in texts):
             raise APIError(400, "input: a non-empty string or list of non-empty strings", "input")
         return texts
 
-    @app.post("/v1/classify")
-    def classify(body: dict):  # sync: FastAPI runs it in a worker thread
-        texts = _texts(body)
-        top_k = body.get("top_k", len(state["classes"]))
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise APIError(400, f"top_k: must be a positive integer (got {top_k!r})", "top_k")
+    @app.post("/v1/classify", responses=answers(Classification))
+    def classify(req: ClassifyRequest):  # sync: FastAPI runs it in a worker thread
+        texts = _texts(req)
+        top_k = req.top_k or len(state["classes"])
         ids, mask, n_trunc = encode(state["tok"], texts, state["max_len"])
         probs = torch.softmax(predict(state["model"], ids, mask, state["dev"]), dim=-1)
         top = torch.topk(probs, min(top_k, len(state["classes"])), dim=-1)
@@ -448,11 +536,11 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
         ]
         return {"object": "list", "model": name, "data": data, "truncated": n_trunc}
 
-    @app.post("/v1/explain")
-    def explain_text(body: dict):
+    @app.post("/v1/explain", responses=answers(Explanation))
+    def explain_text(req: ClassifyRequest):
         from modelworks.evaluate.explain import explain
 
-        texts = _texts(body)
+        texts = _texts(req)
         if len(texts) != 1:
             raise APIError(400, "input: explain takes one text", "input")
         result = explain(state["model"], state["tok"], texts[0])
