@@ -123,7 +123,8 @@ class SourceConfig(_Section):
     )
     dataset: str = Field(
         "",
-        description="hf: dataset folder or data file (offline), or Hub name (online); "
+        description="hf: dataset folder or data file (offline), or Hub name (online); table: "
+        "the same, read for text_field + label_field instead of paths; "
         "parallel: numbers = built-in digits -> English words pairs (no files)",
     )
     subset: str | None = Field(None, description="hf: dataset configuration name")
@@ -421,6 +422,15 @@ class EvaluateConfig(_Section):
         ge=0,
         description="translation, chat: translate / answer only the first N examples of a "
         "split; 0 = all",
+    )
+    explain_samples: int = Field(
+        6,
+        ge=0,
+        description="text classification: test predictions (wrong ones first, then correct) "
+        "shown with their top integrated-gradients tokens; 0 = none",
+    )
+    ig_steps: int = Field(
+        16, ge=2, description="text classification: integrated-gradients steps per sample"
     )
 
 

@@ -5,7 +5,8 @@
 Text sources write `<run>/collect/documents.parquet` (id, text, source); image sources write
 `<run>/collect/images.parquet` (id, image bytes, label, source); labelled tables write
 `documents.parquet` with a `label` column; interaction sources (recommendation) write
-`interactions.parquet` (user, item, timestamp, rating, source). One run collects one kind.
+`interactions.parquet` (user, item, timestamp, rating, source); chat sources write
+`chats.parquet` (id, messages as JSON, source). One run collects one kind.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import itertools
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modelworks.collect import files, image_sources, interactions, sources, tables
+from modelworks.collect import (
+    chat,
+    files,
+    image_sources,
+    interactions,
+    parallel,
+    sources,
+    tables,
+)
 from modelworks.config import Config
 from modelworks.errors import ModelworksError
 from modelworks.progress import Reporter
@@ -36,7 +45,14 @@ IMAGE_TYPES = {"sklearn_digits", "image_folder", "idx", "image_table", "npz"}
 TABLE_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("label", pa.string()), ("source", pa.string())]
 )
+PARALLEL_SCHEMA = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("target", pa.string()), ("source", pa.string())]
+)  # fmt: skip  (text: the sentence to translate; target: its translation)
 INTERACTION_TYPES = {"interactions", "stdlib_calls", "stdlib_imports"}
+CHAT_TYPES = {"chat", "synthetic_chat"}
+CHAT_SCHEMA = pa.schema(
+    [("id", pa.string()), ("messages", pa.string()), ("source", pa.string())]
+)  # messages: the conversation as JSON, [{"role", "content"}, ...] (collect/chat.py)
 INTERACTION_SCHEMA = pa.schema(
     [("user", pa.string()), ("item", pa.string()), ("timestamp", pa.float64()),
      ("rating", pa.float64()), ("source", pa.string())]
@@ -62,14 +78,19 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
             src.paths, src.path_field, src.label_field, where, problems
         ),
         "npz": lambda: image_sources.npz_arrays(src.paths, src.array_keys, where),
-        "table": lambda: tables.read_tables(
-            src.paths, src.text_field, src.label_field, src.columns, where
-        ),
+        "table": lambda: _hf(src, where, src.label_field)
+        if src.dataset
+        else tables.read_tables(src.paths, src.text_field, src.label_field, src.columns, where),
         "interactions": lambda: interactions.read_interactions(
             src.paths, src.user_field, src.item_field, src.time_field, src.rating_field, where
         ),
+        "parallel": lambda: parallel.read_parallel(
+            src.paths, src.source_field, src.target_field, src.columns, where, src.dataset
+        ),
         "stdlib_calls": lambda: interactions.stdlib_calls(),
         "stdlib_imports": lambda: interactions.stdlib_imports(),
+        "chat": lambda: chat.read_chats(src.paths, where),
+        "synthetic_chat": lambda: chat.synthetic_chats(src.limit),
     }[src.type]()
     return itertools.islice(docs, src.limit) if src.limit else docs
 
@@ -93,12 +114,14 @@ def _crawl(src, where: str, problems: list[str], run_dir):
         raise ValueError(f"{where}.{e}") from None
 
 
-def _hf(src, where: str):
+def _hf(src, where: str, label_field: str | None = None):
     from modelworks.collect.hf import read_hf
 
     if not src.dataset:
         raise ValueError(f"{where}.dataset: empty; give a dataset folder, data file or Hub name")
-    return read_hf(src.dataset, src.split, src.text_field, src.streaming, src.subset, where)
+    return read_hf(
+        src.dataset, src.split, src.text_field, src.streaming, src.subset, where, label_field
+    )
 
 
 def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
@@ -113,6 +136,10 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         if s.type in IMAGE_TYPES
         else "table"
         if s.type == "table"
+        else "chat"
+        if s.type in CHAT_TYPES
+        else "parallel"
+        if s.type == "parallel"
         else "text"
         for s in cfg.collect.sources
     }
@@ -125,8 +152,10 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
     schema, name = {
         "image": (IMAGE_SCHEMA, "images"),
         "table": (TABLE_SCHEMA, "documents"),
+        "parallel": (PARALLEL_SCHEMA, "documents"),
         "text": (TEXT_SCHEMA, "documents"),
         "interactions": (INTERACTION_SCHEMA, "interactions"),
+        "chat": (CHAT_SCHEMA, "chats"),
     }[kind]
     writer = stage_writer(cfg, "collect")
     writer.open()

@@ -1,0 +1,158 @@
+"""Parallel text for translation: TSV/TXT/CSV or JSONL files of (source, target) pairs.
+
+Yields dicts with `id`, `text` (the source sentence), `target` (its translation) and `source`
+(the file). Which field is the source and which the target is the config's choice
+(`source_field`, `target_field`), so one file serves both directions. TSV/TXT/CSV files have a
+header line naming their columns, or none when `columns` names them in order (Tatoeba's
+`english<TAB>chinese` exports: `columns: [en, zh]`).
+
+`dataset: numbers` is a built-in synthetic corpus instead of files: every number 0-9999 written
+in digits ("4 0 7 2", one token per digit) and in English words ("four thousand seventy-two").
+Its mapping is compositional, so a word-by-word dictionary gets the digits' words but not the
+"thousand"/"hundred"/"-ty" structure, and a model that learns it generalises to held-out numbers.
+
+Empty sources or targets are kept here; the task's preprocessing drops and counts them. A field
+that no row of a file has is an error naming the file and the field (a typo, or the wrong file).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")
+
+
+def read_parallel(
+    patterns: list[str],
+    source_field: str,
+    target_field: str,
+    columns: list[str],
+    where: str,
+    dataset: str = "",
+) -> Iterator[dict]:
+    if dataset:
+        if dataset != "numbers":
+            raise ValueError(f"{where}.dataset: {dataset!r} is not built in (only: numbers)")
+        yield from numbers()
+        return
+    if not patterns:
+        raise FileNotFoundError(
+            f"{where}.paths: empty; give at least one file or glob (or dataset: numbers)"
+        )
+    for pattern in patterns:
+        hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
+        if not hits:
+            raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
+        for path in hits:
+            yield from _read(path, source_field, target_field, columns, where)
+
+
+def _read(path: Path, source_field: str, target_field: str, columns: list[str], where: str):
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported parallel-text type {suffix!r} ({', '.join(SUFFIXES)})"
+        )
+    seen = {source_field: False, target_field: False}
+    try:
+        for line, row in _rows(path, suffix, columns, (source_field, target_field), where):
+            for f in seen:
+                seen[f] = seen[f] or row.get(f) is not None
+            yield {
+                "id": f"{path}:{line}",
+                "text": _str(row.get(source_field)),
+                "target": _str(row.get(target_field)),
+                "source": str(path),
+            }
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    for field, found in seen.items():
+        if not found:
+            key = "source_field" if field == source_field else "target_field"
+            raise ValueError(f"{path}: no row has the field {field!r} ({where}.{key})")
+
+
+def _str(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _rows(path: Path, suffix: str, columns: list[str], fields: tuple[str, str], where: str):
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {i}: not JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path} line {i}: not a JSON object")
+                yield i, row
+        return
+    delimiter = "," if suffix == ".csv" else "\t"
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        names, first = (list(columns), 1) if columns else (next(reader, []), 2)
+        missing = [x for x in fields if x not in names]
+        if missing:
+            given = f"{where}.columns" if columns else "its header line"
+            raise ValueError(
+                f"{path}: no column {missing[0]!r} in {given} ({names}); set {where}.columns "
+                "for a file without a header, and source_field/target_field to column names"
+            )
+        for i, values in enumerate(reader, first):
+            if values:
+                yield i, dict(zip(names, values, strict=False))
+
+
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def number_words(n: int) -> str:
+    """English words for 0 <= n <= 9999: 'four thousand seventy-two'."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("-" + _ONES[n % 10] if n % 10 else "")
+    if n < 1000:
+        rest = n % 100
+        return f"{_ONES[n // 100]} hundred" + (f" {number_words(rest)}" if rest else "")
+    rest = n % 1000
+    return f"{_ONES[n // 1000]} thousand" + (f" {number_words(rest)}" if rest else "")
+
+
+def numbers(n_max: int = 10_000) -> Iterator[dict]:
+    for n in range(n_max):
+        yield {
+            "id": f"numbers:{n}",
+            "text": " ".join(str(n)),
+            "target": number_words(n),
+            "source": "numbers",
+        }
