@@ -21,8 +21,9 @@ from modelworks.errors import ModelworksError
 from modelworks.pipeline import run, stage_functions
 from modelworks.preprocess.tokenizer import EOT, train_bpe
 from modelworks.serve.openai import DEFAULT_CHAT_TEMPLATE
-from modelworks.tasks.chat import CHAT_TEMPLATE, IGNORE, ChatFormat, encode_all, pack_rows
+from modelworks.tasks.chat import CHAT_TEMPLATE, ChatFormat, encode_all
 from modelworks.train.data import DataError
+from modelworks.train.sft import IGNORE, pack_rows
 
 WORDS = ["cat", "dog", "sun", "red", "box", "pen", "cup", "map", "hat", "owl", "fig", "jam"]
 CONV = [

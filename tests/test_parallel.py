@@ -138,7 +138,9 @@ def _kill_after_first_checkpoint(proc, run_dir):
     assert not (run_dir / "pretrain").exists()
 
 
-@pytest.mark.parametrize("saved_with, resumed_with", [(2, 1), (1, 2)])
+@pytest.mark.parametrize(
+    "saved_with, resumed_with", [pytest.param(2, 1, marks=pytest.mark.slow), (1, 2)]
+)
 def test_resume_with_a_different_number_of_processes(reference, saved_with, resumed_with):
     name = f"resume{saved_with}{resumed_with}"
     long = ["pretrain.steps=40", "pretrain.ckpt_every=4", "pretrain.eval_every=30"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from safetensors.torch import load_file
 
 from modelworks.config import load_config
@@ -21,6 +22,7 @@ def _losses(run_dir):
     return [(r["step"], r.get("loss"), r.get("val_loss")) for r in map(json.loads, lines)]
 
 
+@pytest.mark.slow  # the default suite kills and resumes 5 times in test_reliability.py
 def test_killed_pretrain_resumes_with_identical_losses_and_weights(tmp_path):
     runs = tmp_path / "runs"
     ref = load_config(None, tiny_overrides(runs, "ref") + STEPS)

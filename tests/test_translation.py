@@ -21,7 +21,8 @@ from modelworks.preprocess import preprocess
 from modelworks.preprocess.tokenizer import train_bpe
 from modelworks.serve.beam import beam_search, greedy_decode, sequence_logprob
 from modelworks.tasks.language_modeling import lm_loss
-from modelworks.tasks.translation import encode_pairs, load_split, pad_batch
+from modelworks.tasks.translation import encode_pairs, load_split
+from modelworks.train.sft import pack_rows
 
 
 def _cfg(tmp, name, data=None, **extra):
@@ -102,21 +103,22 @@ def test_empty_sides_are_dropped_and_counted_and_split_by_source(tmp_path):
 def test_loss_is_on_target_tokens_and_end_token_only():
     tok = train_bpe(["hello world", "bonjour le monde", "hi", "salut"] * 20, 270)
     eot = tok.token_to_id("<|endoftext|>")
-    x, y, n_trunc = encode_pairs(tok, eot, ["hello world"], ["bonjour le monde"], "{source} =>", 64)
+    ex, n_trunc = encode_pairs(tok, eot, ["hello world"], ["bonjour le monde"], "{source} =>", 64)
     p_ids = tok.encode("hello world =>").ids
     t_ids = tok.encode("bonjour le monde").ids
     assert n_trunc == 0
-    assert x[0].tolist() == [eot, *p_ids, *t_ids]
-    assert y[0].tolist() == [-100] * len(p_ids) + [*t_ids, eot]
+    assert ex[0][0] == [eot, *p_ids, *t_ids]
+    assert ex[0][1] == [-100] * len(p_ids) + [*t_ids, eot]
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), context_len=64, n_layer=1, d_model=32))
-    inputs, labels = pad_batch(x, y, eot)
+    inputs, labels = pack_rows(ex, len(ex[0][0]), eot, packing=False)
     logits = model(inputs)[0, len(p_ids) :]
     want = F.cross_entropy(logits, torch.tensor([*t_ids, eot]))
     assert torch.allclose(lm_loss(model, (inputs, labels)), want)
     # too long for the context: cut, and counted
-    x, y, n_trunc = encode_pairs(tok, eot, ["hello world " * 20], ["salut " * 20], "{source}", 16)
-    assert n_trunc == 1 and len(x[0]) == 16 and (y[0] != -100).sum() >= 8
+    ex, n_trunc = encode_pairs(tok, eot, ["hello world " * 20], ["salut " * 20], "{source}", 16)
+    x, y = ex[0]
+    assert n_trunc == 1 and len(x) == 16 and sum(t != -100 for t in y) >= 8
 
 
 # -------------------------------------------------------------------------------- decoding

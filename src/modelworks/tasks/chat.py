@@ -17,11 +17,10 @@ Fine-tuning renders each conversation with the template, tokenises the whole tex
 base's tokenizer and finds the assistant spans by rendering prefixes (messages[:i] with the
 generation prompt vs messages[:i+1]): targets are -100 everywhere except the assistant tokens of
 each span up to and including the end token that closes the turn; a template that closes turns
-without the end token gets one inserted there, so every model learns to stop. Packing
-(`finetune.packing`) concatenates examples into rows of `seq_len` with plain causal attention (our
-GPT takes no attention mask; each example starts with the start token, as pretraining documents
-did, and a target never belongs to another example); the rest of a row is padding with -100
-targets. Examples longer than `seq_len` are truncated and counted in the manifest.
+without the end token gets one inserted there, so every model learns to stop. Each example starts
+with the start token, as pretraining documents did. Packing (`finetune.packing`) concatenates
+examples into rows of `seq_len` (train/sft.py: rows, loader, masked loss). Examples longer than
+`seq_len` are truncated and counted in the manifest.
 
 Evaluate: assistant-token loss and perplexity on val with a bootstrap CI over conversations, the
 same for the base model before SFT, and greedy answers to val prompts (last assistant turn) with
@@ -37,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -46,7 +44,15 @@ from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.serve.openai import DEFAULT_CHAT_STOP, render_chat
-from modelworks.train.data import DataError, EpochSampler, _Sampled
+from modelworks.train.data import DataError
+from modelworks.train.sft import (
+    IGNORE,
+    ExampleLoader,
+    Rows,
+    example_losses,
+    masked_lm_loss,
+    validation_loss,
+)
 from modelworks.train.trainer import TrainSetup
 
 CHAT_TEMPLATE = (
@@ -57,7 +63,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
-IGNORE = -100  # F.cross_entropy's ignore_index: positions that are not trained
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,77 +270,6 @@ def encode_all(fmt: ChatFormat, convs, max_len: int) -> tuple[list, int]:
     return out, n_trunc
 
 
-def pack_rows(examples, seq_len: int, pad_id: int, packing: bool = True):
-    """Variable-length (inputs, targets) examples as rows (N, seq_len) of inputs and targets:
-    packed greedily in the given order when `packing`, else one per row; padding has target
-    -100. Every example lands whole in exactly one row."""
-    rows: list[list[tuple[list[int], list[int]]]] = []
-    used = seq_len  # forces a first row
-    for inp, tgt in examples:
-        if not packing or used + len(inp) > seq_len:
-            rows.append([])
-            used = 0
-        rows[-1].append((inp, tgt))
-        used += len(inp)
-    x = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
-    y = torch.full((len(rows), seq_len), IGNORE, dtype=torch.long)
-    for r, row in enumerate(rows):
-        pos = 0
-        for inp, tgt in row:
-            x[r, pos : pos + len(inp)] = torch.tensor(inp, dtype=torch.long)
-            y[r, pos : pos + len(tgt)] = torch.tensor(tgt, dtype=torch.long)
-            pos += len(inp)
-    return x, y
-
-
-class PackedLoader(_Sampled):
-    """(inputs, targets) batches of a shuffled epoch over packed rows; columns that no row of
-    the batch uses are trimmed (unpacked short examples train faster)."""
-
-    def __init__(self, x, y, batch_size: int, seed: int, rank=0, world=1) -> None:
-        if len(x) < batch_size * world:
-            raise DataError(
-                f"{len(x)} training rows are fewer than one batch of {batch_size * world}; "
-                "lower finetune.batch_size or add data"
-            )
-        self.x, self.y = x, y
-        self.sampler = EpochSampler(len(x), batch_size, seed, rank, world)
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(self.sampler.next_indices())
-        return _trim(self.x[idx], self.y[idx])
-
-
-def _trim(x: torch.Tensor, y: torch.Tensor):
-    used = (y != IGNORE).any(0).nonzero()
-    width = int(used.max()) + 1 if len(used) else 1
-    return x[:, :width], y[:, :width]
-
-
-def masked_lm_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Mean cross-entropy over the trained (assistant) tokens, in float32."""
-    x, y = batch
-    logits = model(x).float().flatten(0, 1)
-    loss = F.cross_entropy(logits, y.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss / (y != IGNORE).sum().clamp(min=1)
-
-
-@torch.no_grad()
-def example_losses(model: nn.Module, examples, device, batch_size: int = 16):
-    """Summed nats and counts of trained tokens, per example (unpacked), as numpy arrays."""
-    nats, counts = [], []
-    for i in range(0, len(examples), batch_size):
-        x, y = pack_rows(
-            examples[i : i + batch_size], max(len(e[0]) for e in examples), 0, packing=False
-        )
-        x, y = x.to(device), y.to(device)
-        logits = model(x).float()
-        ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE, reduction="none")
-        nats += ce.sum(1).tolist()
-        counts += (y != IGNORE).sum(1).tolist()
-    return np.asarray(nats), np.asarray(counts)
-
-
 # ---------------------------------------------------------------------------------------------
 # training
 
@@ -359,28 +293,21 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
     train, n_trunc = encode_all(fmt, load_conversations(run_dir, "train"), max_len)
     val, v_trunc = encode_all(fmt, load_conversations(run_dir, "val"), max_len)
     order = np.random.default_rng(cfg.seed).permutation(len(train))
-    x, y = pack_rows([train[i] for i in order], max_len, fmt.bos, ft.packing)
-    loader = PackedLoader(x, y, ft.batch_size, cfg.seed)
-    vx, vy = pack_rows(val, max_len, fmt.bos, ft.packing)
+    train = [train[i] for i in order]  # packing fills rows in this order
+    loader = ExampleLoader(train, max_len, fmt.bos, ft.batch_size, cfg.seed, ft.packing)
+    val_rows = Rows(val, max_len, ft.packing)
 
     def validate(m: nn.Module) -> dict[str, float]:
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(vx), ft.batch_size):
-                bx, by = vx[i : i + ft.batch_size].to(device), vy[i : i + ft.batch_size].to(device)
-                n = int((by != IGNORE).sum())
-                total += masked_lm_loss(m, (bx, by)).item() * n
-                count += n
-        return {"val_loss": total / max(count, 1)}
+        return validation_loss(m, val_rows, fmt.bos, device, ft.batch_size)
 
     info = {
         "max_tokens": max_len,
         "train_texts": len(train),
-        "train_rows": len(x),
+        "train_rows": len(loader.rows),
         "packing": ft.packing,
         "train_truncated": n_trunc,
         "val_truncated": v_trunc,
-        "assistant_tokens": int((y != IGNORE).sum()),
+        "assistant_tokens": loader.rows.trained,
     }
     setup = TrainSetup(
         base.model.to(device), masked_lm_loss, loader, validate, ft.batch_size * max_len
@@ -536,7 +463,7 @@ def _cell(text: str) -> str:
 
 def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dict:
     """Per-conversation assistant-token nats and counts; greedy answers to the last turn."""
-    nats, counts = example_losses(engine.model, examples, engine.device)
+    nats, counts, _ = example_losses(engine.model, examples, engine.device)
     answers, hits = [], 0
     for messages in convs:
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
