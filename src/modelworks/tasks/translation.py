@@ -1,0 +1,511 @@
+"""Translation with a decoder-only model: pretrain on the corpus, fine-tune on prompt -> target.
+
+Data: a `parallel` collect source (TSV/TXT/CSV or JSONL pairs; `source_field`/`target_field`
+pick the direction; `dataset: numbers` is a built-in synthetic corpus). Preprocess strips both
+sides, drops pairs with an empty side (counted), and splits train/val/test by *source sentence*
+(`preprocess.val_fraction`, `test_fraction`, seeded): the same sentence with several translations
+lands in one split only, so no test source is ever seen in training. It writes
+`{train,val,test}.parquet` (source, target), `format.json` (the prompt template) and, for a model
+trained here, a byte-level BPE `tokenizer.json` trained on both sides of the train split (Chinese
+round-trips exactly; the count of sentences that would not is in stats.json).
+
+Format: one sequence per pair, `<eot> prompt target <eot>`, where prompt is
+`preprocess.prompt_template` with `{source}` replaced (default `"{source} =>"`) and prompt and
+target are tokenized separately, so generation continues exactly where training did.
+
+Training:
+- `pretrain` is language modelling on the train split's text, `preprocess.pretrain_text`:
+  `sentences` (default) = every source and target sentence as its own document (both languages,
+  no pairing: the model learns the languages, the fine-tune teaches translation), or `pairs` =
+  the formatted pairs with the loss on every token;
+- `finetune` (usually `from: pretrain`) trains on the formatted pairs with the loss on the target
+  tokens and the closing end token only (labels are -100 elsewhere, which cross-entropy skips).
+  A pair longer than `seq_len` + 1 tokens is truncated and counted: a prompt keeps at most its
+  last seq_len/2 tokens, then the sequence is cut at the end.
+
+Evaluate (on `evaluate.split`, default test): greedy and beam search (`evaluate.beam_size`,
+`length_penalty`; serve/beam.py), BLEU and chrF with sacrebleu (corpus level, bootstrap 95% CIs;
+`evaluate.bleu_tokenize`, auto = zh for Chinese targets), next to a word-by-word dictionary
+baseline built from the train split (evaluate/translation_metrics.py). A prompt longer than the
+context minus `evaluate.max_new_tokens` keeps its last tokens and is counted. Writes
+`translations.jsonl` (source, reference, greedy, beam, baseline per example) and metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from modelworks.artifacts import atomic_write_json, atomic_write_text, tokenizer_path
+from modelworks.config import Config, ConfigError
+from modelworks.evaluate.report import md_table, training_table
+from modelworks.preprocess.tokenizer import eot_id
+from modelworks.progress import Reporter
+from modelworks.tasks.language_modeling import lm_loss
+from modelworks.train.data import DataError, WindowLoader, sequential_batches
+from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
+from modelworks.train.trainer import TrainSetup
+
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocess
+
+
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+    docs_path = run_dir / "collect" / "documents.parquet"
+    table = pq.read_table(docs_path)
+    if "target" not in table.column_names:
+        raise ConfigError(
+            f"{docs_path} has no targets: task translation needs a collect source of "
+            "type: parallel (with source_field and target_field)"
+        )
+    template = cfg.preprocess.prompt_template
+    if template.count("{source}") != 1:
+        raise ConfigError(
+            f"preprocess.prompt_template={template!r} must contain {{source}} exactly once"
+        )
+    sources = [t.strip() for t in table.column("text").to_pylist()]
+    targets = [t.strip() for t in table.column("target").to_pylist()]
+    empty_source = sum(1 for s in sources if not s)
+    empty_target = sum(1 for s, t in zip(sources, targets, strict=True) if s and not t)
+    keep = [i for i, (s, t) in enumerate(zip(sources, targets, strict=True)) if s and t]
+    if empty_source or empty_target:
+        reporter.info(
+            f"[preprocess] dropped {empty_source} pair(s) with an empty source and "
+            f"{empty_target} with an empty target"
+        )
+    # split by distinct source sentence: its translations all go to one split
+    groups: dict[str, list[int]] = {}
+    for i in keep:
+        groups.setdefault(sources[i], []).append(i)
+    names = list(groups)
+    order = np.random.default_rng(cfg.seed).permutation(len(names))
+    n = len(names)
+    n_test = int(round(n * cfg.preprocess.test_fraction))
+    n_val = max(1, int(round(n * cfg.preprocess.val_fraction)))
+    if n - n_val - n_test < 2:
+        raise DataError(
+            f"{docs_path}: {len(keep)} non-empty pairs ({n} distinct sources) are too few to "
+            "split into train/val/test"
+        )
+    cut = {"test": order[:n_test], "val": order[n_test : n_test + n_val]}
+    cut["train"] = order[n_test + n_val :]
+    parts = {s: [i for g in cut[s] for i in groups[names[g]]] for s in SPLITS}
+    for split, idx in parts.items():
+        pq.write_table(
+            pa.table({"source": [sources[i] for i in idx], "target": [targets[i] for i in idx]}),
+            out / f"{split}.parquet",
+        )
+    atomic_write_json(out / "format.json", {"prompt_template": template})
+    stats = {
+        "pairs": len(table),
+        "empty_source_dropped": empty_source,
+        "empty_target_dropped": empty_target,
+        "distinct_sources": n,
+        "split_sizes": {s: len(i) for s, i in parts.items()},
+    }
+    if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # a model trained here
+        from modelworks.preprocess.tokenizer import find_tokenizer, load_tokenizer, train_bpe
+
+        train_text = [sources[i] for i in parts["train"]] + [targets[i] for i in parts["train"]]
+        reuse = getattr(cfg.preprocess, "tokenizer", "train")
+        if reuse == "train":
+            tok = train_bpe(train_text, cfg.preprocess.vocab_size)
+        else:  # a base's tokenizer (its folder's tokenizer_config.json names its end token)
+            tok_file = find_tokenizer(reuse)
+            tok = load_tokenizer(tok_file)
+            if (tok_file.parent / "tokenizer_config.json").is_file():
+                shutil.copy2(tok_file.parent / "tokenizer_config.json", out)
+        tok.save(str(out / "tokenizer.json"))
+        sample = train_text[:: max(1, len(train_text) // 2000)]
+        stats["tokenizer_roundtrip_failures"] = sum(
+            tok.decode(tok.encode(t).ids) != t for t in sample
+        )
+        stats["tokenizer_roundtrip_checked"] = len(sample)
+    sizes = stats["split_sizes"]
+    reporter.info(
+        f"[preprocess] {len(keep)} pairs ({n} distinct sources); train/val/test "
+        f"{sizes['train']}/{sizes['val']}/{sizes['test']}"
+    )
+    return stats
+
+
+def load_split(run_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    path = run_dir / "preprocess" / f"{split}.parquet"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; run `modelworks preprocess` first")
+    table = pq.read_table(path)
+    return table.column("source").to_pylist(), table.column("target").to_pylist()
+
+
+def prompt_template(run_dir: Path) -> str:
+    return json.loads((run_dir / "preprocess" / "format.json").read_text())["prompt_template"]
+
+
+def format_prompt(template: str, source: str) -> str:
+    return template.replace("{source}", source)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens and batches
+
+
+def encode_pairs(
+    tok: Tokenizer, eot: int, sources: list[str], targets: list[str], template: str, max_len: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """[(inputs, targets)] per pair (train/sft.py examples): inputs `<eot> prompt target` and
+    targets `prompt target <eot>` shifted by one, with -100 on the prompt (no loss there); at
+    most `max_len` positions. Also how many pairs were truncated."""
+    prompts = tok.encode_batch(
+        [format_prompt(template, s) for s in sources], add_special_tokens=False
+    )
+    tgts = tok.encode_batch(targets, add_special_tokens=False)
+    examples, n_trunc = [], 0
+    for p, t in zip(prompts, tgts, strict=True):
+        p_ids, t_ids = p.ids, t.ids
+        if 1 + len(p_ids) + len(t_ids) > max_len:
+            n_trunc += 1
+            p_ids = p_ids[-(max_len // 2) :]
+        ids = ([eot, *p_ids, *t_ids, eot])[: max_len + 1]
+        y = list(ids[1:])
+        n_prompt = len(p_ids)  # targets 0..n_prompt-1 predict prompt tokens
+        y[:n_prompt] = [IGNORE] * n_prompt
+        examples.append((ids[:-1], y))
+    return examples, n_trunc
+
+
+def _tokenizer(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: the model has no tokenizer to read texts with")
+    return Tokenizer.from_file(str(path))
+
+
+def _pretrain_stream(tok, eot, sources, targets, template, mode, seed) -> np.ndarray:
+    """The token stream pretrain models: documents separated by (and starting with) <eot>."""
+    if mode == "pairs":
+        prompts = tok.encode_batch(
+            [format_prompt(template, s) for s in sources], add_special_tokens=False
+        )
+        tgts = tok.encode_batch(targets, add_special_tokens=False)
+        seqs = [[eot, *p.ids, *t.ids] for p, t in zip(prompts, tgts, strict=True)]
+    else:  # every sentence on its own, shuffled: a sentence's translation is not its neighbour
+        encs = tok.encode_batch(sources + targets, add_special_tokens=False)
+        order = np.random.default_rng(seed).permutation(len(encs))
+        seqs = [[eot, *encs[i].ids] for i in order]
+    return np.array([t for s in seqs for t in s] + [eot], dtype=np.int64)
+
+
+def setup_training(
+    cfg: Config, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainSetup:
+    """Pretrain: a decoder (`model.name: gpt`) learns the corpus' text with the run's tokenizer."""
+    from modelworks.tasks.language_modeling import build_lm, lm_eval_loss
+
+    tok = _tokenizer(run_dir / "preprocess" / "tokenizer.json")
+    eot = eot_id(tok, run_dir / "preprocess")
+    model = build_lm(cfg, tok.get_vocab_size())
+    if not hasattr(model, "new_cache"):
+        raise ConfigError(
+            f"task translation trains a decoder (model.name: gpt), not {cfg.model.name!r}"
+        )
+    model = model.to(device)
+    template, mode = prompt_template(run_dir), cfg.preprocess.pretrain_text
+    p = cfg.pretrain
+    train = _pretrain_stream(tok, eot, *load_split(run_dir, "train"), template, mode, cfg.seed)
+    val = _pretrain_stream(tok, eot, *load_split(run_dir, "val"), template, mode, cfg.seed)
+    loader = WindowLoader(train, p.batch_size // world, p.seq_len, cfg.seed, rank, world)
+    val_seq = min(p.seq_len, len(val) - 1)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        batches = sequential_batches(val, p.batch_size, val_seq, p.eval_batches)
+        return {"val_loss": lm_eval_loss(m, batches, device)[0]}
+
+    flops = model.estimate_flops(p.seq_len) if hasattr(model, "estimate_flops") else None
+    return TrainSetup(
+        model, lm_loss, loader, validate, p.batch_size // world * p.seq_len, "tok", flops
+    )
+
+
+def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
+    """Fine-tune a decoder (this run's pretrain, another run, a Llama folder) on prompt ->
+    target, the loss on the target tokens only."""
+    from modelworks.models.gpt import GPT
+
+    if not isinstance(base.model, GPT):
+        raise ConfigError(
+            f"finetune.from={cfg.finetune.from_!r} is a {type(base.model).__name__}; "
+            "translation fine-tunes a decoder (gpt, a Llama folder)"
+        )
+    if base.tokenizer is None:
+        raise ConfigError(f"finetune.from={cfg.finetune.from_!r}: no tokenizer.json with it")
+    tok, eot = base.tokenizer, eot_id(base.tokenizer, base.folder)
+    model = base.model
+    ft = cfg.finetune
+    max_len = min(ft.seq_len, model.cfg.context_len)
+    template = prompt_template(run_dir)
+    train, n_trunc = encode_pairs(tok, eot, *load_split(run_dir, "train"), template, max_len)
+    val, v_trunc = encode_pairs(tok, eot, *load_split(run_dir, "val"), template, max_len)
+    loader = ExampleLoader(train, max_len, eot, ft.batch_size, cfg.seed)
+    val_rows = Rows(val, max_len, packing=False)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        return validation_loss(m, val_rows, eot, device, ft.batch_size)
+
+    info = {
+        "max_tokens": max_len,
+        "train_texts": len(train),
+        "train_truncated": n_trunc,
+        "val_truncated": v_trunc,
+        "prompt_template": template,
+    }
+    setup = TrainSetup(model.to(device), masked_lm_loss, loader, validate, ft.batch_size, "ex")
+    return setup, info
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def translate(
+    model: nn.Module,
+    tok: Tokenizer,
+    eot: int,
+    sources: list[str],
+    template: str,
+    max_new_tokens: int,
+    beam_size: int = 1,
+    length_penalty: float = 1.0,
+) -> tuple[list[str], int]:
+    """Greedy (beam_size 1) or beam-search translations, and how many prompts were cut to fit
+    the context (they keep their last tokens)."""
+    from modelworks.serve.beam import beam_search, greedy_decode
+
+    keep = model.cfg.context_len - max_new_tokens - 1
+    if keep < 1:
+        raise ConfigError(
+            f"evaluate.max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+            f"model's context of {model.cfg.context_len} tokens"
+        )
+    encs = tok.encode_batch([format_prompt(template, s) for s in sources], add_special_tokens=False)
+    out, n_cut = [], 0
+    for e in encs:
+        ids = e.ids
+        if len(ids) > keep:
+            ids, n_cut = ids[-keep:], n_cut + 1
+        prompt = [eot, *ids]
+        if beam_size == 1:
+            hyp = greedy_decode(model, prompt, eot, max_new_tokens)
+        else:
+            hyp = beam_search(model, prompt, eot, max_new_tokens, beam_size, length_penalty)[0]
+        out.append(tok.decode(hyp.ids, skip_special_tokens=True).strip())
+    return out, n_cut
+
+
+def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+    from modelworks.evaluate.report import EvaluateError
+    from modelworks.evaluate.translation_metrics import (
+        DictionaryBaseline,
+        bleu_tokenize,
+        corpus_scores,
+    )
+    from modelworks.pipeline import model_stage
+    from modelworks.runtime import resolve_device
+    from modelworks.train.checkpoint import load_model
+
+    e = cfg.evaluate
+    device = resolve_device(cfg.device)
+    stage = model_stage(cfg)
+    model_dir = run_dir / stage
+    model = load_model(model_dir, device).eval()
+    if not hasattr(model, "new_cache"):
+        raise EvaluateError(f"{model_dir}: a {type(model).__name__} cannot generate text")
+    tok = _tokenizer(tokenizer_path(run_dir, model_dir))
+    eot = eot_id(tok, model_dir)
+    template = prompt_template(run_dir)
+    split = e.split or "test"
+    sources, refs = load_split(run_dir, split)
+    if not sources and e.split is None:
+        split = "val"
+        sources, refs = load_split(run_dir, split)
+    if not sources:
+        raise EvaluateError(f"{run_dir / 'preprocess'}: the {split!r} split is empty")
+    if e.limit:
+        sources, refs = sources[: e.limit], refs[: e.limit]
+    tokenize = bleu_tokenize(e.bleu_tokenize, refs)
+    boot = {"n_boot": e.bootstrap, "seed": cfg.seed}
+    hyps, results, timing = {}, {}, {}
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and not cfg.threads:
+        # one token at a time through a small model: on a busy CPU, thread hand-offs cost more
+        # than they save (measured: greedy 4x faster on one thread with other jobs running)
+        torch.set_num_threads(1)
+    try:
+        for name, beam in (("greedy", 1), ("beam", e.beam_size)):
+            t0 = time.perf_counter()
+            hyps[name], n_cut = translate(
+                model, tok, eot, sources, template, e.max_new_tokens, beam, e.length_penalty
+            )
+            timing[name] = time.perf_counter() - t0
+            results[name] = corpus_scores(hyps[name], refs, tokenize, **boot)
+    finally:
+        torch.set_num_threads(threads)
+    train_src, train_tgt = load_split(run_dir, "train")
+    baseline = DictionaryBaseline(train_src, train_tgt)
+    hyps["baseline"] = [baseline.translate(s) for s in sources]
+    results["baseline"] = corpus_scores(hyps["baseline"], refs, tokenize, **boot)
+    atomic_write_text(
+        out / "translations.jsonl",
+        "".join(
+            json.dumps(
+                {"source": s, "reference": r, **{k: v[i] for k, v in hyps.items()}},
+                ensure_ascii=False,
+            )
+            + "\n"
+            for i, (s, r) in enumerate(zip(sources, refs, strict=True))
+        ),
+    )
+    trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
+    metrics = {
+        "split": split,
+        "examples": len(sources),
+        "bleu_tokenize": tokenize,
+        "beam_size": e.beam_size,
+        "length_penalty": e.length_penalty,
+        "max_new_tokens": e.max_new_tokens,
+        "prompts_truncated": n_cut,
+        "seconds": timing,
+        **{f"{name}_{k}": v for name, r in results.items() for k, v in r.items()},
+        "dictionary_entries": len(baseline.table),
+    }
+    metrics["chrf_ratio_vs_baseline"] = metrics["beam_chrf"] / max(metrics["baseline_chrf"], 1e-9)
+    reporter.info(
+        f"[evaluate] {split}: BLEU greedy {metrics['greedy_bleu']:.2f} / beam "
+        f"{metrics['beam_bleu']:.2f} / dictionary {metrics['baseline_bleu']:.2f}; chrF "
+        f"{metrics['greedy_chrf']:.2f} / {metrics['beam_chrf']:.2f} / "
+        f"{metrics['baseline_chrf']:.2f} on {len(sources)} pairs"
+        + (f"; {n_cut} prompt(s) truncated" if n_cut else "")
+    )
+    return metrics, _sections(metrics, results, hyps, sources, refs, trained, stage), []
+
+
+def _fmt(r: dict, key: str) -> str:
+    ci = r.get(f"{key}_ci")
+    return f"{r[key]:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _sections(m, results, hyps, sources, refs, trained, stage):
+    label = {
+        "greedy": "model, greedy",
+        "beam": f"model, beam {m['beam_size']} (length penalty {m['length_penalty']:g})",
+        "baseline": "word-by-word dictionary (train split)",
+    }
+    rows = "\n".join(
+        ["| system | BLEU | chrF |", "|---|---|---|"]
+        + [f"| {label[k]} | {_fmt(r, 'bleu')} | {_fmt(r, 'chrf')} |" for k, r in results.items()]
+    )
+    facts = md_table(
+        [
+            (f"{m['split']} pairs", str(m["examples"])),
+            ("BLEU tokenizer (sacrebleu)", m["bleu_tokenize"]),
+            ("BLEU signature", m["greedy_bleu_signature"]),
+            ("chrF signature", m["greedy_chrf_signature"]),
+            ("beam chrF / dictionary chrF", f"{m['chrf_ratio_vs_baseline']:.2f}"),
+            ("prompts truncated to fit the context", str(m["prompts_truncated"])),
+            (
+                "decode seconds (greedy / beam)",
+                f"{m['seconds']['greedy']:.1f} / {m['seconds']['beam']:.1f}",
+            ),
+        ]
+    )
+    samples = "\n".join(
+        ["| source | reference | greedy | beam | dictionary |", "|---|---|---|---|---|"]
+        + [
+            "| "
+            + " | ".join(
+                _cell(v)
+                for v in (
+                    sources[i],
+                    refs[i],
+                    *(hyps[k][i] for k in ("greedy", "beam", "baseline")),
+                )
+            )
+            + " |"
+            for i in range(min(10, len(sources)))
+        ]
+    )
+    return [
+        (
+            f"Results ({m['split']} split; corpus scores [95% bootstrap CI over sentences])",
+            rows + "\n\n" + facts,
+        ),
+        ("Sample translations", samples),
+        (f"Training ({stage})", training_table(trained)),
+    ]
+
+
+def _cell(text: str) -> str:
+    return (text or "∅").replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
+    """`modelworks serve` hook: the OpenAI completion endpoints over the run's decoder, and
+    POST /v1/translate ({"input": text or [texts], "beam_size": 1, "max_tokens": 64}) which
+    formats each text with the run's prompt template and returns its translation."""
+    from modelworks.serve.app import APIError, add_lm_routes, check_model
+    from modelworks.serve.engine import Engine
+
+    state: dict = {}
+    run_dir = Path(run_dir)
+
+    def load() -> Engine:
+        engine = Engine.from_run(run_dir, device, cfg.model_name, max_batch=cfg.max_batch)
+        state.update(engine=engine, template=prompt_template(run_dir))
+        return engine
+
+    add_lm_routes(app, load)
+
+    @app.post("/v1/translate")
+    def translate_route(body: dict):  # sync: FastAPI runs it in a worker thread
+        if "engine" not in state:
+            raise APIError(503, "the model is still loading; retry when /health is 200")
+        if not isinstance(body, dict):
+            raise APIError(400, "the body must be a JSON object", None)
+        check_model(app, body.get("model"))
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise APIError(400, "input: a non-empty string or list of non-empty strings", "input")
+        engine = state["engine"]
+        beam = body.get("beam_size", 1)
+        max_tokens = body.get("max_tokens", min(64, engine.context_len // 2))
+        for key, value, top in (("beam_size", beam, 16), ("max_tokens", max_tokens, None)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise APIError(400, f"{key}: must be a positive integer (got {value!r})", key)
+            if top and value > top:
+                raise APIError(400, f"{key}: at most {top} (got {value})", key)
+        if max_tokens >= engine.context_len - 1:
+            raise APIError(
+                400, f"max_tokens: must be below the context of {engine.context_len}", "max_tokens"
+            )
+        with engine._lock:  # one forward pass at a time on the model
+            out, n_cut = translate(
+                engine.model, engine.tokenizer, engine.eot, [t.strip() for t in texts],
+                state["template"], max_tokens, beam,
+            )  # fmt: skip
+        data = [{"index": i, "translation": t} for i, t in enumerate(out)]
+        return {"object": "list", "model": engine.name, "data": data, "truncated": n_cut}
