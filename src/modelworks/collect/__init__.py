@@ -78,9 +78,11 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
             src.paths, src.path_field, src.label_field, where, problems
         ),
         "npz": lambda: image_sources.npz_arrays(src.paths, src.array_keys, where),
-        "table": lambda: _hf(src, where, src.label_field)
-        if src.dataset
-        else tables.read_tables(src.paths, src.text_field, src.label_field, src.columns, where),
+        "table": lambda: (
+            _hf(src, where, src.label_field)
+            if src.dataset
+            else tables.read_tables(src.paths, src.text_field, src.label_field, src.columns, where)
+        ),
         "interactions": lambda: interactions.read_interactions(
             src.paths, src.user_field, src.item_field, src.time_field, src.rating_field, where
         ),
