@@ -51,7 +51,7 @@ from modelworks.serve.engine import Engine, SamplingParams  # noqa: E402
 PRESETS = {  # (d_model, n_layer, n_head, n_kv_head, vocab)
     "tiny": (64, 2, 4, 2, 512),
     "small": (256, 4, 4, 2, 2048),
-    "124m": (768, 12, 12, 12, 8192),
+    "124m": (768, 12, 12, 12, 6144),  # vocab: what the pydoc topics support
 }
 
 
