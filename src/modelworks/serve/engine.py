@@ -153,6 +153,7 @@ class Engine:
         self._joining: list[Sequence] = []
         self._cache: KVCache | None = None
         self._thread: threading.Thread | None = None
+        self._closing = False
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", name: str | None = None, **kw):
@@ -281,11 +282,27 @@ class Engine:
     def free_slots(self) -> int:
         return self.max_batch - len(self._running)
 
+    def close(self) -> None:
+        """Stop the batching thread after its current step (a process must not exit while that
+        thread is inside torch: its thread pools abort). Unfinished sequences end as `abort`;
+        a later `submit` starts a new thread."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._thread, self._closing = None, False
+
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._waiting and not self._running:
+                while not self._waiting and not self._running and not self._closing:
                     self._cv.wait()
+                if self._closing:
+                    for seq in [*self._running, *self._waiting]:
+                        self._finish(seq, "abort")
+                    self._running, self._waiting = [], deque()
+                    return
                 joining = self._joining = []  # counted as waiting until the step takes them
                 while self._waiting and len(self._running) + len(joining) < self.max_batch:
                     joining.append(self._waiting.popleft())

@@ -34,6 +34,13 @@ def chat_repl(
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     engine = load_chat_engine(target, device)
+    try:
+        return _converse(engine, system, max_tokens, temperature, stdin, stdout)
+    finally:
+        engine.close()
+
+
+def _converse(engine, system, max_tokens, temperature, stdin: TextIO, stdout: TextIO) -> int:
     stop = list(getattr(engine, "chat_stop", []))
     if engine.chat_template is None and DEFAULT_CHAT_STOP not in stop:
         stop.append(DEFAULT_CHAT_STOP)
