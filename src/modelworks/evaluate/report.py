@@ -113,6 +113,12 @@ def config_section(config: dict) -> str:
     return "```\n" + yaml.safe_dump(config, sort_keys=False).strip() + "\n```"
 
 
+def md_cell(text: str, limit: int = 200) -> str:
+    """Text safe in a Markdown table cell: pipes escaped, one line, at most `limit` characters,
+    and an empty text shown as ∅."""
+    return (text or "∅").replace("|", "\\|").replace("\n", " ")[:limit]
+
+
 def md_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 

@@ -381,7 +381,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     """Assistant-token loss / perplexity on val (95% bootstrap CI over conversations) and greedy
     answers to val prompts, for the fine-tuned model and for its base before SFT."""
     from modelworks.evaluate.metrics import fmt_ci, perplexity, ratio_ci
-    from modelworks.evaluate.report import EvaluateError, md_table, training_table
+    from modelworks.evaluate.report import EvaluateError, md_cell, md_table, training_table
     from modelworks.pipeline import model_stage
 
     stage = model_stage(cfg)
@@ -445,7 +445,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     samples = "\n".join(
         ["| prompt | reference | response |", "|---|---|---|"]
         + [
-            f"| {_cell(g['prompt'])} | {_cell(g['reference'])} | {_cell(g['response'])} |"
+            f"| {md_cell(g['prompt'])} | {md_cell(g['reference'])} | {md_cell(g['response'])} |"
             for g in generations[:8]
         ]
     )
@@ -455,10 +455,6 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         (f"Training ({stage})", training_table(trained)),
     ]
     return metrics, sections, []
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")[:200]
 
 
 def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dict:

@@ -47,7 +47,7 @@ from torch import nn
 
 from modelworks.artifacts import atomic_write_json, atomic_write_text, tokenizer_path
 from modelworks.config import Config, ConfigError
-from modelworks.evaluate.report import md_table, training_table
+from modelworks.evaluate.report import md_cell, md_table, training_table
 from modelworks.preprocess.tokenizer import eot_id
 from modelworks.progress import Reporter
 from modelworks.tasks.language_modeling import lm_loss
@@ -433,7 +433,7 @@ def _sections(m, results, hyps, sources, refs, trained, stage):
         + [
             "| "
             + " | ".join(
-                _cell(v)
+                md_cell(v)
                 for v in (
                     sources[i],
                     refs[i],
@@ -452,10 +452,6 @@ def _sections(m, results, hyps, sources, refs, trained, stage):
         ("Sample translations", samples),
         (f"Training ({stage})", training_table(trained)),
     ]
-
-
-def _cell(text: str) -> str:
-    return (text or "∅").replace("|", "\\|").replace("\n", " ")
 
 
 # ---------------------------------------------------------------------------------------------
