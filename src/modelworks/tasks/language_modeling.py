@@ -63,9 +63,16 @@ def setup_training(
     data_dir = run_dir / "preprocess" / "tokens"
     train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     model = build_lm(cfg, train.vocab_size).to(device)
-    p = cfg.pretrain
-    loader = WindowLoader(train.tokens(), p.batch_size // world, p.seq_len, cfg.seed, rank, world)
-    val_tokens = val.tokens()
+    p, seed = cfg.pretrain, cfg.seed
+    return window_setup(model, train.tokens(), val.tokens(), p, seed, device, rank, world)
+
+
+def window_setup(
+    model: nn.Module, train_tokens, val_tokens, p, seed: int, device, rank: int = 0, world: int = 1
+) -> TrainSetup:
+    """Next-token training on random windows of `train_tokens`, validated on the first
+    `p.eval_batches` sequential windows of `val_tokens` (`p`: the pretrain or finetune section)."""
+    loader = WindowLoader(train_tokens, p.batch_size // world, p.seq_len, seed, rank, world)
     val_seq = min(p.seq_len, len(val_tokens) - 1)
 
     def validate(m: nn.Module) -> dict[str, float]:
@@ -103,20 +110,10 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
         )
     data_dir = run_dir / "preprocess" / "tokens"
     train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
-    loader = WindowLoader(train.tokens(), ft.batch_size, ft.seq_len, cfg.seed)
-    val_tokens = val.tokens()
-    val_seq = min(ft.seq_len, len(val_tokens) - 1)
-
-    def validate(m: nn.Module) -> dict[str, float]:
-        batches = sequential_batches(val_tokens, ft.batch_size, val_seq, ft.eval_batches)
-        return {"val_loss": lm_eval_loss(m, batches, device)[0]}
-
-    model.to(device)
+    setup = window_setup(model.to(device), train.tokens(), val.tokens(), ft, cfg.seed, device)
     was_training = model.training
-    base_val = validate(model.eval())["val_loss"]  # the base on the new domain, before training
+    base_val = setup.validate(model.eval())["val_loss"]  # the base on the new domain, before
     model.train(was_training)
-    flops = model.estimate_flops(ft.seq_len)
-    setup = TrainSetup(model, lm_loss, loader, validate, ft.batch_size * ft.seq_len, "tok", flops)
     return setup, {"base_val_loss": base_val, "base_val_perplexity": perplexity(base_val)}
 
 

@@ -50,8 +50,7 @@ from modelworks.config import Config, ConfigError
 from modelworks.evaluate.report import md_cell, md_table, training_table
 from modelworks.preprocess.tokenizer import eot_id
 from modelworks.progress import Reporter
-from modelworks.tasks.language_modeling import lm_loss
-from modelworks.train.data import DataError, WindowLoader, sequential_batches
+from modelworks.train.data import DataError
 from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
 from modelworks.train.trainer import TrainSetup
 
@@ -210,7 +209,7 @@ def setup_training(
     cfg: Config, run_dir: Path, device: torch.device, rank: int = 0, world: int = 1
 ) -> TrainSetup:
     """Pretrain: a decoder (`model.name: gpt`) learns the corpus' text with the run's tokenizer."""
-    from modelworks.tasks.language_modeling import build_lm, lm_eval_loss
+    from modelworks.tasks.language_modeling import build_lm, window_setup
 
     tok = _tokenizer(run_dir / "preprocess" / "tokenizer.json")
     eot = eot_id(tok, run_dir / "preprocess")
@@ -221,20 +220,9 @@ def setup_training(
         )
     model = model.to(device)
     template, mode = prompt_template(run_dir), cfg.preprocess.pretrain_text
-    p = cfg.pretrain
     train = _pretrain_stream(tok, eot, *load_split(run_dir, "train"), template, mode, cfg.seed)
     val = _pretrain_stream(tok, eot, *load_split(run_dir, "val"), template, mode, cfg.seed)
-    loader = WindowLoader(train, p.batch_size // world, p.seq_len, cfg.seed, rank, world)
-    val_seq = min(p.seq_len, len(val) - 1)
-
-    def validate(m: nn.Module) -> dict[str, float]:
-        batches = sequential_batches(val, p.batch_size, val_seq, p.eval_batches)
-        return {"val_loss": lm_eval_loss(m, batches, device)[0]}
-
-    flops = model.estimate_flops(p.seq_len) if hasattr(model, "estimate_flops") else None
-    return TrainSetup(
-        model, lm_loss, loader, validate, p.batch_size // world * p.seq_len, "tok", flops
-    )
+    return window_setup(model, train, val, cfg.pretrain, cfg.seed, device, rank, world)
 
 
 def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
