@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from modelworks import load_config, run
 
@@ -32,14 +32,6 @@ VARIANTS = {
     "bce": ["pretrain.rec_loss=bce"],
 }
 METHODS = {"sasrec": "SASRec", "popularity": "popularity", "item_knn": "item-kNN"}
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def run_variant(variant: str, seed: int, runs_dir: Path, extra: list[str]) -> dict:

@@ -20,25 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from modelworks import load_config, run
 from modelworks.tasks.text_classification import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def run_variant(label: str, runs_dir: Path, data: Path, extra: list[str]) -> dict:

@@ -15,27 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from modelworks import collect, load_config, preprocess, run
 from modelworks.tasks.image_classification import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("mlp", "cnn", "vit")
-
-
-def cpu_model() -> str:
-    """lscpu's "Model name" (Linux), else what platform knows."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def run_config(name: str, runs_dir: Path, extra: list[str]) -> dict:
