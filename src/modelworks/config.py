@@ -444,6 +444,11 @@ class ServeConfig(_Section):
     max_batch: int = Field(
         16, ge=1, description="sequences generated together (KV-cache slots); more requests wait"
     )
+    pack_weights: bool = Field(
+        True,
+        description="CPU: large linear layers run on oneDNN-packed weights (faster decoding, "
+        "one extra copy of those weights in memory)",
+    )
     max_concurrent_requests: int = Field(
         256, ge=1, description="in-flight POST requests; past it a 429 with Retry-After"
     )

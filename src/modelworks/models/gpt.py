@@ -58,6 +58,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused op
         # normalise in float32 whatever the autocast dtype: the mean of squares overflows in fp16
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -76,6 +78,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).type_as(x)
+
+
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of one query position per row, q (B, H, 1, D), over keys/values with H or
+    fewer (grouped) heads, k/v (B, KV, S, D); `mask` (B, 1, 1, S) or None. The H / KV query heads
+    that share a key head become that head's rows of queries, so grouped keys are never
+    repeated (the same numbers as repeating them)."""
+    B, H, _, D = q.shape
+    y = F.scaled_dot_product_attention(q.reshape(B, k.shape[1], H // k.shape[1], D), k, v, mask)
+    return y.reshape(B, H, 1, D)
 
 
 class KVCache:
@@ -111,15 +125,16 @@ class Attention(nn.Module):
             cache.k[self.layer, :B, :, start_pos:end] = k
             cache.v[self.layer, :B, :, start_pos:end] = v
             k, v = cache.k[self.layer, :B, :, :end], cache.v[self.layer, :B, :, :end]
+        S = k.shape[2]
+        if T == 1:  # one new token sees every key: no mask, and no repeat for grouped heads
+            y = grouped_attention(q, k, v)
+            return self.wo(y.transpose(1, 2).reshape(B, T, -1))
         if k.shape[1] != q.shape[1]:
             # explicit repeat rather than SDPA's enable_gqa: it takes every backend and torch>=2.6
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        S = k.shape[2]
         if S == T:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)
         else:  # a chunk appended after cached positions: query i sees keys <= start_pos + i
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

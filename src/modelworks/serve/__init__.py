@@ -47,6 +47,10 @@ def run_chat_template(run_dir: str | Path) -> str | None:
     return None
 
 
+def engine_options(cfg: ServeConfig) -> dict:
+    return {"max_batch": cfg.max_batch, "pack_weights": cfg.pack_weights}
+
+
 def build_app(
     target: str | Path,
     cfg: ServeConfig | None = None,
@@ -71,14 +75,14 @@ def build_app(
     app = create_app(cfg, target.name)
     if is_hf_folder(target):
         add_lm_routes(
-            app, lambda: Engine.from_hf(target, device, cfg.model_name, max_batch=cfg.max_batch)
+            app, lambda: Engine.from_hf(target, device, cfg.model_name, **engine_options(cfg))
         )
         return app
     hook = getattr(get_task(task), "serve_routes", None)
     if task == "language_modeling":
 
         def load():
-            engine = Engine.from_run(target, device, cfg.model_name, max_batch=cfg.max_batch)
+            engine = Engine.from_run(target, device, cfg.model_name, **engine_options(cfg))
             engine.chat_template = run_chat_template(target)
             return engine
 

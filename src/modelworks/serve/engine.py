@@ -30,9 +30,10 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from modelworks.errors import ModelworksError
-from modelworks.models.gpt import KVCache, apply_rope
+from modelworks.models.gpt import KVCache, apply_rope, grouped_attention
 from modelworks.preprocess.tokenizer import eot_id, load_tokenizer
 from modelworks.runtime import resolve_device
+from modelworks.serve.packing import pack_linears
 from modelworks.train.checkpoint import load_model
 
 log = logging.getLogger("modelworks")
@@ -136,8 +137,11 @@ class Engine:
         eos: set[int] | None = None,
         chat_template: str | None = None,
         max_batch: int = 16,
+        pack_weights: bool = True,
     ) -> None:
         self.model = model.eval()
+        if pack_weights:  # CPU: large linear layers on oneDNN-packed weights (serve/packing.py)
+            pack_linears(model)
         self.tokenizer = tokenizer
         self.name = name
         self.eot = eot_id(tokenizer) if bos is None else bos  # prepended to every prompt
@@ -332,9 +336,8 @@ class Engine:
             self._prefill(seq)
         if decoding:
             ids = torch.tensor([[s.out[-1]] for s in decoding], device=self.device)
-            slots = torch.tensor([s.slot for s in decoding], device=self.device)
-            start = torch.tensor([s.pos for s in decoding], device=self.device)
-            logits = self._forward(ids, slots, start)[:, -1]
+            logits = self._forward(ids, [s.slot for s in decoding], [s.pos for s in decoding])
+            logits = logits[:, -1]
             greedy = logits.argmax(-1).tolist()  # one call for the whole batch
             for row, seq in enumerate(decoding):
                 seq.pos += 1
@@ -345,8 +348,7 @@ class Engine:
 
     def _prefill(self, seq: Sequence) -> None:
         ids = torch.tensor([seq.ids], device=self.device)
-        slot = torch.tensor([seq.slot], device=self.device)
-        logits = self._forward(ids, slot, torch.zeros(1, dtype=torch.long, device=self.device))[0]
+        logits = self._forward(ids, [seq.slot], [0])[0]
         seq.pos = len(seq.ids)
         if seq.params.prompt_logprobs:
             k = seq.params.logprobs or 0
@@ -459,16 +461,23 @@ class Engine:
             self._finish(seq, "abort")
         return seq.cancelled
 
-    def _forward(self, ids: torch.Tensor, slots: torch.Tensor, start: torch.Tensor):
-        """Logits (B, T, vocab) for `ids` (B, T) at positions start[b].., reading and writing
+    def _forward(self, ids: torch.Tensor, slots: list[int], starts: list[int]) -> torch.Tensor:
+        """Logits (B, T, vocab) for `ids` (B, T) at positions starts[b].., reading and writing
         row b's keys/values in cache slot slots[b]."""
         m, cache = self.model, self._cache
         B, T = ids.shape
-        pos = start[:, None] + torch.arange(T, device=ids.device)  # (B, T)
+        contiguous = slots == list(range(B))
+        if contiguous and len(set(starts)) == 1:
+            # rows in slots 0..B-1 at one position (a lone request, in slot 0): the model's own
+            # forward writes and reads cache rows :B just so, with no per-row indexing or mask
+            return m(ids, cache=cache, start_pos=starts[0])
+        dev = ids.device
+        start = torch.tensor(starts, device=dev)
+        pos = start[:, None] + torch.arange(T, device=dev)  # (B, T)
         cos, sin = m.rope_cos[pos].unsqueeze(1), m.rope_sin[pos].unsqueeze(1)  # (B, 1, T, D)
-        S = int((start + T).max())
-        mask = torch.arange(S, device=ids.device)[None, None, None, :] <= pos[:, None, :, None]
-        contiguous = bool((slots == torch.arange(B, device=slots.device)).all())
+        S = max(starts) + T
+        mask = torch.arange(S, device=dev)[None, None, None, :] <= pos[:, None, :, None]
+        rows = torch.tensor(slots, device=dev)
         x = m.tok_emb(ids)
         for blk in m.blocks:
             a, h = blk.attn, blk.attn_norm(x)
@@ -478,16 +487,19 @@ class Engine:
             v = a.wv(h).view(B, T, -1, hd).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             ck, cv = cache.k[a.layer], cache.v[a.layer]  # (slots, kv heads, context, head dim)
-            ck[slots[:, None], :, pos] = k.transpose(1, 2)
-            cv[slots[:, None], :, pos] = v.transpose(1, 2)
+            ck[rows[:, None], :, pos] = k.transpose(1, 2)
+            cv[rows[:, None], :, pos] = v.transpose(1, 2)
             if contiguous:  # slots 0..B-1: a view, no gather
                 k, v = ck[:B, :, :S], cv[:B, :, :S]
             else:
-                k, v = ck[slots, :, :S], cv[slots, :, :S]
-            if k.shape[1] != q.shape[1]:
-                rep = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                k, v = ck[rows, :, :S], cv[rows, :, :S]
+            if T == 1:  # a decode step
+                y = grouped_attention(q, k, v, mask)
+            else:
+                if k.shape[1] != q.shape[1]:
+                    rep = q.shape[1] // k.shape[1]
+                    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + a.wo(y.transpose(1, 2).reshape(B, T, -1))
             x = x + blk.mlp(blk.mlp_norm(x))
         return m.lm_head(m.norm(x))

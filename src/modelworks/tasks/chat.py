@@ -366,10 +366,11 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI endpoints (chat included, with the run's template)."""
+    from modelworks.serve import engine_options
     from modelworks.serve.app import add_lm_routes
 
     add_lm_routes(
-        app, lambda: load_chat_engine(run_dir, device, cfg.model_name, max_batch=cfg.max_batch)
+        app, lambda: load_chat_engine(run_dir, device, cfg.model_name, **engine_options(cfg))
     )
 
 

@@ -450,6 +450,7 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI completion endpoints over the run's decoder, and
     POST /v1/translate ({"input": text or [texts], "beam_size": 1, "max_tokens": 64}) which
     formats each text with the run's prompt template and returns its translation."""
+    from modelworks.serve import engine_options
     from modelworks.serve.app import APIError, add_lm_routes, check_model
     from modelworks.serve.engine import Engine
 
@@ -457,7 +458,7 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     run_dir = Path(run_dir)
 
     def load() -> Engine:
-        engine = Engine.from_run(run_dir, device, cfg.model_name, max_batch=cfg.max_batch)
+        engine = Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))
         state.update(engine=engine, template=prompt_template(run_dir))
         return engine
 
