@@ -41,6 +41,15 @@ def test_cached_chunks_equal_full_forward():
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
 
+def test_last_only_logits_are_the_last_positions():
+    model = tiny_gpt()
+    idx = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        last = model(idx, last_only=True)
+        assert last.shape == (2, 1, 97)
+        assert torch.allclose(last, model(idx)[:, -1:], atol=1e-6)
+
+
 def test_context_overflow_is_refused():
     model = tiny_gpt(context_len=8)
     with pytest.raises(ValueError, match="exceeds the context of 8"):

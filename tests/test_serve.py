@@ -202,11 +202,11 @@ def test_a_failing_step_fails_its_requests_not_the_engine(hf_folder):
     engine = Engine.from_hf(hf_folder, "cpu", max_batch=2)
     real, calls = engine._forward, []
 
-    def flaky(*args):
+    def flaky(*args, **kw):
         calls.append(1)
         if len(calls) == 2:  # the first decode step
             raise RuntimeError("boom")
-        return real(*args)
+        return real(*args, **kw)
 
     engine._forward = flaky
     params = SamplingParams(max_tokens=5, ignore_eos=True)

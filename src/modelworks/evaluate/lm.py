@@ -143,7 +143,7 @@ class LMScorer:
             text = ""
             for _ in range(max_new):
                 with self._autocast():
-                    logits = self.model(x, cache=cache, start_pos=pos)
+                    logits = self.model(x, cache=cache, start_pos=pos, last_only=True)
                 pos += x.shape[1]
                 nxt = int(logits[0, -1].float().argmax())
                 if nxt == self.start_id:

@@ -195,9 +195,14 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=std)
 
     def forward(
-        self, idx: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab)."""
+        """Token ids (B, T) -> logits (B, T, vocab); (B, 1, vocab) with `last_only` (generation
+        needs no other position's logits, and the output projection is the widest matmul)."""
         T = idx.shape[1]
         if start_pos + T > self.cfg.context_len:
             raise ValueError(
@@ -208,7 +213,7 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         for block in self.blocks:
             x = block(x, cos, sin, cache, start_pos)
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.norm(x[:, -1:] if last_only else x))
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight

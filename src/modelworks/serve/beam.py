@@ -44,7 +44,9 @@ def greedy_decode(
     eos = {eos} if isinstance(eos, int) else set(eos)
     device = next(model.parameters()).device
     cache = model.new_cache(1, len(prompt) + max_new_tokens)
-    logits = model(torch.tensor([prompt], device=device), cache=cache, start_pos=0)[0, -1]
+    logits = model(torch.tensor([prompt], device=device), cache=cache, start_pos=0, last_only=True)[
+        0, -1
+    ]
     out: list[int] = []
     total = 0.0
     for step in range(max_new_tokens):
@@ -76,7 +78,9 @@ def beam_search(
     device = next(model.parameters()).device
     n_prompt = len(prompt)
     cache = model.new_cache(beam_size, n_prompt + max_new_tokens)
-    logits = model(torch.tensor([prompt], device=device), cache=cache, start_pos=0)[:, -1]
+    logits = model(torch.tensor([prompt], device=device), cache=cache, start_pos=0, last_only=True)[
+        :, -1
+    ]
     beams: list[list[int]] = [[]]  # live hypotheses' tokens; row i of the cache is beam i
     scores = torch.zeros(1, device=device)  # their summed logprobs
     done: list[Hypothesis] = []

@@ -233,7 +233,7 @@ class Engine:
     def _generate(self, ids, max_new, temperature, top_p, top_k, gen, stop, use_cache):
         seq = torch.tensor([self._with_start(ids)], device=self.device)
         cache = self.model.new_cache(1, seq.shape[1] + max_new) if use_cache else None
-        logits = self.model(seq, cache=cache, start_pos=0)[0, -1]
+        logits = self.model(seq, cache=cache, start_pos=0, last_only=True)[0, -1]
         out: list[int] = []
         finish, text = "length", ""
         for _ in range(max_new):
@@ -254,7 +254,7 @@ class Engine:
                 logits = self.model(step, cache=cache, start_pos=seq.shape[1] + len(out) - 1)[0, -1]
             else:
                 full = torch.cat([seq, torch.tensor([out], device=self.device)], dim=1)
-                logits = self.model(full)[0, -1]
+                logits = self.model(full, last_only=True)[0, -1]
         return Generation(out, self.decode(out), finish, len(ids))
 
     # ------------------------------------------------------------------------- batching loop
@@ -348,7 +348,7 @@ class Engine:
 
     def _prefill(self, seq: Sequence) -> None:
         ids = torch.tensor([seq.ids], device=self.device)
-        logits = self._forward(ids, [seq.slot], [0])[0]
+        logits = self._forward(ids, [seq.slot], [0], last_only=not seq.params.prompt_logprobs)[0]
         seq.pos = len(seq.ids)
         if seq.params.prompt_logprobs:
             k = seq.params.logprobs or 0
@@ -461,16 +461,18 @@ class Engine:
             self._finish(seq, "abort")
         return seq.cancelled
 
-    def _forward(self, ids: torch.Tensor, slots: list[int], starts: list[int]) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, slots: list[int], starts: list[int], last_only: bool = False
+    ) -> torch.Tensor:
         """Logits (B, T, vocab) for `ids` (B, T) at positions starts[b].., reading and writing
-        row b's keys/values in cache slot slots[b]."""
+        row b's keys/values in cache slot slots[b]; (B, 1, vocab) with `last_only`."""
         m, cache = self.model, self._cache
         B, T = ids.shape
         contiguous = slots == list(range(B))
         if contiguous and len(set(starts)) == 1:
             # rows in slots 0..B-1 at one position (a lone request, in slot 0): the model's own
             # forward writes and reads cache rows :B just so, with no per-row indexing or mask
-            return m(ids, cache=cache, start_pos=starts[0])
+            return m(ids, cache=cache, start_pos=starts[0], last_only=last_only)
         dev = ids.device
         start = torch.tensor(starts, device=dev)
         pos = start[:, None] + torch.arange(T, device=dev)  # (B, T)
@@ -502,7 +504,7 @@ class Engine:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + a.wo(y.transpose(1, 2).reshape(B, T, -1))
             x = x + blk.mlp(blk.mlp_norm(x))
-        return m.lm_head(m.norm(x))
+        return m.lm_head(m.norm(x[:, -1:] if last_only else x))
 
     # ---------------------------------------------------------------------------- embeddings
 
