@@ -247,6 +247,18 @@ def test_streaming_yields_the_same_text_and_usage(server):
     assert full["usage"]["completion_tokens"] == 20
 
 
+def test_stream_lines_survive_unicode_line_separators(server):
+    # U+0085, U+2028 and U+2029 are legal raw in JSON strings, but clients that split lines the
+    # way str.splitlines does (httpx's iter_lines) would cut an SSE data line at them
+    prompt = "a\u2028b\x85c\u2029d"
+    body = {"prompt": prompt, "max_tokens": 3, "echo": True, "stream": True, "temperature": 0}
+    with httpx.stream("POST", f"{server}/v1/completions", timeout=60, json=body) as r:
+        raw = r.read().decode()
+    assert raw.splitlines() == raw.split("\n")[:-1]  # no line break but the SSE ones
+    events = sse(raw.splitlines())
+    assert events[-1] == "[DONE]" and events[0]["choices"][0]["text"] == prompt
+
+
 def test_echo_logprobs_in_the_legacy_shape_match_the_model(server, hf_folder, engine):
     from modelworks.models.hf import import_hf
 

@@ -520,10 +520,15 @@ def _sse(gen: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
+# Characters JSON leaves raw in strings that str.splitlines-style clients (httpx's iter_lines,
+# for one) take for line breaks, cutting an SSE data line in two: sent as JSON escapes instead.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _data(obj) -> str:
     import json
 
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
 
 
 async def _collect(events, choices: list[_Choice], request: Request) -> None:
