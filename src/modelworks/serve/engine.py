@@ -10,7 +10,9 @@ One `Engine` serves both the evaluate stage's sample generations and the HTTP se
   prefilled into their slot) and leave it as soon as they finish or are cancelled, which frees
   the slot for a waiting request. Tokens are reported through a callback as they are produced.
   Rows sit at different positions, so the batched forward (`_forward`) indexes RoPE and the cache
-  per row and masks each row's attention to its own length; it reuses the model's own layers.
+  per row and masks each row's attention to its own length; it reuses the model's own layers, and
+  rows that happen to share one position in slots 0..B-1 (a lone request) take the model's own
+  forward. On CPU the large linear layers run on oneDNN-packed weights (serve/packing.py).
 """
 
 from __future__ import annotations
