@@ -207,3 +207,14 @@ def test_labelled_hf_dataset_feeds_text_classification(tmp_path, monkeypatch):
     bad.name = "bad"
     with pytest.raises(CollectError, match=r"row 1: missing label \('label'\)"):
         collect(bad)
+
+
+def test_json_lines_skips_blank_lines_and_names_the_bad_one():
+    from modelworks.errors import ModelworksError
+    from modelworks.jsonl import json_lines
+
+    lines = ['{"a": 1}', "", "  ", "[2]", '{"b": oops}']
+    parsed = json_lines(lines, "x.jsonl", ModelworksError)
+    assert [next(parsed), next(parsed)] == [(1, {"a": 1}), (4, [2])]
+    with pytest.raises(ModelworksError, match=r"^x\.jsonl:5: not valid JSON \(Expecting value\)$"):
+        next(parsed)

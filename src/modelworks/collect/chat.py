@@ -18,6 +18,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelworks.jsonl import json_lines
 from modelworks.train.data import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -89,13 +90,7 @@ def read_chats(patterns: list[str], where: str) -> Iterator[dict]:
             for n, record in enumerate(pq.read_table(path).to_pylist()):
                 yield _row(to_messages(record, f"{path} row {n}"), f"{path}:{n}", path)
         elif name.endswith((".jsonl", ".jsonl.gz")):
-            for n, raw in enumerate(_raw(path).decode("utf-8").splitlines(), 1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            for n, record in json_lines(_raw(path).decode("utf-8").splitlines(), path, DataError):
                 yield _row(to_messages(record, f"{path}:{n}"), f"{path}:{n}", path)
         else:
             raise DataError(f"{where}.paths: {path}: chat data must be .jsonl or .parquet")

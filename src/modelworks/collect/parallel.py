@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 from collections.abc import Iterator
 from pathlib import Path
+
+from modelworks.jsonl import json_lines
 
 SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")
 
@@ -83,13 +84,7 @@ def _str(value) -> str:
 def _rows(path: Path, suffix: str, columns: list[str], fields: tuple[str, str], where: str):
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {i}: not JSON ({e.msg})") from None
+            for i, row in json_lines(f, path):
                 if not isinstance(row, dict):
                     raise ValueError(f"{path} line {i}: not a JSON object")
                 yield i, row

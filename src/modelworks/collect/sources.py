@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ast
 import glob
-import json
 import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+
+from modelworks.jsonl import json_lines
 
 # Parts of the stdlib that are tests, demos or vendored: not documentation.
 _SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "turtledemo", "__pycache__"}
@@ -85,13 +86,7 @@ def _read_text(path: Path) -> str:
 
 
 def _jsonl(path: Path, text_field: str) -> Iterator[dict]:
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, record in json_lines(_read_text(path).splitlines(), path):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise ValueError(f"{path}:{n}: no string field {text_field!r}")
         doc_id = str(record.get("id", f"{path}:{n}"))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 from collections.abc import Iterator
 from pathlib import Path
+
+from modelworks.jsonl import json_lines
 
 SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".parquet")
 
@@ -39,12 +40,7 @@ def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
             yield i, row
     elif suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield i, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path} line {i}: not JSON ({e.msg})") from None
+            yield from json_lines(f, path)
     elif suffix in (".csv", ".tsv", ".txt"):
         delimiter = "," if suffix == ".csv" else "\t"
         with open(path, encoding="utf-8", newline="") as f:

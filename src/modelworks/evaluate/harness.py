@@ -14,7 +14,6 @@ The same items run under lm-eval through `evaluate/lm_eval_model.py` give the sa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from modelworks.artifacts import atomic_write_json
 from modelworks.evaluate.lm import LMScorer
 from modelworks.evaluate.metrics import bootstrap, fmt_ci
 from modelworks.evaluate.report import EvaluateError
+from modelworks.jsonl import json_lines
 
 
 def load_items(task) -> list[dict]:
@@ -31,13 +31,7 @@ def load_items(task) -> list[dict]:
     if not path.is_file():
         raise EvaluateError(f"evaluate.tasks: {path} does not exist")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvaluateError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, item in json_lines(path.read_text(encoding="utf-8").splitlines(), path, EvaluateError):
         keys = [task.question_field, task.answer_field]
         if task.type == "multiple_choice":
             keys.append(task.choices_field)

@@ -1,0 +1,24 @@
+"""JSON Lines: one parser for every reader of `.jsonl` files (collect sources, tables, chats,
+parallel text, evaluation tasks), so a bad line reads the same wherever it is found."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def json_lines(
+    lines: Iterable[str], path: str | Path, error: type[Exception] = ValueError
+) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, parsed value) for every non-blank line; a line that is not JSON
+    raises `error("<path>:<line>: not valid JSON (<reason>)")`."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        yield n, value
