@@ -2,8 +2,8 @@
 
 On CPU, `F.linear` calls MKL's GEMM, which for the few rows of a decode step (1-16 sequences)
 reaches a fraction of the CPU's speed. oneDNN, with the weight reordered once into its blocked
-layout, runs the same product faster: on a 124M-parameter model a whole decode step is 1.1x
-(1 sequence) to 1.7x (4 sequences) faster (benchmarks/RESULTS.md). For small matrices its
+layout, runs the same product faster: on a 124M-parameter model a whole decode step is 1.06x
+(1 sequence) to 1.8x (4 sequences) faster (benchmarks/decode_step.py). For small matrices its
 per-call cost outweighs the gain, hence `min_numel`.
 
 `pack_linears` swaps a model's `nn.Linear` layers for `PackedLinear`, which keeps the original
