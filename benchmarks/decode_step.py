@@ -16,7 +16,6 @@ benchmarks/results/decode_step.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, write_json  # noqa: E402
 
 from modelworks.models.gpt import GPT, GPTConfig, grouped_attention  # noqa: E402
 from modelworks.serve.engine import Engine  # noqa: E402
@@ -150,11 +149,7 @@ def main() -> None:
         "load_average": load,
         "date": time.strftime("%Y-%m-%d"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

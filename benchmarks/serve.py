@@ -44,6 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import write_json  # noqa: E402
+
 from modelworks.models.gpt import GPT, GPTConfig  # noqa: E402
 from modelworks.models.hf import export_hf  # noqa: E402
 from modelworks.serve.engine import Engine, SamplingParams  # noqa: E402
@@ -398,11 +400,7 @@ def main() -> None:
         "load_average": [load_before[0], load_after[0]],
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = Path(args.out).with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":
