@@ -30,7 +30,8 @@ def test_64_streams_for_60_seconds(tmp_path):
         result = asyncio.run(bench.soak(base, ids, 16, 64, 60, proc.pid))
         print({"warm-up": warm, "soak": result})
         assert result["requests"] >= 64
-        assert result["5xx"] == 0 and result["errors"] == 0 and result["dropped_streams"] == 0
+        failures = (result["5xx"], result["errors"], result["dropped_streams"])
+        assert failures == (0, 0, 0), result["first_errors"]
         after_warmup, end = warm["server_rss_mb"][-1], result["server_rss_mb"][-1]
         assert abs(end - after_warmup) <= 0.10 * after_warmup, result["server_rss_mb"]
         assert httpx.get(f"{base}/health", timeout=5).status_code == 200

@@ -25,15 +25,11 @@ from pathlib import Path
 from torch import nn
 
 from modelworks.artifacts import final_model_dir, tokenizer_path
-from modelworks.errors import ModelworksError
+from modelworks.errors import ExportError
 from modelworks.models.registry import build_model, lookup
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
 
 FORMATS = ("hf", "safetensors", "onnx", "int8")
-
-
-class ExportError(ModelworksError, ValueError):
-    """An export that cannot be made; the message is one user-facing line."""
 
 
 def source_folder(run_dir: Path, checkpoint: str = "final") -> Path:
@@ -89,8 +85,8 @@ def export(
         raise ExportError(f"{run_dir}: no such run folder")
     model = load_weights(source_folder(run_dir, checkpoint))
     if fmt == "hf":
+        from modelworks.chat_template import run_chat_template
         from modelworks.models.hf import export_hf
-        from modelworks.serve import run_chat_template
 
         tokenizer = tokenizer_path(run_dir)
         template = run_chat_template(run_dir)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelworks.artifacts import atomic_write_json
-from modelworks.export import ExportError
+from modelworks.errors import ExportError
 from modelworks.models.gpt import GPT
 
 log = logging.getLogger("modelworks")

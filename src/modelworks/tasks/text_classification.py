@@ -34,9 +34,8 @@ from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_p
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.metrics import classification_cis, fmt_ci
 from modelworks.evaluate.report import md_table, training_table
-from modelworks.models.registry import build_model, model_config_from
+from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
-from modelworks.tasks import fill_from_data
 from modelworks.train.data import DataError, EpochSampler, _Sampled
 from modelworks.train.trainer import TrainSetup
 
@@ -297,7 +296,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 
 
 def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
-    from modelworks.pipeline import model_stage
+    from modelworks.lifecycle import model_stage
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
