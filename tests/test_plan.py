@@ -86,7 +86,15 @@ def _train(overrides: list[str], steps: int, out_dir: Path, at_step=lambda: None
     from modelworks.tasks.language_modeling import lm_loss
     from modelworks.train.trainer import Trainer, TrainSetup
 
-    cfg = load_config(None, [*overrides, f"pretrain.steps={steps + 1}", "pretrain.log_every=1"])
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            f"pretrain.steps={steps + 1}",
+            "pretrain.log_every=1",
+            "pretrain.warmup_steps=0",
+        ],
+    )
     p = cfg.pretrain
     gc.collect()  # the previous run's model, kept alive by the _Stop traceback's cycles
     base, base_file = _status_kib("VmRSS"), _status_kib("RssFile")
