@@ -252,6 +252,11 @@ class PretrainConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype for forward/backward"
     )
+    tf32: bool = Field(
+        True,
+        description="float32 on CUDA: matmuls and convolutions on TF32 tensor cores (10-bit "
+        "mantissa, as nanoGPT and LitGPT train); false: full float32. Plan and MFU follow it",
+    )
     compile: bool = Field(False, description="torch.compile the model")
     activation_checkpointing: bool = Field(
         False, description="recompute each block's activations in backward to save memory"
