@@ -186,7 +186,7 @@ def test_scores_equal_sacrebleu_and_dictionary_baseline():
 
 
 def _numbers_cfg(tmp_path, name, pretrain_steps, finetune_steps, limit, d_model):
-    train = {"batch_size": 32, "seq_len": 32, "warmup_steps": 10, "eval_every": 100}
+    train = {"batch_size": 32, "seq_len": 32, "eval_every": 100}
     return _cfg(
         tmp_path,
         name,
