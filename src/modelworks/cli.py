@@ -39,7 +39,8 @@ STAGE_HELP = {
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
 }
-# which config sections each command lists in its --help (all keys are accepted by all)
+# which config sections each command lists in its --help (all keys are accepted by all: see
+# _flags_as_overrides)
 STAGE_SECTIONS = {
     "run": None,
     "collect": ("collect",),

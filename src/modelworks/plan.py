@@ -296,7 +296,11 @@ def _tokens(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The plan command's flags (CONFIG and KEY=VALUE positionals are the caller's)."""
     g = parser.add_argument_group("plan")
-    g.add_argument("--hardware", default="cpu", help="a name from the hardware table (default cpu)")
+    g.add_argument(
+        "--hardware",
+        default="cpu",
+        help="a name from the hardware table, any case (default cpu; H100, rtx-4090 work)",
+    )
     g.add_argument(
         "--hardware-file",
         type=Path,
@@ -317,7 +321,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: pretrain.activation_checkpointing",
     )
     g.add_argument(
-        "--tokens", type=_tokens, help="run length, e.g. 2e9 or 300M (default compute-optimal)"
+        "--tokens",
+        type=_tokens,
+        help="run length, e.g. 2e9 or 300M (default: the configured pretrain.steps when the "
+        "config sets them, else compute-optimal)",
     )
     g.add_argument("--price-per-hour", type=float, metavar="USD", help="per device-hour")
     g.add_argument(

@@ -1,6 +1,7 @@
 """The one training loop: every training stage runs through `Trainer.fit`.
 
-It owns: learning-rate schedule, gradient accumulation, clipping, autocast, periodic validation,
+It owns: learning-rate schedule, gradient accumulation, clipping, autocast (bfloat16 falls back to
+float16 on GPUs without it), TF32 for float32 on CUDA (pretrain.tf32), periodic validation,
 early stopping and the best checkpoint, checkpointing with exact resume (model, optimizer, RNG,
 data position), metrics JSONL (and TensorBoard), progress with tokens/s, MFU and ETA, and a final
 summary. A task plugs in as a `TrainSetup`: model, loss function, loader and validation function.
