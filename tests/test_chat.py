@@ -279,3 +279,27 @@ def test_chat_refuses_an_encoder_base(tmp_path):
     enc = Encoder(EncoderConfig(vocab_size=64, context_len=16, d_model=16, n_layer=1, n_head=2))
     with pytest.raises(ConfigError, match="fine-tunes a decoder"):
         chat_format_for_base(cfg, tmp_path, Base(enc, None, tmp_path, "bert"))
+
+
+@pytest.mark.parametrize(
+    ("task", "what"),
+    [
+        ("text_classification", "a text classifier"),
+        ("image_classification", "an image classifier"),
+        ("recommendation", "a recommender"),
+    ],
+)
+def test_chat_with_a_run_that_cannot_write_says_what_the_run_is(tmp_path, capsys, task, what):
+    from modelworks.cli import main
+    from modelworks.config import dump_config
+
+    run_dir = tmp_path / "runs" / "labels"
+    run_dir.mkdir(parents=True)  # the resolved config every run stores
+    cfg = load_config([], [f"runs_dir={tmp_path / 'runs'}", "name=labels", f"task={task}"])
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    assert main(["chat", str(run_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "<|endoftext|>" not in err[0]
+    assert err[0].startswith(f"error: {run_dir} is a {task} run ({what}:")
+    assert "chat needs a language-model or chat run" in err[0]
+    assert "Hugging Face Llama folder" in err[0]

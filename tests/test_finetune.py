@@ -260,7 +260,8 @@ def test_cli_finetune_command(base_run, tmp_path):
     config.write_text("task: text_classification\n")
     args = [str(config), *overrides(tmp_path, "cli", data)]
     prepared(load_config(args[:1], args[1:]))
-    ft = [f"finetune.from={base_dir}", "finetune.steps=4", "finetune.eval_every=4"]
+    ft = [f"finetune.from={base_dir}", "finetune.steps=4", "finetune.warmup_steps=0"]
+    ft += ["finetune.eval_every=4"]
     proc = cli(
         "finetune", *args, *ft, "finetune.method=lora", "finetune.lora_targets=[nope]", check=False
     )

@@ -39,7 +39,8 @@ STAGE_HELP = {
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
 }
-# which config sections each command lists in its --help (all keys are accepted by all)
+# which config sections each command lists in its --help (all keys are accepted by all: see
+# _flags_as_overrides)
 STAGE_SECTIONS = {
     "run": None,
     "collect": ("collect",),
@@ -234,10 +235,34 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _flags_as_overrides(argv: list[str]) -> list[str]:
+    """`--section.key VALUE` and `--section.key=VALUE` as `section.key=VALUE` overrides, for
+    the commands that take them: every key is accepted by every command (not only those its
+    --help lists), and a misspelt one fails in the config, blamed on the command line, with a
+    suggestion, instead of as an unrecognised argument."""
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is None or argv[command] not in STAGE_SECTIONS or argv[command] in _NO_CONFIG:
+        return argv
+    out, i = argv[: command + 1], command + 1
+    while i < len(argv):
+        a = argv[i]
+        key, eq, value = a[2:].partition("=")
+        if a.startswith("--") and "." in key and key.replace(".", "").replace("_", "").isalnum():
+            if not eq and i + 1 < len(argv):
+                value, i = argv[i + 1], i + 1
+            a = f"{key}={value}"
+        out.append(a)
+        i += 1
+    return out
+
+
+_NO_CONFIG = ("chat", "compare", "export")  # commands without config overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    ns, extra = parser.parse_known_args(argv)
+    ns, extra = parser.parse_known_args(_flags_as_overrides(argv))
     # positionals after options (`plan CONFIG --dp 8 pretrain.lr=1e-3`) land in `extra`
     for a in extra:
         if a.startswith("-") or not hasattr(ns, "args"):
