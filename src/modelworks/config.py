@@ -86,7 +86,20 @@ class SourceConfig(_Section):
     )
     columns: list[str] = Field(
         default_factory=list,
-        description="table: csv/tsv/txt files have no header; these name their columns in order",
+        description="table, parallel, interactions: csv/tsv/txt files have no header; these name "
+        "their columns in order",
+    )
+    quoting: Literal["auto", "none", "csv"] = Field(
+        "auto",
+        description="csv/tsv/txt files: auto: .csv has RFC 4180 quotes, .tsv/.txt none "
+        "(tab-separated, quotes are text); none or csv overrides the suffix",
+    )
+    max_bad_rows: float = Field(
+        0.01,
+        ge=0,
+        description="table readers: unreadable rows (missing label, extra fields, broken quotes, "
+        "bad times) are skipped and counted; the stage stops above this many (a fraction of the "
+        "rows read when < 1)",
     )
     user_field: str = Field("user", description="interactions: column holding the user id")
     item_field: str = Field("item", description="interactions: column holding the item id")
