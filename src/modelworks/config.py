@@ -391,8 +391,14 @@ class HarnessTaskConfig(_Section):
 class EvaluateConfig(_Section):
     split: str | None = Field(
         None,
-        description="split to evaluate on (val, test...); default: test when the task has "
-        "one, else val",
+        description="split to evaluate on (val, test...); default: test when the run has "
+        "one, else val (the report then opens with a warning)",
+    )
+    checkpoint: str = Field(
+        "auto",
+        description="what to score (also --checkpoint): auto = the best validation checkpoint "
+        "when training kept one, else the final model; final; best; or a checkpoint name such "
+        "as step_000200",
     )
     bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples for confidence intervals; 0 = none"
