@@ -24,9 +24,12 @@ FAST = {"evaluate.bootstrap": 0, "evaluate.explain_samples": 0, "pretrain.eval_e
 
 @pytest.fixture(scope="module")
 def tc_run(tmp_path_factory):
-    """A tiny text classifier validated every 10 of 30 steps, with a test split."""
+    """A tiny text classifier validated every 10 of 30 steps, with a test split; one row of its
+    data has no label (1 of 161 rows: under the default max_bad_rows, skipped and counted)."""
     tmp = tmp_path_factory.mktemp("eval_ckpt")
     data = write_reviews(tmp / "reviews.csv", n=160)
+    with open(data, "a") as f:
+        f.write("a review nobody labelled,\n")
     cfg = load_config(None, overrides(tmp, "tc", data, **FAST))
     run(cfg)
     return tmp, data, cfg
@@ -68,6 +71,11 @@ def test_evaluate_scores_the_best_checkpoint_and_says_so(tc_run):
     ]
     html = (cfg.run_dir / "evaluate" / "report.html").read_text()
     assert "<li>split: test (32 rows)</li>" in html
+    # the row collect skipped is in the report, with its file and line
+    skipped = md[md.index("## Data: rows skipped by collect") :]
+    assert skipped[2] == "1 of 161 rows were skipped when the data was collected."
+    assert skipped[6].startswith("| collect.sources.0 | missing label | 1 | ")
+    assert "reviews.csv:162 (column 'sentiment' is empty) |" in skipped[6]
 
     same = _copy(tc_run, "step20", **{"evaluate.checkpoint": "step_000020"})
     evaluate(same)

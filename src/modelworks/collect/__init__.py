@@ -86,7 +86,7 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
         ),
         "npz": lambda: image_sources.npz_arrays(src.paths, src.array_keys, where),
         "table": lambda: (
-            _hf(src, where, src.label_field)
+            _hf(src, where, src.label_field, bad)
             if src.dataset
             else tables.read_tables(
                 src.paths, src.text_field, src.label_field, src.columns, where, q, bad
@@ -133,13 +133,13 @@ def _crawl(src, where: str, problems: list[str], run_dir):
         raise ValueError(f"{where}.{e}") from None
 
 
-def _hf(src, where: str, label_field: str | None = None):
+def _hf(src, where: str, label_field: str | None = None, bad: rows.BadRows | None = None):
     from modelworks.collect.hf import read_hf
 
     if not src.dataset:
         raise ValueError(f"{where}.dataset: empty; give a dataset folder, data file or Hub name")
     return read_hf(
-        src.dataset, src.split, src.text_field, src.streaming, src.subset, where, label_field
+        src.dataset, src.split, src.text_field, src.streaming, src.subset, where, label_field, bad
     )
 
 
