@@ -222,3 +222,11 @@ def test_headerless_tsv_interactions_with_columns(tmp_path):
         ("196", "242", 3.0, 881250949.0),
         ("186", "302", 3.0, 891717742.0),
     ]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    for name in ("bom.csv", "bom.tsv"):
+        sep = "," if name.endswith(".csv") else "\t"
+        (tmp_path / name).write_bytes(f"\ufefftext{sep}label\nhello{sep}1\n".encode())
+        rows = list(read_tables([str(tmp_path / name)], "text", "label", [], "s"))
+        assert [(r["text"], r["label"]) for r in rows] == [("hello", "1")]

@@ -180,6 +180,7 @@ def _csv(
     text = _decode(data, str(path), problems)
     if text is None:
         return
+    text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first name
     names, rows = delimited(io.StringIO(text, newline=""), path, [], quoting, bad)
     if column not in names:
         problems.append(f"{path}: no column {column!r} (columns: {', '.join(names) or 'none'}); "
@@ -199,7 +200,7 @@ def read_table_column(path: Path, column: str, quoting: str = "auto") -> Iterato
     """A text column of a .parquet or .csv file (for eval sets); raises when it is missing, and
     under the bad-row policy (collect/rows.py) when too many rows are unreadable."""
     problems: list[str] = []
-    bad = BadRows(str(path))
+    bad = BadRows(str(path), max_bad_rows=0, knob=None)  # an eval set: every row or an error
     if _kind(path) == ".parquet":
         docs = _parquet(path, column, problems)
     else:

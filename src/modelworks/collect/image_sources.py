@@ -50,7 +50,7 @@ def _table_rows(
         yield from enumerate(rows, 1)
     elif suffix in (".csv", ".tsv", ".txt"):
         try:
-            with open(table, encoding="utf-8", newline="") as f:
+            with open(table, encoding="utf-8-sig", newline="") as f:
                 names, rows = delimited(f, table, [], quoting, bad)
                 _check_columns(table, names, needed, where)
                 yield from rows

@@ -195,7 +195,7 @@ def _file_rows(path: Path, fields: dict[str, str], where: str, columns: list[str
         names, rows = table.column_names, enumerate(table.to_pylist(), 1)
     elif suffix in (".csv", ".tsv", ".txt"):
         try:
-            with open(path, encoding="utf-8", newline="") as f:
+            with open(path, encoding="utf-8-sig", newline="") as f:
                 names, it = delimited(f, path, columns, quoting, bad)
                 _check(path, names, fields, where)
                 return list(it)

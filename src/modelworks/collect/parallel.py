@@ -105,7 +105,7 @@ def _rows(path: Path, suffix: str, columns: list[str], fields: tuple[str, str], 
                     continue
                 yield i, row
         return
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         names, rows = delimited(f, path, columns, quoting, bad)
         missing = [x for x in fields if x not in names]
         if missing:

@@ -46,6 +46,7 @@ class BadRows:
 
     where: str  # the source, e.g. collect.sources.0
     max_bad_rows: float = DEFAULT_MAX_BAD_ROWS
+    knob: str | None = ""  # the setting that raises the limit; "" = <where>.max_bad_rows
     rows: int = 0  # rows read, good and bad
     counts: dict[str, int] = field(default_factory=dict)
     first: dict[str, list[str]] = field(default_factory=dict)
@@ -79,10 +80,12 @@ class BadRows:
     def check(self) -> None:
         """Raise the one-line stop message when more rows are bad than `max_bad_rows` allows."""
         if self.bad > self.allowed():
+            knob = f"{self.where}.max_bad_rows" if self.knob == "" else self.knob
+            limit = f"{knob}={self.max_bad_rows:g}" if knob else f"{self.max_bad_rows:g}"
+            fix = f", or raise {knob} to skip such rows" if knob else ""
             raise ValueError(
-                f"{self.where}: {self.bad} of {self.rows} rows are bad, more than "
-                f"{self.where}.max_bad_rows={self.max_bad_rows:g} allows. {self.describe()}. "
-                f"Fix the file(s), or raise {self.where}.max_bad_rows to skip such rows"
+                f"{self.where}: {self.bad} of {self.rows} rows are bad, more than {limit} "
+                f"allows. {self.describe()}. Fix the file(s){fix}"
             )
 
     def summary(self) -> dict:
@@ -103,7 +106,8 @@ def missing_column(path: str | Path, column: str, key: str, names: list[str]) ->
 def delimited(
     f: TextIO, path: str | Path, columns: list[str], quoting: str, bad: BadRows
 ) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    """(column names, rows) of a delimited text file opened with newline="": each row is (the
+    """(column names, rows) of a delimited text file opened with newline="" (and encoding
+    "utf-8-sig", so that a byte-order mark is not part of the first name): each row is (the
     line it starts on, {name: value}); a row with fewer fields than names lacks the rest, a row
     with more is bad. `columns` names a file without a header line."""
     delimiter, quoted = dialect(path, quoting)

@@ -77,7 +77,7 @@ def _rows(path: Path, fields: dict, columns: list[str], where: str, quoting: str
         if seen:  # lines were read but none has the field: a typo, or the wrong file
             _check(path, sorted(seen), fields, [], where)
     elif suffix in (".csv", ".tsv", ".txt"):
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             names, rows = delimited(f, path, columns, quoting, bad)
             _check(path, names, fields, columns, where)
             yield from rows
