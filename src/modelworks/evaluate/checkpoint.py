@@ -89,7 +89,8 @@ def choose_checkpoint(cfg: Config, which: str | None = None) -> Checkpoint:
         value = _logged(stage_dir, step, metric)
     elif which == "best":
         folder = stage_dir / "best"
-        record = json.loads((folder / "best.json").read_text())
+        record = folder / "best.json"  # {"step": N, **the validation metrics at N}
+        record = json.loads(record.read_text()) if record.is_file() else {}
         step, value = record.get("step"), record.get(metric)
     else:
         folder = stage_dir / "checkpoints" / which

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -54,6 +55,9 @@ from modelworks.train.sft import (
     validation_loss,
 )
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -385,7 +389,9 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 # evaluate
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=None):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Assistant-token loss / perplexity on val (95% bootstrap CI over conversations) and greedy
     answers to val prompts, for `ckpt` (evaluate/checkpoint.py; default: the one it chooses)
     and for its base before SFT."""

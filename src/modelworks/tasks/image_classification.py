@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from modelworks.tasks.augment import AugmentedLoader, make_augment
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 prepare = prepare_images
 
@@ -161,7 +165,9 @@ def _setup(cfg, run_dir, device, model, p, rank: int, world: int) -> TrainSetup:
     return TrainSetup(model, ce_loss, loader, validate, p.batch_size // world, "ex", None)
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=None):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
     from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device

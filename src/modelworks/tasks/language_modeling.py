@@ -7,6 +7,7 @@ split, next to a unigram baseline on the same tokens; sample generations from fi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from modelworks.runtime import autocast_dtype
 from modelworks.tasks import fill_from_data
 from modelworks.train.data import WindowLoader, sequential_batches
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 prepare = prepare_text
 
@@ -117,7 +121,9 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
     return setup, {"base_val_loss": base_val, "base_val_perplexity": perplexity(base_val)}
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=None):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Loss, perplexity and bits-per-byte of `ckpt` (evaluate/checkpoint.py; default: the one it
     chooses) on `evaluate.split` (default test when the run has one, else val) with bootstrap
     CIs over documents, next to a unigram baseline; harness tasks; sample generations;

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ from modelworks.models.registry import build_model, model_config_from
 from modelworks.progress import Reporter
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 
 class RecommendationDataError(ModelworksError, ValueError):
@@ -306,7 +310,9 @@ def compare(
     }
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=None):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses) on the test split."""
     from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device

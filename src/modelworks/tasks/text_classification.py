@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,9 @@ from modelworks.progress import Reporter
 from modelworks.tasks import fill_from_data
 from modelworks.train.data import DataError, EpochSampler, _Sampled
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 SPLITS = ("train", "val", "test")
 
@@ -296,7 +299,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     }
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=None):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
     from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device

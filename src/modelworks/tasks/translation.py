@@ -37,6 +37,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +54,9 @@ from modelworks.progress import Reporter
 from modelworks.train.data import DataError
 from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 SPLITS = ("train", "val", "test")
 
@@ -300,7 +304,9 @@ def translate(
     return out, n_cut
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=None):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
     from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.report import EvaluateError
