@@ -144,3 +144,56 @@ def test_language_model_evaluate_scores_best_and_warns_about_val(tmp_path):
     md = (cfg.run_dir / "evaluate" / "report.md").read_text().splitlines()
     assert md[1].startswith("**Warning: this run has no test split")
     assert md[3].startswith(f"- checkpoint: best (step {best['step']}, val_loss ")
+
+
+def _image(tmp):
+    from tests.conftest import ROOT
+
+    overrides = [f"runs_dir={tmp / 'runs'}", "pretrain.steps=60", "pretrain.eval_every=20"]
+    cfg = load_config(ROOT / "configs" / "mlp.yaml", overrides)
+    run(cfg)
+    return cfg
+
+
+def _recommendation(tmp):
+    from tests.conftest import ROOT
+    from tests.test_recsys import SMALL
+
+    small = [*SMALL, "pretrain.steps=40", "pretrain.eval_every=20", "pretrain.ckpt_every=20"]
+    cfg = load_config(ROOT / "configs" / "recsys.yaml", [f"runs_dir={tmp / 'runs'}", *small])
+    run(cfg)
+    return cfg
+
+
+def _translation(tmp):
+    from tests.test_translation import _numbers_cfg
+
+    cfg = _numbers_cfg(tmp, "numbers", 4, 8, 12, 32)
+    cfg.finetune.eval_every = 4
+    run(cfg)
+    return cfg
+
+
+def _chat(tmp):
+    from tests.test_chat import _chat_run
+
+    run_dir = _chat_run(tmp, steps=8)
+    return load_config(run_dir / "config.yaml")
+
+
+@pytest.mark.parametrize("build", [_image, _recommendation, _translation, _chat])
+def test_every_task_scores_its_best_checkpoint_by_default(build, tmp_path):
+    cfg = build(tmp_path)
+    stage = "finetune" if cfg.finetune is not None else "pretrain"
+    best = json.loads((cfg.run_dir / stage / "best" / "best.json").read_text())
+    m = _metrics(cfg)
+    train_cfg = cfg.finetune if cfg.finetune is not None else cfg.pretrain
+    assert m["checkpoint"]["name"] == "best" and m["checkpoint"]["step"] == best["step"]
+    assert m["checkpoint"]["value"] == best[train_cfg.best_metric]
+    assert m["checkpoint"]["folder"] == str(cfg.run_dir / stage / "best")
+    assert m["rows"] > 0 and m["config_hash"] == run_config_hash(cfg)
+    md = (cfg.run_dir / "evaluate" / "report.md").read_text().splitlines()
+    opening = md[2:5] if md[1].startswith("**Warning") else md[1:4]
+    assert opening[0] == f"- split: {m['split']} ({m['rows']:,} rows)"
+    assert opening[1].startswith(f"- checkpoint: best (step {best['step']}, ")
+    assert (m["split"] == "test") == ("warnings" not in m)

@@ -187,10 +187,10 @@ def _csv(
                         "file skipped")  # fmt: skip
         return
     for n, row in rows:
+        bad.ok()
         value = row.pop(column)
         if not value:
             continue
-        bad.ok()
         doc_id = row.pop("id", None) or f"{path}:{n}"
         url = row.pop("url", None)
         yield _doc(doc_id, value, path, url, {"line": n, **row})
