@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import TextIO
 
 QUOTING = ("auto", "none", "csv")
-DEFAULT_MAX_BAD_ROWS = 0.01  # 1%: a few odd lines in a large file pass, a broken file stops
+# 1%: a few odd lines in a large file pass, a broken file stops (SourceConfig.max_bad_rows's
+# default too; config.py cannot import collect)
+DEFAULT_MAX_BAD_ROWS = 0.01
 SHOWN = 5  # examples kept per reason
 
 
@@ -147,10 +149,11 @@ def _records(f: TextIO, path, delimiter: str, quoted: bool, bad: BadRows):
         except csv.Error as e:
             msg, end = str(e), reader.line_num
             if "unexpected end of data" in msg or "field larger than field limit" in msg:
+                hint = f" (or set {bad.where}.quoting: none if quotes are plain text here)"
+                hint = "" if bad.knob is None else hint
                 raise ValueError(
                     f"{path}:{start}: a quote opens a field on this line and never closes, so "
-                    "the rest of the file would be one field; close or remove the quote (or "
-                    f"set {bad.where}.quoting: none if quotes are plain text in this file)"
+                    f"the rest of the file would be one field; close or remove the quote{hint}"
                 ) from None
             if end > start:
                 detail = f"a quoted field opens on line {start} and breaks on line {end}"
