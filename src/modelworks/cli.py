@@ -2,6 +2,7 @@
 
     modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
     modelworks collect|preprocess|pretrain|finetune|evaluate [CONFIG] [options/overrides]
+    modelworks evaluate [CONFIG] [--checkpoint final|best|step_000200]
     modelworks serve RUN_DIR [--serve.port N ...]
     modelworks chat RUN_DIR [--system TEXT] [--max-tokens N] [--temperature T]
     modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
@@ -157,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="CONFIG | KEY=VALUE",
                 help=f"YAML configs, merged in order (default: {DEFAULT_CONFIG} if present, "
                 "else built-in defaults), and dotted overrides such as pretrain.lr=1e-3",
+            )
+        if name == "evaluate":
+            p.add_argument(
+                "--checkpoint",
+                dest="opt::evaluate.checkpoint",
+                default=argparse.SUPPRESS,
+                metavar="final|best|NAME",
+                help="what to score (evaluate.checkpoint); default: the best validation "
+                "checkpoint when training kept one, else the final model",
             )
         if name == "pretrain":
             p.add_argument(

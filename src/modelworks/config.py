@@ -84,7 +84,20 @@ class SourceConfig(_Section):
     )
     columns: list[str] = Field(
         default_factory=list,
-        description="table: csv/tsv/txt files have no header; these name their columns in order",
+        description="table, parallel, interactions: csv/tsv/txt files have no header; these name "
+        "their columns in order",
+    )
+    quoting: Literal["auto", "none", "csv"] = Field(
+        "auto",
+        description="csv/tsv/txt files: auto: .csv has RFC 4180 quotes, .tsv/.txt none "
+        "(tab-separated, quotes are text); none or csv overrides the suffix",
+    )
+    max_bad_rows: float = Field(
+        0.01,
+        ge=0,
+        description="table readers: unreadable rows (missing label, extra fields, broken quotes, "
+        "bad times) are skipped and counted; the stage stops above this many (a fraction of the "
+        "rows read when < 1)",
     )
     user_field: str = Field("user", description="interactions: column holding the user id")
     item_field: str = Field("item", description="interactions: column holding the item id")
@@ -381,8 +394,14 @@ class HarnessTaskConfig(_Section):
 class EvaluateConfig(_Section):
     split: str | None = Field(
         None,
-        description="split to evaluate on (val, test...); default: test when the task has "
-        "one, else val",
+        description="split to evaluate on (val, test...); default: test when the run has "
+        "one, else val (the report then opens with a warning)",
+    )
+    checkpoint: str = Field(
+        "auto",
+        description="what to score (also --checkpoint): auto = the best validation checkpoint "
+        "when training kept one, else the final model; final; best; or a checkpoint name such "
+        "as step_000200",
     )
     bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples for confidence intervals; 0 = none"

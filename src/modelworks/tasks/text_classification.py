@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,9 @@ from modelworks.models.registry import build_model, fill_from_data, model_config
 from modelworks.progress import Reporter
 from modelworks.train.data import DataError, EpochSampler, _Sampled
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 SPLITS = ("train", "val", "test")
 
@@ -295,16 +298,19 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     }
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
-    from modelworks.lifecycle import model_stage
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
     device = resolve_device(cfg.device)
-    stage = model_stage(cfg)
-    model_dir = run_dir / stage
+    ckpt = ckpt or choose_checkpoint(cfg)
+    stage, model_dir = ckpt.stage_dir.name, ckpt.folder
     model = load_model(model_dir, device).eval()
-    tok = _tokenizer(tokenizer_path(run_dir, model_dir))
+    tok = _tokenizer(tokenizer_path(run_dir, ckpt.stage_dir))
     classes = classes_of(run_dir)
     if getattr(model.cfg, "n_classes", 0) != len(classes):
         raise DataError(
@@ -328,9 +334,10 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         m["ci_level"] = 0.95
     _, train_y = load_split(run_dir, "train")
     majority = int(torch.bincount(train_y).argmax())
-    trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     metrics = {
         "split": split,
+        "rows": len(y),
         "examples": len(y),
         "loss": F.cross_entropy(logits, y).item(),
         **m,
