@@ -189,6 +189,17 @@ def predict(model: nn.Module, ids, mask, device, batch_size: int = 256) -> torch
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
+def classify_texts(
+    model: nn.Module, tok: Tokenizer, texts: list[str], max_len: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The one way texts are classified (evaluate, /v1/classify, and /v1/explain and the report's
+    samples, which explain exactly this input): (probabilities (N, n_classes), the ids and mask
+    the model saw, texts truncated to max_len)."""
+    ids, mask, n_truncated = encode(tok, texts, max_len)
+    probs = torch.softmax(predict(model, ids, mask, device), dim=-1)
+    return probs, ids, mask, n_truncated
+
+
 def _setup(cfg: Config, run_dir: Path, device, model, tok: Tokenizer, train_cfg, rank, world):
     max_len = min(train_cfg.seq_len, model.cfg.context_len)
     texts, y = load_split(run_dir, "train")
@@ -520,8 +531,9 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     def classify(req: ClassifyRequest):  # sync: FastAPI runs it in a worker thread
         texts = _texts(req)
         top_k = req.top_k or len(state["classes"])
-        ids, mask, n_trunc = encode(state["tok"], texts, state["max_len"])
-        probs = torch.softmax(predict(state["model"], ids, mask, state["dev"]), dim=-1)
+        probs, _, _, n_trunc = classify_texts(
+            state["model"], state["tok"], texts, state["max_len"], state["dev"]
+        )
         top = torch.topk(probs, min(top_k, len(state["classes"])), dim=-1)
         data = [
             {
@@ -543,5 +555,5 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
         texts = _texts(req)
         if len(texts) != 1:
             raise APIError(400, "input: explain takes one text", "input")
-        result = explain(state["model"], state["tok"], texts[0])
+        result = explain(state["model"], state["tok"], texts[0], max_tokens=state["max_len"])
         return {"object": "explanation", "model": name, **result}
