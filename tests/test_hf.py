@@ -134,6 +134,8 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path):
     sentence = "The  quick brown fox jumps over the lazy dog; déjà vu.\n"
     ids = tok.encode(sentence).ids
     assert hf_tok.encode(sentence, add_special_tokens=False) == ids
+    # tokenizer(text) starts with the start token, as our engine starts every prompt
+    assert hf_tok(sentence)["input_ids"] == [tok.token_to_id("<|endoftext|>"), *ids]
     assert hf_tok.decode(ids) == sentence
     eos = tok.token_to_id("<|endoftext|>")
     assert hf_tok.eos_token_id == eos
@@ -257,3 +259,34 @@ def test_export_command_writes_a_run_that_transformers_loads(tmp_path):
         "export", str(runs / "lm"), str(tmp_path / "x"), "--checkpoint", "step_9", check=False
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "step_9" in bad.stderr
+
+
+def test_exported_run_generates_in_transformers_what_our_server_generates(tmp_path):
+    """Plain AutoTokenizer + generate on the export, no manual start token, gives the greedy
+    text of `modelworks serve` on the run, for 5 prompts."""
+    import httpx
+
+    from modelworks.config import load_config
+    from modelworks.pipeline import run
+    from tests.conftest import cli, served, tiny_overrides
+
+    runs = tmp_path / "runs"
+    # enough steps that the greedy text depends on the prompt (and on its start token)
+    longer = ["pretrain.steps=300", "pretrain.lr=3e-3", "pretrain.batch_size=8", "model.d_model=64"]
+    run(load_config(None, tiny_overrides(runs, "lm") + longer))
+    out = tmp_path / "hf"
+    cli("export", str(runs / "lm"), str(out), "--format", "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    prompts = ["Return the", "def main():", "The", "import os\nimport", "class Foo:\n    def"]
+    with served(runs / "lm") as (base, _):
+        for prompt in prompts:
+            body = {"prompt": prompt, "max_tokens": 12, "temperature": 0}
+            r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            inputs = tok(prompt, return_tensors="pt")
+            assert inputs["input_ids"][0, 0] == tok.bos_token_id
+            with torch.no_grad():
+                gen = hf.generate(**inputs, do_sample=False, max_new_tokens=12)
+            text = tok.decode(gen[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            assert text == r.json()["choices"][0]["text"], prompt
