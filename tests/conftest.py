@@ -161,3 +161,21 @@ def minilm_classifier(tmp_path_factory) -> Path:
     cfg = load_config(None, classifier_overrides(tmp, "minilm") + ft)
     run(cfg)
     return cfg.run_dir
+
+
+@pytest.fixture(scope="session")
+def encoder_classifier(tmp_path_factory) -> Path:
+    """The run folder of our own tiny encoder trained from scratch (its BPE tokenizer, [CLS]-free,
+    first-token pooling) as the same two-label sentiment classifier."""
+    from modelworks.config import load_config
+    from modelworks.pipeline import run
+
+    tmp = tmp_path_factory.mktemp("encoder")
+    model = ["model.name=encoder", "model.d_model=32", "model.n_layer=2", "model.n_head=2"]
+    model += ["model.d_ff=64", "model.context_len=64", "model.dropout=0.0", "model.pooling=cls"]
+    train = ["preprocess.vocab_size=300", "pretrain.steps=30", "pretrain.batch_size=16"]
+    train += ["pretrain.seq_len=24", "pretrain.lr=3e-3", "pretrain.warmup_steps=2"]
+    train += ["pretrain.eval_every=30", "pretrain.ckpt_every=30"]
+    cfg = load_config(None, classifier_overrides(tmp, "encoder", n=160) + model + train)
+    run(cfg)
+    return cfg.run_dir

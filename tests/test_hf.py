@@ -290,3 +290,52 @@ def test_exported_run_generates_in_transformers_what_our_server_generates(tmp_pa
                 gen = hf.generate(**inputs, do_sample=False, max_new_tokens=12)
             text = tok.decode(gen[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             assert text == r.json()["choices"][0]["text"], prompt
+
+
+@pytest.mark.parametrize("run_fixture", ["minilm_classifier", "encoder_classifier"])
+def test_text_classifier_export_loads_as_a_sequence_classifier_with_our_probabilities(
+    tmp_path, request, run_fixture
+):
+    """MiniLM fine-tuned (mean pooling, WordPiece padded to 128) and our own encoder (first-token
+    pooling, BPE): AutoModelForSequenceClassification + AutoTokenizer on the export give
+    /v1/classify's probabilities (classify_texts) with the run's label names."""
+    from modelworks.artifacts import final_model_dir, tokenizer_path
+    from modelworks.tasks import text_classification as tc
+    from modelworks.train.checkpoint import load_model
+    from tests.conftest import cli
+
+    run_dir = request.getfixturevalue(run_fixture)
+    out = tmp_path / "hf"
+    cli("export", str(run_dir), str(out), "--format", "hf")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(
+        out, trust_remote_code=True
+    ).eval()
+    # AutoTokenizer reads config.json too, whose class is the folder's code: trust it here as well
+    tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    classes = tc.classes_of(run_dir)
+    assert hf.config.id2label == dict(enumerate(classes))
+    assert hf.config.label2id == {c: i for i, c in enumerate(classes)}
+    model = load_model(final_model_dir(run_dir))
+    max_len = tc.max_tokens(run_dir, model)
+    texts = [
+        "awful",
+        "The product was awful",
+        "great food, friendly staff and a lovely quiet place to sit",
+        "the service was slow and the food bland " * 8,  # cut to max_len on both sides
+    ]
+    run_tok = tc._tokenizer(tokenizer_path(run_dir))  # what /v1/classify reads texts with
+    ours, ids, mask, n_cut = tc.classify_texts(model.eval(), run_tok, texts, max_len, "cpu")
+    assert n_cut >= 1
+    batch = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"][:, : ids.shape[1]] * mask, ids * mask)
+    with torch.no_grad():
+        theirs = hf(**batch).logits.softmax(-1)
+    assert (theirs - ours).abs().max() < 1e-5, (theirs - ours).abs().max()
+    # one at a time, unpadded, as a pipeline would
+    for text, p in zip(texts, ours, strict=True):
+        with torch.no_grad():
+            one = hf(**tok(text, truncation=True, return_tensors="pt")).logits.softmax(-1)[0]
+        assert (one - p).abs().max() < 1e-5
+    # without trust_remote_code it fails loudly, never a stock BERT head with random weights
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        transformers.AutoModelForSequenceClassification.from_pretrained(out)

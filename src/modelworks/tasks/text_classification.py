@@ -127,6 +127,17 @@ def classes_of(run_dir: Path) -> list[str]:
     return json.loads((run_dir / "preprocess" / "labels.json").read_text())["classes"]
 
 
+def max_tokens(run_dir: Path, model: nn.Module) -> int:
+    """How many tokens of a text the run's final model classifies (/v1/classify, /v1/explain,
+    exports): the seq_len it was trained with, at most its context."""
+    import yaml
+
+    stage = final_model_dir(run_dir).name
+    run_cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    seq_len = (run_cfg.get(stage) or {}).get("seq_len") or model.cfg.context_len
+    return min(int(seq_len), model.cfg.context_len)
+
+
 # ---------------------------------------------------------------------------------------------
 # tokens and batches
 
@@ -493,8 +504,6 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: POST /v1/classify ({"input": text or [texts], "top_k"}) returns
     the top-k labels with probabilities; POST /v1/explain ({"input": text}) the attention maps
     and integrated-gradients token attributions of the predicted class (evaluate/explain.py)."""
-    import yaml
-
     from modelworks.runtime import resolve_device
     from modelworks.serve.app import APIError, check_model, register_model, start_loading
     from modelworks.serve.schema import Explanation, answers
@@ -505,15 +514,12 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 
     def load():
         model_dir = final_model_dir(run_dir)
-        stage = model_dir.name
         dev = resolve_device(device)
         model = load_model(model_dir, dev).eval()
         tok = _tokenizer(tokenizer_path(run_dir, model_dir))
-        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        seq_len = (run_cfg.get(stage) or {}).get("seq_len") or model.cfg.context_len
         classes = classes_of(run_dir)
         state.update(model=model, tok=tok, dev=dev, classes=classes)
-        state["max_len"] = min(int(seq_len), model.cfg.context_len)
+        state["max_len"] = max_tokens(run_dir, model)
         register_model(app, name, task="text_classification", classes=classes)
 
     start_loading(app, "classifier", load)
