@@ -3,7 +3,9 @@
 `import_hf(folder)` reads config.json and safetensors (one file or an index of shards) directly:
 no transformers import, no pickle, no remote code. `export_hf(model, out_dir)` writes a folder that
 `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads as `LlamaForCausalLM`, plus
-`AutoTokenizer` files when given our tokenizer.json.
+`AutoTokenizer` files when given our tokenizer.json; `tokenizer(text)` on them starts with the start
+token, as our engine starts every prompt (`with_start_token`). Text classifiers on our encoder
+export through hf_encoder.py.
 
 Our GPT is Llama's architecture (rotate-half RoPE, RMSNorm, SwiGLU, GQA, no biases), so weights
 map 1:1, no permutation. Name map, ours <- Hugging Face ({i} is the layer):
