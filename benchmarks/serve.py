@@ -244,6 +244,7 @@ async def soak(base: str, ids: list[int], n_new: int, conc: int, seconds: float,
     import httpx
 
     counts = {"requests": 0, "5xx": 0, "errors": 0, "dropped_streams": 0}
+    first_errors: list[str] = []  # what the first few failures were, for the report
     end = time.monotonic() + seconds
     body = {"prompt": ids, "max_tokens": n_new, "temperature": 0.8, "ignore_eos": True,
             "stream": True}  # fmt: skip
@@ -265,17 +266,21 @@ async def soak(base: str, ids: list[int], n_new: int, conc: int, seconds: float,
                             chunk = json.loads(line[6:])
                             finished |= chunk["choices"][0]["finish_reason"] is not None
                     counts["dropped_streams"] += not (finished and done)
-            except httpx.HTTPError:
+            except httpx.HTTPError as e:
                 counts["errors"] += 1
+                if len(first_errors) < 5:
+                    first_errors.append(f"{type(e).__name__}: {e}")
 
     async def sampler():
         while time.monotonic() < end:
             await asyncio.sleep(seconds / 4)
             rss.append(rss_mb(pid))
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=conc)) as http:
+    limits = httpx.Limits(max_connections=conc, keepalive_expiry=2.0)  # < the server's keep-alive
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         await asyncio.gather(sampler(), *[client(http) for _ in range(conc)])
-    return {"concurrency": conc, "seconds": seconds, **counts, "server_rss_mb": rss}
+    return {"concurrency": conc, "seconds": seconds, **counts, "server_rss_mb": rss,
+            "first_errors": first_errors}  # fmt: skip
 
 
 def start_server(folder: Path, device: str, threads: int) -> tuple[subprocess.Popen, str]:

@@ -1,4 +1,5 @@
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -11,6 +12,26 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """Import `benchmarks/<name>.py` the way `python benchmarks/<name>.py` sees the world: with its
+    own folder first on sys.path, so its `from _common import ...` resolves as in a script run."""
+    folder = str(BENCHMARKS)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            f"benchmark_{name}", BENCHMARKS / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(folder)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -8,21 +8,13 @@ benchmark and this test measure the same thing).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 
 import httpx
 import pytest
 
 from modelworks.config import load_config
 from modelworks.pipeline import run
-from tests.conftest import ROOT, served, tiny_overrides
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_serve", ROOT / "benchmarks" / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark, served, tiny_overrides
 
 
 @pytest.mark.slow
@@ -32,13 +24,14 @@ def test_64_streams_for_60_seconds(tmp_path):
     run(cfg)
     overrides = ("serve.max_batch=16", "serve.max_concurrent_requests=128")
     with served(cfg.run_dir, *overrides) as (base, proc):
-        bench = _bench()
+        bench = load_benchmark("serve")
         ids = [1, 2, 3, 4, 5, 6, 7, 8]
         warm = asyncio.run(bench.soak(base, ids, 16, 64, 10, proc.pid))
         result = asyncio.run(bench.soak(base, ids, 16, 64, 60, proc.pid))
         print({"warm-up": warm, "soak": result})
         assert result["requests"] >= 64
-        assert result["5xx"] == 0 and result["errors"] == 0 and result["dropped_streams"] == 0
+        failures = (result["5xx"], result["errors"], result["dropped_streams"])
+        assert failures == (0, 0, 0), result["first_errors"]
         after_warmup, end = warm["server_rss_mb"][-1], result["server_rss_mb"][-1]
         assert abs(end - after_warmup) <= 0.10 * after_warmup, result["server_rss_mb"]
         assert httpx.get(f"{base}/health", timeout=5).status_code == 200

@@ -21,13 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelworks.errors import ModelworksError
+from modelworks.errors import ArtifactError
 
 MANIFEST = "manifest.json"
-
-
-class ArtifactError(ModelworksError, RuntimeError):
-    """A missing, stale or foreign artifact; the message is one user-facing line."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -17,11 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelworks.errors import ModelworksError
-
-
-class ConfigError(ModelworksError, ValueError):
-    """A config that cannot be used; the message is one user-facing line."""
+from modelworks.errors import ConfigError
 
 
 class _Section(BaseModel):
@@ -461,6 +457,12 @@ class ServeConfig(_Section):
     api_keys: list[str] = Field(
         default_factory=list,
         description="Bearer keys accepted on /v1/* (also MODELWORKS_API_KEYS); empty: open",
+    )
+    keep_alive_s: float = Field(
+        65.0,
+        gt=0,
+        description="seconds an idle keep-alive connection stays open; longer than clients' pool "
+        "expiry (httpx 5 s, aiohttp 15 s), so a client never reuses a connection the server closes",
     )
 
 

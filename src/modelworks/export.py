@@ -31,15 +31,11 @@ from pathlib import Path
 from torch import nn
 
 from modelworks.artifacts import final_model_dir, tokenizer_path
-from modelworks.errors import ModelworksError
+from modelworks.errors import ExportError
 from modelworks.models.registry import build_model, lookup, name_of
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
 
 FORMATS = ("hf", "safetensors", "onnx", "int8")
-
-
-class ExportError(ModelworksError, ValueError):
-    """An export that cannot be made; the message is one user-facing line."""
 
 
 def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
@@ -136,8 +132,8 @@ def export(
             model, out_dir, tokenizer, classes_of(run_dir), max_tokens(run_dir, model)
         )
     if fmt == "hf":
+        from modelworks.chat_template import run_chat_template
         from modelworks.models.hf import export_hf
-        from modelworks.serve import run_chat_template
 
         template = run_chat_template(run_dir)
         return export_hf(
@@ -148,10 +144,14 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
-        if fmt in ("onnx", "int8"):
+        if fmt == "onnx":
             from modelworks.export_onnx import write_onnx
 
-            write_onnx(model, run_dir, tmp, int8=fmt == "int8")
+            write_onnx(model, run_dir, tmp)
+        elif fmt == "int8":
+            from modelworks.export_int8 import write_int8
+
+            write_int8(model, run_dir, tmp)
         else:
             save_model(tmp, model)
             for extra in (tokenizer, labels):  # what it takes to use the weights: ids, names

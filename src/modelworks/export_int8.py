@@ -21,7 +21,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelworks.export_onnx import _rows, is_decoder, is_text_classifier, run_onnx, run_torch
+from modelworks.artifacts import atomic_write_json
+from modelworks.export_onnx import (
+    _rows,
+    is_decoder,
+    is_text_classifier,
+    max_difference,
+    run_onnx,
+    run_torch,
+    session,
+    write_checked,
+)
+
+log = logging.getLogger("modelworks")
+
+
+def write_int8(model: nn.Module, run_dir: Path, tmp: Path, limit: int = 16) -> None:
+    """Fill `tmp` with the int8 export of `model`: the checked fp32 graph quantised, its table
+    in quantization.json and the log."""
+    model = model.eval().cpu()
+    checked = write_checked(model, run_dir, tmp, "model.fp32.onnx", limit)
+    q8 = tmp / "model.onnx"
+    quantize_int8(checked.path, q8)
+    sess8 = session(q8)
+    info = {**checked.info, "format": "int8"}
+    info["int8_max_abs_diff_vs_torch"] = max_difference(model, sess8, checked.check)[0]
+    atomic_write_json(tmp / "export.json", info)
+    table = measure(model, checked.metric, checked.batches, checked.path, checked.sess, q8, sess8)
+    checked.path.unlink()
+    atomic_write_json(tmp / "quantization.json", table)
+    for line in format_table(table).splitlines():
+        log.info(line)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:

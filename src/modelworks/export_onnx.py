@@ -15,8 +15,8 @@ normalised with the `mean`/`std` of the copied `labels.json`, to `logits` (batch
 Before the folder is written, the ONNX graph runs under onnxruntime on held-out inputs and must
 match torch within `TOLERANCE`.
 
-`int8`: the same graph with onnxruntime's dynamic quantisation, measured against fp32 (see
-export_int8.py).
+`int8`: the same graph with onnxruntime's dynamic quantisation, measured against fp32
+(export_int8.py, which builds on `write_checked`).
 
 Every folder also holds `config.json` (the model), `tokenizer.json` and/or `labels.json` (the
 run's), and `export.json` (inputs, outputs, opset, the measured difference to torch).
@@ -30,12 +30,13 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from modelworks.artifacts import atomic_write_json, tokenizer_path
-from modelworks.export import ExportError
+from modelworks.errors import ExportError
 from modelworks.models.gpt import GPT
 
 log = logging.getLogger("modelworks")
@@ -249,19 +250,32 @@ def _rows(x: torch.Tensor | tuple, n: int, seq: int | None = None) -> torch.Tens
 # ---- the export ----------------------------------------------------------------------------
 
 
-def write_onnx(model: nn.Module, run_dir: Path, tmp: Path, int8: bool, limit: int = 16) -> None:
-    """Fill `tmp` with the ONNX (or int8 ONNX) export of `model`, checked and measured."""
+class Checked(NamedTuple):
+    """An fp32 graph written and checked against torch, with what int8 measures it on."""
+
+    path: Path
+    sess: Any  # its onnxruntime session
+    info: dict  # export.json's content
+    metric: str
+    batches: list[tuple]
+    check: torch.Tensor | tuple  # the held-out inputs it was checked on
+
+
+def write_checked(
+    model: nn.Module, run_dir: Path, tmp: Path, name: str = "model.onnx", limit: int = 16
+) -> Checked:
+    """Trace `model` into `tmp/name`, check it against torch on the run's held-out inputs, and
+    put config.json and the run's tokenizer.json / labels.json next to it."""
     _require()
-    from modelworks.export_int8 import format_table, measure, quantize_int8
     from modelworks.train.checkpoint import _config_json
 
     model = model.eval().cpu()
     metric, batches = heldout(model, run_dir, limit)
     first = batches[0][0]
     seq = max(2, min(8, first.shape[1])) if is_decoder(model) else None
-    fp32 = tmp / ("model.fp32.onnx" if int8 else "model.onnx")
-    to_onnx(model, fp32, _rows(first, 2, seq))
-    sess = session(fp32)
+    path = tmp / name
+    to_onnx(model, path, _rows(first, 2, seq))
+    sess = session(path)
     check = _rows(first, 4)
     diff, allowed = max_difference(model, sess, check)
     if not diff <= allowed:
@@ -275,14 +289,14 @@ def write_onnx(model: nn.Module, run_dir: Path, tmp: Path, int8: bool, limit: in
     tokens = isinstance(model, GPT) or is_text_classifier(model)
     inputs = [
         {
-            "name": name,
+            "name": input_name,
             "dtype": str(t.dtype).removeprefix("torch."),
             "shape": ["batch", "sequence"] if tokens else ["batch", *t.shape[1:]],
         }
-        for name, t in zip(input_names(model), _as_tuple(check), strict=True)
+        for input_name, t in zip(input_names(model), _as_tuple(check), strict=True)
     ]
     info = {
-        "format": "int8" if int8 else "onnx",
+        "format": "onnx",
         "file": "model.onnx",
         "opset": OPSET,
         "input": inputs[0],
@@ -294,20 +308,15 @@ def write_onnx(model: nn.Module, run_dir: Path, tmp: Path, int8: bool, limit: in
     }
     if tokens:
         info["context_len"] = model.cfg.context_len
-    if not int8:
-        atomic_write_json(tmp / "export.json", info)
-        log.info(f"[export] ONNX logits match torch: max |diff| {diff:.2e} (allowed {allowed:.1e})")
-        return
-    q8 = tmp / "model.onnx"
-    quantize_int8(fp32, q8)
-    sess8 = session(q8)
-    info["int8_max_abs_diff_vs_torch"] = max_difference(model, sess8, check)[0]
-    atomic_write_json(tmp / "export.json", info)
-    table = measure(model, metric, batches, fp32, sess, q8, sess8)
-    fp32.unlink()
-    atomic_write_json(tmp / "quantization.json", table)
-    for line in format_table(table).splitlines():
-        log.info(line)
+    return Checked(path, sess, info, metric, batches, check)
+
+
+def write_onnx(model: nn.Module, run_dir: Path, tmp: Path, limit: int = 16) -> None:
+    """Fill `tmp` with the ONNX export of `model`, checked against torch."""
+    checked = write_checked(model, run_dir, tmp, "model.onnx", limit)
+    atomic_write_json(tmp / "export.json", checked.info)
+    diff, allowed = checked.info["fp32_max_abs_diff_vs_torch"], checked.info["tolerance"]
+    log.info(f"[export] ONNX logits match torch: max |diff| {diff:.2e} (allowed {allowed:.1e})")
 
 
 def load_onnx(folder: str | Path):

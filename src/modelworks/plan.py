@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from modelworks.config import Config
-from modelworks.errors import ModelworksError
+from modelworks.errors import ModelworksError, PlanError
 
 GiB = 2**30
 STRATEGIES = ("single", "ddp", "fsdp", "tp", "fsdp+tp")
@@ -37,10 +37,6 @@ GPU_MFU = 0.4  # a well-tuned dense transformer run; pass --mfu for yours
 # what our trainer logs as MFU on CPU (fp32, d_model 128-256, against measure_matmul_flops):
 # the matmuls run near the measured peak; norms, RoPE, softmax and AdamW do not
 CPU_MFU = 0.6
-
-
-class PlanError(ModelworksError, ValueError):
-    """A plan that cannot be made; the message is one user-facing line."""
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from modelworks.errors import ModelworksError
-
-
-class DeviceError(ModelworksError, ValueError):
-    pass
+from modelworks.errors import DeviceError
 
 
 def resolve_device(name: str) -> torch.device:

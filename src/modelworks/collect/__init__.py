@@ -26,7 +26,7 @@ from modelworks.collect import (
     tables,
 )
 from modelworks.config import Config
-from modelworks.errors import ModelworksError
+from modelworks.errors import CollectError
 from modelworks.progress import Reporter
 
 TEXT_SCHEMA = pa.schema(
@@ -57,10 +57,6 @@ INTERACTION_SCHEMA = pa.schema(
     [("user", pa.string()), ("item", pa.string()), ("timestamp", pa.float64()),
      ("rating", pa.float64()), ("source", pa.string())]
 )  # fmt: skip
-
-
-class CollectError(ModelworksError, RuntimeError):
-    pass
 
 
 def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=None):
@@ -128,7 +124,7 @@ def _hf(src, where: str, label_field: str | None = None):
 
 def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
     """Read every source and write the collection; returns the manifest."""
-    from modelworks.pipeline import stage_writer
+    from modelworks.lifecycle import stage_writer
 
     reporter = reporter or Reporter()
     kinds = {

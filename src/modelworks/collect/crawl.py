@@ -22,7 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
-from modelworks.collect.files import extract_html
+from modelworks.collect.html import extract_html
 
 
 @dataclass

@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelworks.collect.html import extract_html
+
 SUFFIXES = {".txt", ".md", ".html", ".htm", ".jsonl", ".csv", ".parquet", ".warc"}
 
 
@@ -85,18 +87,6 @@ def _doc(
         "url": url or str(path),
         "metadata": json.dumps(meta, ensure_ascii=False, default=str) if meta else None,
     }
-
-
-def extract_html(html: str | bytes, url: str | None = None) -> str | None:
-    """The page's main text (trafilatura: no menus, footers or ads), or None when it has none."""
-    try:
-        import trafilatura
-    except ModuleNotFoundError as e:
-        if e.name != "trafilatura":
-            raise
-        raise ImportError("reading HTML needs trafilatura: pip install trafilatura") from None
-    text = trafilatura.extract(html, url=url, include_comments=False, favor_precision=True)
-    return text or None
 
 
 def read_files(

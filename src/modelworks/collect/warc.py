@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelworks.collect.files import extract_html
+from modelworks.collect.html import extract_html
 
 
 def read_warc(path: Path, problems: list[str]) -> Iterator[dict]:

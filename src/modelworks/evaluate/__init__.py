@@ -30,7 +30,7 @@ from modelworks.tasks import get_task
 
 def check_evaluable(cfg: Config) -> None:
     """One clear line for a run that cannot be evaluated, before any work."""
-    from modelworks.pipeline import model_stage
+    from modelworks.lifecycle import model_stage
 
     stage = model_stage(cfg)
     weights = cfg.run_dir / stage / "model.safetensors"
@@ -48,7 +48,7 @@ def check_evaluable(cfg: Config) -> None:
 
 def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
     """Run the task's evaluation and write metrics and report; returns the manifest."""
-    from modelworks.pipeline import model_stage, stage_writer
+    from modelworks.lifecycle import model_stage, stage_writer
 
     reporter = reporter or Reporter()
     check_evaluable(cfg)

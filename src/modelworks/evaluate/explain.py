@@ -157,7 +157,7 @@ def explain(
      "attributions": [float] (one per token), "method": "gradient_x_input" |
      "integrated_gradients", "target": {"id": int, "text" | "label": ...},
      "top_tokens": [{"token", "position", "score"}] (most supporting first, 5 at most)}
-    A classifier sees exactly what classification gives it (tasks/text_classification's
+    A classifier sees exactly what classification gives it (tasks/text_encoding's
     `classify_texts`: the tokenizer's own special tokens, no padding, the first `max_tokens`
     tokens, the same mask and forward), so "probability" is what /v1/classify answers. A
     language model gets its start token prepended (`start_id`, its end-of-text token), as the
@@ -169,7 +169,7 @@ def explain(
     model.eval()
     mask = None
     if _is_classifier(model):
-        from modelworks.tasks.text_classification import classify_texts
+        from modelworks.tasks.text_encoding import classify_texts
 
         max_len = min(max_tokens, model.cfg.context_len)
         probs, x, mask, _ = classify_texts(model, tokenizer, [text], max_len, device)

@@ -14,11 +14,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from modelworks.artifacts import atomic_write_bytes, atomic_write_text  # noqa: E402
-from modelworks.errors import ModelworksError  # noqa: E402
-
-
-class EvaluateError(ModelworksError, ValueError):
-    """A run or split that cannot be evaluated (no checkpoint, empty split, unknown metric)."""
+from modelworks.errors import EvaluateError  # noqa: E402, F401  (public here too)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -22,89 +22,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_file
 from torch import nn
 
-from modelworks.artifacts import atomic_write_json, require_stage
+from modelworks.artifacts import atomic_write_json
+from modelworks.base_model import Base, load_base, resolve_base_folder  # noqa: F401  (public here too)
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.runtime import resolve_device, setup
 from modelworks.tasks import get_task
 from modelworks.train.lora import LoRALinear, adapter_state
-
-
-@dataclass
-class Base:
-    model: nn.Module
-    tokenizer: object | None  # a tokenizers.Tokenizer, when the base comes with one
-    folder: Path  # where it was read from (never written)
-    kind: str  # modelworks, bert or llama
-
-
-def resolve_base_folder(cfg: Config) -> Path:
-    spec = cfg.finetune.from_
-    run_dir = cfg.run_dir
-    if spec == "pretrain":
-        require_stage(run_dir, "pretrain", "finetune")
-        return run_dir / "pretrain"
-    from modelworks.models.encoder import MINILM_NAMES, minilm_path
-
-    if spec.lower() in MINILM_NAMES:
-        return minilm_path()
-    folder = Path(spec)
-    if not folder.is_dir():
-        raise ConfigError(
-            f"finetune.from={spec!r}: not a folder; use pretrain, minilm, a run folder, a model "
-            "folder or a local Hugging Face folder"
-        )
-    for stage in ("finetune", "pretrain"):  # a run folder: its latest model
-        if (folder / stage / "manifest.json").is_file():
-            folder = folder / stage
-            break
-    mine = {(run_dir / s).resolve() for s in ("finetune", "finetune.partial")}
-    if folder.resolve() in mine:
-        raise ConfigError(
-            f"finetune.from={spec!r} is this run's own finetune output, which the fine-tune "
-            "would overwrite; copy it elsewhere, or give the run another name"
-        )
-    return folder
-
-
-def load_base(cfg: Config) -> Base:
-    from tokenizers import Tokenizer
-
-    from modelworks.models.encoder import import_bert, is_bert_folder
-
-    folder = resolve_base_folder(cfg)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"finetune.from: {folder} has no config.json; it is not a model folder")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{cfg_path}: not readable JSON ({e})") from None
-    if "name" in meta and "config" in meta:
-        from modelworks.train.checkpoint import load_model
-
-        model, kind = load_model(folder), "modelworks"
-    elif is_bert_folder(folder):
-        model, kind = import_bert(folder), "bert"
-    else:
-        from modelworks.models.hf import import_hf
-
-        model, kind = import_hf(folder, context_len=cfg.finetune.seq_len), "llama"
-    tok = None
-    for candidate in (folder / "tokenizer.json", folder.parent / "preprocess" / "tokenizer.json"):
-        if candidate.is_file():
-            tok = Tokenizer.from_file(str(candidate))
-            break
-    return Base(model, tok, folder, kind)
 
 
 def apply_method(model: nn.Module, cfg: Config) -> dict:
@@ -147,7 +78,7 @@ def _default_targets(model: nn.Module) -> list[str]:
 
 def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True) -> dict:
     """Fine-tune, and publish `<run>/finetune/`; returns the manifest."""
-    from modelworks.pipeline import stage_writer
+    from modelworks.lifecycle import stage_writer
     from modelworks.train.lora import merge_lora, trainable_parameters
     from modelworks.train.trainer import Trainer
 

@@ -1,0 +1,16 @@
+"""Model architectures, one file each; each registers itself in `registry.py` on import.
+
+Adding an architecture: a file here with its config dataclass and `@register("name", Config)`,
+and one line below.
+"""
+
+from modelworks.models import (  # noqa: F401  (each registers itself)
+    cnn,
+    encoder,
+    gpt,
+    gpt_classifier,
+    mlp,
+    registry,
+    sasrec,
+    vit,
+)

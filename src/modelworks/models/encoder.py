@@ -24,12 +24,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from modelworks.errors import ModelworksError
+from modelworks.errors import EncoderImportError
 from modelworks.models.registry import register
-
-
-class EncoderImportError(ModelworksError, ValueError):
-    pass
 
 
 @dataclass

@@ -39,7 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from modelworks.artifacts import atomic_write_json
-from modelworks.errors import ModelworksError
+from modelworks.errors import HFError
 from modelworks.models.gpt import GPT, GPTConfig
 
 log = logging.getLogger("modelworks")
@@ -66,8 +66,14 @@ NAME_MAP: tuple[tuple[str, str], ...] = (
 )
 
 
-class HFError(ModelworksError, ValueError):
-    """A Hugging Face folder we cannot import exactly, or a model we cannot export."""
+def is_hf_folder(path: str | Path) -> bool:
+    """A Hugging Face model folder: config.json with `architectures`, and no run layout."""
+    path = Path(path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "architectures" in cfg and not (path / "pretrain").is_dir()
 
 
 def tensor_names(cfg: GPTConfig) -> dict[str, str]:

@@ -23,8 +23,9 @@ from typing import Any
 from safetensors.torch import save_file
 
 from modelworks.artifacts import atomic_write_json
+from modelworks.errors import HFError
 from modelworks.models.encoder import _LAYER_NAMES, _TOP_NAMES, Encoder, our_name
-from modelworks.models.hf import HFError, _swap_into_place
+from modelworks.models.hf import _swap_into_place
 
 REMOTE_CODE = Path(__file__).with_name("hf_modeling_encoder.py")
 _FILES = {

@@ -1,6 +1,8 @@
 """Model registry: architecture name -> (builder, config dataclass).
 
-A model file registers itself with `@register("name", ConfigClass)`; configs pick it with
+A model file registers itself with `@register("name", ConfigClass)`, and `models/__init__.py`
+imports every built-in model file, so the registry is full whenever this module is imported
+(Python imports the package first); configs pick a model with
 `model: {name: ..., <config fields>}`. Any user `nn.Module` plugs in without registering:
 `model: {class: "my_pkg.module:MyModel", args: {...}}` (stored as the `custom` architecture).
 """
@@ -14,13 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from modelworks.errors import ModelworksError
+from modelworks.errors import ConfigError, ModelError
 
 _REGISTRY: dict[str, tuple[Callable[[Any], nn.Module], type]] = {}
-
-
-class ModelError(ModelworksError, ValueError):
-    pass
 
 
 def register(name: str, config_cls: type):
@@ -54,25 +52,11 @@ def build_custom(cfg: CustomConfig) -> nn.Module:
         raise ModelError(f"model.args do not fit {cfg.cls}: {e}") from None
 
 
-def _load_builtins() -> None:
-    from modelworks.models import (  # noqa: F401  (each registers itself)
-        cnn,
-        encoder,
-        gpt,
-        gpt_classifier,
-        mlp,
-        sasrec,
-        vit,
-    )
-
-
 def available() -> list[str]:
-    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def lookup(name: str) -> tuple[Callable[[Any], nn.Module], type]:
-    _load_builtins()
     if name not in _REGISTRY:
         raise ModelError(f"model.name {name!r} is not a registered model; known: {available()}")
     return _REGISTRY[name]
@@ -86,8 +70,6 @@ def _field_type(f: dataclasses.Field) -> type:
 
 def model_config_from(section: Any, source: str = "config"):
     """Build the architecture's config dataclass from the `model:` section (name + fields)."""
-    from modelworks.config import ConfigError
-
     fields = section.model_dump() if hasattr(section, "model_dump") else dict(section)
     name = fields.pop("name", "gpt")
     if "class" in fields:
@@ -122,8 +104,24 @@ def build_model(model_config) -> nn.Module:
 
 
 def name_of(model_config) -> str:
-    _load_builtins()
     for name, (_, config_cls) in _REGISTRY.items():
         if type(model_config) is config_cls:
             return name
     raise ModelError(f"no registered model takes {type(model_config).__name__}")
+
+
+def fill_from_data(model_cfg, **values) -> None:
+    """Set the model-config fields left at 0 (vocab_size, context_len, in_features, n_classes...)
+    from what the data says; a field set explicitly must be large enough."""
+    for key, value in values.items():
+        current = getattr(model_cfg, key, None)
+        if current is None:
+            continue
+        if current == 0:
+            setattr(model_cfg, key, value)
+        elif key in ("vocab_size", "n_classes", "context_len") and current < value:
+            raise ConfigError(f"model.{key}={current} is smaller than the data needs ({value})")
+        elif key in ("in_features", "image_size", "channels") and current != value:
+            raise ConfigError(
+                f"model.{key}={current} but the data has {value}; set it to {value} or 0"
+            )

@@ -16,7 +16,7 @@ from modelworks.progress import Reporter
 
 def preprocess(cfg: Config, reporter: Reporter | None = None) -> dict:
     """Run the task's preprocessing into `<run>/preprocess/`; returns the manifest."""
-    from modelworks.pipeline import stage_writer
+    from modelworks.lifecycle import stage_writer
     from modelworks.tasks import get_task  # late: shard workers import this package without torch
 
     reporter = reporter or Reporter()

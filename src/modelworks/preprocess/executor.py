@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from modelworks.errors import PreprocessError
 from modelworks.preprocess import runner
 from modelworks.preprocess.steps import N_EXAMPLES
 
@@ -115,8 +116,6 @@ class _Pool:
             try:
                 import ray
             except ImportError:
-                from modelworks.preprocess.text import PreprocessError
-
                 raise PreprocessError(
                     "preprocess.executor=ray needs Ray: pip install 'ray>=2.9'"
                 ) from None

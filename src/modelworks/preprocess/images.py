@@ -20,14 +20,10 @@ from safetensors.torch import save_file
 
 from modelworks.artifacts import atomic_write_text
 from modelworks.config import Config
-from modelworks.errors import ModelworksError
+from modelworks.errors import ImageDataError
 from modelworks.progress import Reporter
 
 SPLITS = ("train", "val", "test")
-
-
-class ImageDataError(ModelworksError, ValueError):
-    pass
 
 
 def split_of(item_id: str, val_fraction: float, test_fraction: float, seed: int) -> str:

@@ -15,11 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from modelworks.artifacts import atomic_write_json
-from modelworks.errors import ModelworksError
-
-
-class ShardError(ModelworksError, ValueError):
-    pass
+from modelworks.errors import ShardError
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modelworks.config import Config
-from modelworks.errors import ModelworksError
+from modelworks.errors import PreprocessError
 from modelworks.preprocess import executor, runner
 from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
 from modelworks.preprocess.steps import Step, is_validation
@@ -27,10 +27,6 @@ from modelworks.progress import Reporter
 CLEAN_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("split", pa.string())]
 )
-
-
-class PreprocessError(ModelworksError, RuntimeError):
-    pass
 
 
 def step_specs(cfg: Config) -> list:

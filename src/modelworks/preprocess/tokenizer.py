@@ -11,13 +11,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from modelworks.errors import ModelworksError
+from modelworks.errors import TokenizerError
 
 EOT = "<|endoftext|>"
-
-
-class TokenizerError(ModelworksError, ValueError):
-    pass
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

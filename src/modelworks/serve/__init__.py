@@ -10,45 +10,17 @@ defining `serve_routes(app, run_dir, cfg, device)` (see `build_app`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from modelworks.chat_template import run_chat_template
 from modelworks.config import ServeConfig
+from modelworks.models.hf import is_hf_folder
+from modelworks.serve.engine import engine_options
+
+__all__ = ["build_app", "engine_options", "is_hf_folder", "run_chat_template", "serve"]
 
 log = logging.getLogger("modelworks")
-
-
-def is_hf_folder(path: str | Path) -> bool:
-    """A Hugging Face model folder: config.json with `architectures`, and no run layout."""
-    path = Path(path)
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and "architectures" in cfg and not (path / "pretrain").is_dir()
-
-
-def run_chat_template(run_dir: str | Path) -> str | None:
-    """The chat template stored with a run's final model, else with its preprocess, else None."""
-    from modelworks.artifacts import final_model_dir
-
-    run_dir = Path(run_dir)
-    for folder in (final_model_dir(run_dir), run_dir / "preprocess"):
-        for name in ("chat_template.jinja", "tokenizer_config.json"):
-            path = folder / name
-            if path.is_file():
-                text = path.read_text()
-                if name.endswith(".jinja"):
-                    return text
-                template = json.loads(text).get("chat_template")
-                if isinstance(template, str):
-                    return template
-    return None
-
-
-def engine_options(cfg: ServeConfig) -> dict:
-    return {"max_batch": cfg.max_batch, "pack_weights": cfg.pack_weights}
 
 
 def build_app(
@@ -113,4 +85,6 @@ def serve(
     cfg = cfg or ServeConfig()
     app = build_app(target, cfg, device, task)
     log.info("serving %s on http://%s:%d", target, cfg.host, cfg.port)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    uvicorn.run(
+        app, host=cfg.host, port=cfg.port, log_level="info", timeout_keep_alive=cfg.keep_alive_s
+    )

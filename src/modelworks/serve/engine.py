@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from modelworks.errors import ModelworksError
+from modelworks.errors import PromptTooLong
 from modelworks.models.gpt import KVCache, apply_rope, grouped_attention
 from modelworks.preprocess.tokenizer import eot_id, load_tokenizer
 from modelworks.runtime import resolve_device
@@ -39,10 +39,6 @@ from modelworks.serve.packing import pack_linears
 from modelworks.train.checkpoint import load_model
 
 log = logging.getLogger("modelworks")
-
-
-class PromptTooLong(ModelworksError, ValueError):
-    pass
 
 
 @dataclass
@@ -545,3 +541,8 @@ def _json(path: Path) -> dict:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         return {}
+
+
+def engine_options(cfg) -> dict:
+    """The Engine keyword arguments a `serve:` config (config.ServeConfig) sets."""
+    return {"max_batch": cfg.max_batch, "pack_weights": cfg.pack_weights}

@@ -1,4 +1,4 @@
-"""OpenAI-shaped request schemas, errors, and the default chat template.
+"""OpenAI-shaped request schemas and errors (the chat template: modelworks/chat_template.py).
 
 Requests accept (and ignore) fields we do not use, as OpenAI clients send many; a field we do use
 with a wrong type or value is a 400 naming it.
@@ -6,63 +6,16 @@ with a wrong type or value is a 400 naming it.
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The template used when the model folder has none (our own runs): plain text, one turn per
-# paragraph. Generation stops at the next "\n\nUser:" so the model does not answer for the user.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m.role == 'system' or m.role == 'developer' %}{{ m.content }}\n\n"
-    "{% elif m.role == 'user' %}User: {{ m.content }}\n\n"
-    "{% else %}Assistant: {{ m.content }}\n\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
+from modelworks.chat_template import (  # noqa: F401  (public here too)
+    DEFAULT_CHAT_STOP,
+    DEFAULT_CHAT_TEMPLATE,
+    engine_chat_text,
+    render_chat,
 )
-DEFAULT_CHAT_STOP = "\n\nUser:"
-
-
-def render_chat(
-    template: str | None,
-    messages: list[dict],
-    add_generation_prompt: bool = True,
-    bos_token: str = "",
-    eos_token: str = "",
-) -> str:
-    """A conversation as the prompt text `template` (None: the default) makes of it, rendered
-    in Jinja's sandbox as Hugging Face does; a template's refusal is a jinja2.TemplateError."""
-    return _compiled(template or DEFAULT_CHAT_TEMPLATE).render(
-        messages=messages,
-        add_generation_prompt=add_generation_prompt,
-        bos_token=bos_token,
-        eos_token=eos_token,
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled(template: str):
-    """Compiling costs ~1000x a render: a fine-tune renders every conversation several times."""
-    import time
-
-    import jinja2.sandbox
-
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message):  # Hugging Face templates call this to refuse a conversation
-        raise jinja2.TemplateError(message)
-
-    env.globals.update(raise_exception=raise_exception, strftime_now=time.strftime)
-    return env.from_string(template)
-
-
-def engine_chat_text(engine, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """`render_chat` with a serve.engine.Engine's template and start / end token texts."""
-    eos = engine.token_text(min(engine.eos)) if engine.eos else ""
-    return render_chat(
-        engine.chat_template, messages, add_generation_prompt, engine.token_text(engine.eot), eos
-    )
 
 
 class _Request(BaseModel):

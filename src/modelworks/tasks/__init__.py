@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from modelworks.errors import ConfigError
+
 TASKS = {
     "language_modeling": "modelworks.tasks.language_modeling",
     "image_classification": "modelworks.tasks.image_classification",
@@ -29,26 +31,5 @@ TASKS = {
 
 def get_task(name: str) -> ModuleType:
     if name not in TASKS:
-        from modelworks.config import ConfigError
-
         raise ConfigError(f"task {name!r} is not a known task; known: {sorted(TASKS)}")
     return importlib.import_module(TASKS[name])
-
-
-def fill_from_data(model_cfg, **values) -> None:
-    """Set the model-config fields left at 0 (vocab_size, context_len, in_features, n_classes...)
-    from what the data says; a field set explicitly must be large enough."""
-    from modelworks.config import ConfigError
-
-    for key, value in values.items():
-        current = getattr(model_cfg, key, None)
-        if current is None:
-            continue
-        if current == 0:
-            setattr(model_cfg, key, value)
-        elif key in ("vocab_size", "n_classes", "context_len") and current < value:
-            raise ConfigError(f"model.{key}={current} is smaller than the data needs ({value})")
-        elif key in ("in_features", "image_size", "channels") and current != value:
-            raise ConfigError(
-                f"model.{key}={current} but the data has {value}; set it to {value} or 0"
-            )

@@ -40,10 +40,10 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_path
+from modelworks.chat_template import DEFAULT_CHAT_STOP, render_chat
 from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
-from modelworks.serve.openai import DEFAULT_CHAT_STOP, render_chat
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
     IGNORE,
@@ -329,9 +329,10 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
     """A serve.engine.Engine with its chat template for a chat run, a chat model folder (a
     fine-tune's finetune/), any run, or a Hugging Face folder; `engine.chat_stop` lists stop
     strings that end the assistant's turn."""
+    from modelworks.chat_template import run_chat_template
+    from modelworks.models.hf import is_hf_folder
     from modelworks.preprocess.tokenizer import load_tokenizer
     from modelworks.runtime import resolve_device
-    from modelworks.serve import is_hf_folder, run_chat_template
     from modelworks.serve.engine import Engine
     from modelworks.train.checkpoint import load_model
 
@@ -366,8 +367,8 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI endpoints (chat included, with the run's template)."""
-    from modelworks.serve import engine_options
     from modelworks.serve.app import add_lm_routes
+    from modelworks.serve.engine import engine_options
 
     add_lm_routes(
         app, lambda: load_chat_engine(run_dir, device, cfg.model_name, **engine_options(cfg))
@@ -383,7 +384,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     answers to val prompts, for the fine-tuned model and for its base before SFT."""
     from modelworks.evaluate.metrics import fmt_ci, perplexity, ratio_ci
     from modelworks.evaluate.report import EvaluateError, md_cell, md_table, training_table
-    from modelworks.pipeline import model_stage
+    from modelworks.lifecycle import model_stage
 
     stage = model_stage(cfg)
     convs = load_conversations(run_dir, "val")
@@ -399,7 +400,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     results = {"tuned": _score(engine, fmt, examples, convs[:n_gen], e.max_new_tokens)}
     trained = json.loads((run_dir / stage / "manifest.json").read_text())["summary"]
     if stage == "finetune":  # the same measures before SFT
-        from modelworks.finetune import load_base
+        from modelworks.base_model import load_base
         from modelworks.serve.engine import Engine
 
         base = load_base(cfg)

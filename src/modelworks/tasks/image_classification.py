@@ -21,10 +21,9 @@ from torch import nn
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import EvaluateError, md_table, training_table
-from modelworks.models.registry import build_model, model_config_from
+from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.preprocess.images import prepare_images
 from modelworks.progress import Reporter
-from modelworks.tasks import fill_from_data
 from modelworks.tasks.augment import AugmentedLoader, make_augment
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
@@ -165,7 +164,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     from modelworks.runtime import resolve_device
 
     device = resolve_device(cfg.device)
-    from modelworks.pipeline import model_stage
+    from modelworks.lifecycle import model_stage
 
     stage = model_stage(cfg)
     model = load_model(run_dir / stage, device).eval()

@@ -17,13 +17,12 @@ from modelworks.artifacts import atomic_write_json, final_model_dir
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.metrics import fmt_ci, perplexity, unigram_cross_entropy
 from modelworks.evaluate.report import funnel_section, md_table, training_table
-from modelworks.models.registry import build_model, model_config_from
+from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.preprocess.pack import TokenShards
 from modelworks.preprocess.text import prepare_text
 from modelworks.preprocess.tokenizer import load_tokenizer
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype
-from modelworks.tasks import fill_from_data
 from modelworks.train.data import WindowLoader, sequential_batches
 from modelworks.train.trainer import TrainSetup
 

@@ -35,18 +35,13 @@ from torch import nn
 
 from modelworks.artifacts import atomic_write_text
 from modelworks.config import Config
-from modelworks.errors import ModelworksError
+from modelworks.errors import RecommendationDataError
 from modelworks.evaluate import ranking
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.progress import Reporter
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
-
-
-class RecommendationDataError(ModelworksError, ValueError):
-    pass
-
 
 # ---------------------------------------------------------------------------------------------
 # Preprocess

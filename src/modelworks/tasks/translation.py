@@ -307,7 +307,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         bleu_tokenize,
         corpus_scores,
     )
-    from modelworks.pipeline import model_stage
+    from modelworks.lifecycle import model_stage
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
@@ -450,9 +450,8 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI completion endpoints over the run's decoder, and
     POST /v1/translate ({"input": text or [texts], "beam_size": 1, "max_tokens": 64}) which
     formats each text with the run's prompt template and returns its translation."""
-    from modelworks.serve import engine_options
     from modelworks.serve.app import APIError, add_lm_routes, check_model
-    from modelworks.serve.engine import Engine
+    from modelworks.serve.engine import Engine, engine_options
 
     state: dict = {}
     run_dir = Path(run_dir)

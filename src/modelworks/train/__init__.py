@@ -30,7 +30,7 @@ from modelworks.train.trainer import Trainer
 
 def pretrain(cfg: Config, reporter: Reporter | None = None, resume: bool = True) -> dict | None:
     """Train, checkpoint, and publish `<run>/pretrain/`; returns the manifest (on rank 0)."""
-    from modelworks.pipeline import stage_writer
+    from modelworks.lifecycle import stage_writer
 
     reporter = reporter or Reporter()
     dims, mesh = init_distributed(cfg.parallel)

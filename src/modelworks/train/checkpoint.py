@@ -23,14 +23,10 @@ from safetensors.torch import save_model as st_save_model
 from torch import nn
 
 from modelworks.artifacts import atomic_write_json, sha256_file
-from modelworks.errors import ModelworksError
+from modelworks.errors import CheckpointError, ModelworksError
 from modelworks.models.registry import build_model, lookup, name_of
 
 log = logging.getLogger("modelworks")
-
-
-class CheckpointError(ModelworksError, RuntimeError):
-    pass
 
 
 def save_model(out_dir: Path, model: nn.Module) -> None:

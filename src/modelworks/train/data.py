@@ -11,11 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modelworks.errors import ModelworksError
-
-
-class DataError(ModelworksError, ValueError):
-    pass
+from modelworks.errors import DataError
 
 
 class EpochSampler:

@@ -19,11 +19,7 @@ import math
 import torch
 from torch import nn
 
-from modelworks.errors import ModelworksError
-
-
-class LoRAError(ModelworksError, ValueError):
-    pass
+from modelworks.errors import LoRAError
 
 
 class LoRALinear(nn.Module):

@@ -22,11 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from modelworks.errors import ModelworksError
-
-
-class ParallelError(ModelworksError, ValueError):
-    pass
+from modelworks.errors import ParallelError
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from modelworks.errors import ModelworksError
-
-
-class PrivacyError(ModelworksError, ValueError):
-    pass
+from modelworks.errors import PrivacyError
 
 
 class DPSGD:

@@ -24,7 +24,7 @@ from torch import nn
 
 from modelworks.artifacts import atomic_write_text
 from modelworks.config import PretrainConfig
-from modelworks.errors import ModelworksError
+from modelworks.errors import TrainingError
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype, peak_flops
 from modelworks.train.checkpoint import (
@@ -35,10 +35,6 @@ from modelworks.train.checkpoint import (
 )
 from modelworks.train.optim import build_optimizer, clip_grad_norm, lr_at
 from modelworks.train.parallel import ParallelDims, barrier, parallelize, rank
-
-
-class TrainingError(ModelworksError, RuntimeError):
-    pass
 
 
 class Loader(Protocol):

@@ -1,0 +1,86 @@
+"""The model a fine-tune (or a chat/SFT task) starts from, named by `finetune.from`: this run's
+pretrain, another run folder (its finetune/ or else pretrain/ model), a modelworks model folder
+(config.json + model.safetensors), a local Hugging Face folder (BERT family: models/encoder.py;
+Llama family: models/hf.py), or `minilm`. Read only, never written. Shared by finetune/ and
+tasks/, so it lives in neither.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from modelworks.artifacts import require_stage
+from modelworks.config import Config
+from modelworks.errors import ConfigError
+
+
+@dataclass
+class Base:
+    model: nn.Module
+    tokenizer: object | None  # a tokenizers.Tokenizer, when the base comes with one
+    folder: Path  # where it was read from (never written)
+    kind: str  # modelworks, bert or llama
+
+
+def resolve_base_folder(cfg: Config) -> Path:
+    spec = cfg.finetune.from_
+    run_dir = cfg.run_dir
+    if spec == "pretrain":
+        require_stage(run_dir, "pretrain", "finetune")
+        return run_dir / "pretrain"
+    from modelworks.models.encoder import MINILM_NAMES, minilm_path
+
+    if spec.lower() in MINILM_NAMES:
+        return minilm_path()
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"finetune.from={spec!r}: not a folder; use pretrain, minilm, a run folder, a model "
+            "folder or a local Hugging Face folder"
+        )
+    for stage in ("finetune", "pretrain"):  # a run folder: its latest model
+        if (folder / stage / "manifest.json").is_file():
+            folder = folder / stage
+            break
+    mine = {(run_dir / s).resolve() for s in ("finetune", "finetune.partial")}
+    if folder.resolve() in mine:
+        raise ConfigError(
+            f"finetune.from={spec!r} is this run's own finetune output, which the fine-tune "
+            "would overwrite; copy it elsewhere, or give the run another name"
+        )
+    return folder
+
+
+def load_base(cfg: Config) -> Base:
+    from tokenizers import Tokenizer
+
+    from modelworks.models.encoder import import_bert, is_bert_folder
+
+    folder = resolve_base_folder(cfg)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"finetune.from: {folder} has no config.json; it is not a model folder")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{cfg_path}: not readable JSON ({e})") from None
+    if "name" in meta and "config" in meta:
+        from modelworks.train.checkpoint import load_model
+
+        model, kind = load_model(folder), "modelworks"
+    elif is_bert_folder(folder):
+        model, kind = import_bert(folder), "bert"
+    else:
+        from modelworks.models.hf import import_hf
+
+        model, kind = import_hf(folder, context_len=cfg.finetune.seq_len), "llama"
+    tok = None
+    for candidate in (folder / "tokenizer.json", folder.parent / "preprocess" / "tokenizer.json"):
+        if candidate.is_file():
+            tok = Tokenizer.from_file(str(candidate))
+            break
+    return Base(model, tok, folder, kind)
