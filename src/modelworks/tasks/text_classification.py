@@ -36,6 +36,7 @@ from modelworks.evaluate.metrics import classification_cis, fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
+from modelworks.tasks.text_encoding import _trim, classify_texts, encode, max_tokens, predict
 from modelworks.train.data import DataError, EpochSampler, _Sampled
 from modelworks.train.trainer import TrainSetup
 
@@ -133,31 +134,6 @@ def classes_of(run_dir: Path) -> list[str]:
 # tokens and batches
 
 
-def encode(
-    tok: Tokenizer, texts: list[str], max_len: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Token ids and a 1/0 mask (N, L), right-padded to the longest (<= max_len); and how many
-    texts were longer than max_len and were truncated."""
-    tok = Tokenizer.from_str(tok.to_str())  # a copy: leave the caller's settings alone
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_len)
-    encs = tok.encode_batch(texts)
-    n_truncated = sum(1 for e in encs if e.overflowing)
-    width = max((len(e.ids) for e in encs), default=1)
-    ids = torch.zeros(len(encs), width, dtype=torch.long)
-    mask = torch.zeros(len(encs), width, dtype=torch.long)
-    for i, e in enumerate(encs):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-        mask[i, : len(e.ids)] = 1
-    return ids, mask, n_truncated
-
-
-def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the padding columns no row of this batch uses (short sentences train much faster)."""
-    width = max(1, int(mask.sum(1).max()))
-    return ids[:, :width], mask[:, :width]
-
-
 class TextLoader(_Sampled):
     """(ids, mask, label) batches of a shuffled epoch, padding trimmed per batch."""
 
@@ -179,16 +155,6 @@ class TextLoader(_Sampled):
 def ce_loss(model: nn.Module, batch) -> torch.Tensor:
     ids, mask, y = batch
     return F.cross_entropy(model(ids, mask).float(), y)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, ids, mask, device, batch_size: int = 256) -> torch.Tensor:
-    """Logits (N, n_classes), float32 on the CPU."""
-    outs = []
-    for i in range(0, len(ids), batch_size):
-        b_ids, b_mask = _trim(ids[i : i + batch_size], mask[i : i + batch_size])
-        outs.append(model(b_ids.to(device), b_mask.to(device)).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0)
 
 
 def _setup(cfg: Config, run_dir: Path, device, model, tok: Tokenizer, train_cfg, rank, world):
@@ -488,8 +454,6 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: POST /v1/classify ({"input": text or [texts], "top_k"}) returns
     the top-k labels with probabilities; POST /v1/explain ({"input": text}) the attention maps
     and integrated-gradients token attributions of the predicted class (evaluate/explain.py)."""
-    import yaml
-
     from modelworks.runtime import resolve_device
     from modelworks.serve.app import APIError, check_model, register_model, start_loading
     from modelworks.serve.schema import Explanation, answers
@@ -500,15 +464,12 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 
     def load():
         model_dir = final_model_dir(run_dir)
-        stage = model_dir.name
         dev = resolve_device(device)
         model = load_model(model_dir, dev).eval()
         tok = _tokenizer(tokenizer_path(run_dir, model_dir))
-        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        seq_len = (run_cfg.get(stage) or {}).get("seq_len") or model.cfg.context_len
         classes = classes_of(run_dir)
         state.update(model=model, tok=tok, dev=dev, classes=classes)
-        state["max_len"] = min(int(seq_len), model.cfg.context_len)
+        state["max_len"] = max_tokens(run_dir, model)
         register_model(app, name, task="text_classification", classes=classes)
 
     start_loading(app, "classifier", load)
@@ -526,8 +487,9 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     def classify(req: ClassifyRequest):  # sync: FastAPI runs it in a worker thread
         texts = _texts(req)
         top_k = req.top_k or len(state["classes"])
-        ids, mask, n_trunc = encode(state["tok"], texts, state["max_len"])
-        probs = torch.softmax(predict(state["model"], ids, mask, state["dev"]), dim=-1)
+        probs, _, _, n_trunc = classify_texts(
+            state["model"], state["tok"], texts, state["max_len"], state["dev"]
+        )
         top = torch.topk(probs, min(top_k, len(state["classes"])), dim=-1)
         data = [
             {
@@ -549,5 +511,5 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
         texts = _texts(req)
         if len(texts) != 1:
             raise APIError(400, "input: explain takes one text", "input")
-        result = explain(state["model"], state["tok"], texts[0])
+        result = explain(state["model"], state["tok"], texts[0], max_tokens=state["max_len"])
         return {"object": "explanation", "model": name, **result}
