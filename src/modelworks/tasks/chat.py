@@ -45,6 +45,7 @@ from modelworks.chat_template import DEFAULT_CHAT_STOP, render_chat
 from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
+from modelworks.tasks.base import Task
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
     IGNORE,
@@ -502,3 +503,14 @@ def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dic
         "exact_match": hits / max(len(answers), 1),
         "answers": answers,
     }
+
+
+TASK = Task(
+    name="chat",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    save_finetuned=save_finetuned,
+    serve_routes=serve_routes,
+)
