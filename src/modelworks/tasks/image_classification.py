@@ -20,6 +20,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from modelworks.config import Config, ConfigError
+from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
+    classification_metrics,
+    plot_confusion,
+)
 from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import EvaluateError, md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
@@ -66,23 +70,6 @@ def predict(model: nn.Module, x: torch.Tensor, device, batch_size: int = 512) ->
         model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
     ]
     return torch.cat(outs) if outs else torch.zeros(0)
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    tp = np.diag(cm).astype(float)
-    precision = np.divide(tp, cm.sum(0), out=np.zeros(n_classes), where=cm.sum(0) > 0)
-    recall = np.divide(tp, cm.sum(1), out=np.zeros(n_classes), where=cm.sum(1) > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n_classes), where=denom > 0)
-    return {
-        "accuracy": float(tp.sum() / max(1, len(y_true))),
-        "macro_f1": float(f1.mean()),
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
-        "confusion_matrix": cm.tolist(),
-    }
 
 
 def setup_training(
@@ -293,33 +280,6 @@ def plot_misclassified(
     fig.savefig(path)
     plt.close(fig)
     return len(wrong)
-
-
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 10 else 0)
-    ax.set_yticks(range(len(classes)), classes)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            if cm[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black",
-                )
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("Confusion matrix (counts)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:

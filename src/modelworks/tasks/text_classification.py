@@ -32,6 +32,10 @@ from torch import nn
 
 from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_path
 from modelworks.config import Config, ConfigError
+from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
+    classification_metrics,
+    plot_confusion,
+)
 from modelworks.evaluate.metrics import classification_cis, fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
@@ -239,32 +243,6 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
 # evaluate
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
-    try:
-        from sklearn.metrics import (
-            accuracy_score,
-            confusion_matrix,
-            precision_recall_fscore_support,
-        )
-    except ImportError:
-        raise ConfigError(
-            "task text_classification needs scikit-learn for its metrics: pip install scikit-learn"
-        ) from None
-
-    labels = list(range(n_classes))
-    p, r, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(np.mean(f1)),
-        "precision": p.tolist(),
-        "recall": r.tolist(),
-        "support": support.tolist(),
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
 def evaluate(
     cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
 ):
@@ -400,26 +378,6 @@ def attribution_section(model, tok, texts, y, pred, classes, e, max_len: int, ou
         "from a zero embedding; `samples.json` has every token's score).\n\n" + table
     )
     return ("Sample predictions and attributions", body), heat
-
-
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0)
-    ax.set_yticks(range(len(classes)), classes)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            dark = cm[i, j] > cm.max() / 2
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if dark else "k")
-    ax.set(xlabel="predicted label", ylabel="true label", title="Confusion matrix (counts)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
