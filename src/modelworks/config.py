@@ -124,7 +124,17 @@ class SourceConfig(_Section):
         "parallel: numbers = built-in digits -> English words pairs (no files)",
     )
     subset: str | None = Field(None, description="hf: dataset configuration name")
-    split: str = Field("train", description="hf: split to read")
+    split: str | None = Field(
+        None,
+        description="the split all this source's records go to: train, val or test (unset: "
+        "drawn at random, see preprocess.val_fraction); hf: the dataset split to read (default "
+        "train), its records keep its name (validation = val)",
+    )
+    split_field: str = Field(
+        "",
+        description="table, image_table, files (csv/jsonl/parquet): column naming each "
+        "record's split (train, val, test); empty rows are drawn at random",
+    )
     streaming: bool = Field(True, description="hf: stream records instead of downloading first")
     limit: int | None = Field(
         None, ge=1, description="stop after this many documents from this source"

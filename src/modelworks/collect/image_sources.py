@@ -60,7 +60,7 @@ def _table_rows(table: Path, needed: list[str], where: str) -> Iterator[tuple[in
 
 
 def _check_columns(table: Path, names: list[str], needed: list[str], where: str) -> None:
-    fields = {needed[0]: "path_field", needed[1]: "label_field"}
+    fields = dict(zip(needed, ("path_field", "label_field", "split_field"), strict=False))
     for col in needed:
         if col not in names:
             raise ValueError(
@@ -69,12 +69,18 @@ def _check_columns(table: Path, names: list[str], needed: list[str], where: str)
 
 
 def image_table(
-    patterns: list[str], path_field: str, label_field: str, where: str, problems: list[str]
+    patterns: list[str],
+    path_field: str,
+    label_field: str,
+    where: str,
+    problems: list[str],
+    split_field: str = "",
 ) -> Iterator[dict]:
     """Rows of (image path, label) from CSV/TSV/Parquet tables; paths relative to the table."""
     what = "CSV/TSV/Parquet files with an image-path and a label column"
+    needed = [path_field, label_field] + ([split_field] if split_field else [])
     for table in _matches(patterns, where, what):
-        for line, row in _table_rows(table, [path_field, label_field], where):
+        for line, row in _table_rows(table, needed, where):
             label = row.get(label_field)
             if label is None or str(label).strip() == "":
                 raise ValueError(f"{table} line {line}: missing label (column {label_field!r})")
@@ -92,6 +98,7 @@ def image_table(
                 "image": path.read_bytes(),
                 "label": str(label).strip(),
                 "source": str(table),
+                "split": row.get(split_field) if split_field else None,
             }
 
 

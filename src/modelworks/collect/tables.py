@@ -18,7 +18,12 @@ SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".parquet")
 
 
 def read_tables(
-    patterns: list[str], text_field: str, label_field: str, columns: list[str], where: str
+    patterns: list[str],
+    text_field: str,
+    label_field: str,
+    columns: list[str],
+    where: str,
+    split_field: str = "",
 ) -> Iterator[dict]:
     if not patterns:
         raise FileNotFoundError(f"{where}.paths: empty; give at least one file or glob")
@@ -27,7 +32,7 @@ def read_tables(
         if not hits:
             raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
         for path in hits:
-            yield from _read(path, text_field, label_field, columns)
+            yield from _read(path, text_field, label_field, columns, split_field, where)
 
 
 def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
@@ -57,7 +62,14 @@ def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
         raise ValueError(f"{path}: unsupported table type {path.suffix!r} ({', '.join(SUFFIXES)})")
 
 
-def _read(path: Path, text_field: str, label_field: str, columns: list[str]) -> Iterator[dict]:
+def _read(
+    path: Path,
+    text_field: str,
+    label_field: str,
+    columns: list[str],
+    split_field: str = "",
+    where: str = "collect.sources",
+) -> Iterator[dict]:
     try:
         for line, row in _rows(path, columns):
             if not isinstance(row, dict) or text_field not in row:
@@ -65,12 +77,17 @@ def _read(path: Path, text_field: str, label_field: str, columns: list[str]) -> 
             label = row.get(label_field)
             if label is None or str(label).strip() == "":
                 raise ValueError(f"{path} line {line}: missing label (column {label_field!r})")
+            if split_field and split_field not in row:
+                raise ValueError(
+                    f"{path} line {line}: no split column {split_field!r} ({where}.split_field)"
+                )
             text = row[text_field]
             yield {
                 "id": f"{path}:{line}",
                 "text": "" if text is None else str(text),
                 "label": str(label).strip(),
                 "source": str(path),
+                "split": row.get(split_field) if split_field else None,
             }
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None

@@ -44,6 +44,7 @@ from modelworks.chat_template import DEFAULT_CHAT_STOP, render_chat
 from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
+from modelworks.splits import assign, read_given, split_stats
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
     IGNORE,
@@ -78,11 +79,15 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
         )
     rows = pq.read_table(path).to_pylist()
     convs = [to_messages(r, f"{path} row {i} ({r['id']})") for i, r in enumerate(rows)]
-    order = np.random.default_rng(cfg.seed).permutation(len(convs))
-    n_val = max(1, int(round(len(convs) * cfg.preprocess.val_fraction)))
-    if len(convs) - n_val < 1:
+    given = read_given(path)
+    parts = assign(given, cfg.preprocess.val_fraction, 0.0, cfg.seed)
+    if not parts["train"] or not parts["val"]:
         raise DataError(f"{path}: {len(convs)} conversation(s) are too few to split train/val")
-    parts = {"val": order[:n_val], "train": order[n_val:]}
+    splits = split_stats(
+        parts, given, [r["source"] for r in rows], cfg.preprocess.val_fraction, 0.0
+    )
+    if not parts["test"]:  # a test split only when a source names one
+        del parts["test"], splits["test"]
     for split, idx in parts.items():
         lines = (json.dumps({"id": rows[i]["id"], "messages": convs[i]}) for i in idx)
         (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
@@ -95,6 +100,7 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     stats = {
         "conversations": len(convs),
         "split_sizes": {s: len(i) for s, i in parts.items()},
+        "splits": splits,
         "chat_template": origin,
     }
     if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # the run trains its own model

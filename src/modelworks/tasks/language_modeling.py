@@ -130,7 +130,9 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     engine = Engine.from_run(run_dir, cfg.device, cfg.name)
     model = engine.model
     data = run_dir / "preprocess" / "tokens"
-    split = cfg.evaluate.split or "val"
+    # a test split exists only when a collect source named one; it is then the default
+    has_test = "test" in json.loads((data / "meta.json").read_text())["splits"]
+    split = cfg.evaluate.split or ("test" if has_test else "val")
     train, held = TokenShards(data, "train"), TokenShards(data, split)
     if len(held) == 0:
         raise EvaluateError(f"{data}: the {split!r} split is empty; nothing to evaluate on")
