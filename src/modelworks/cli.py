@@ -169,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
             from modelworks import plan
 
             plan.add_arguments(p)
+        if name == "evaluate":
+            p.add_argument(
+                "--data",
+                nargs="+",
+                metavar="SOURCE",
+                help="score the run (RUN folder or CONFIG) on new data: paths read as the run's "
+                "first collect source, or one {type: ..., paths: [...]} source; writes "
+                "<run>/evaluate_data/<name>/",
+            )
+            p.add_argument(
+                "--data-name", help="--data: the output folder's name (default: the file's stem)"
+            )
         if name == "run":
             p.add_argument(
                 "--force",
@@ -222,6 +234,22 @@ def _serve(ns: argparse.Namespace) -> None:
     serve(run_dir, cfg.serve, cfg.device, cfg.task, cfg.threads)
 
 
+def _score(ns: argparse.Namespace, data_source, load_run, score_data) -> int:
+    """`evaluate RUN --data SOURCE...`: RUN is a run folder, or configs naming one."""
+    from modelworks.progress import TqdmReporter
+
+    first = ns.args[0] if ns.args else None
+    run_dir = Path(first) if first and Path(first).is_dir() else _load(ns).run_dir
+    src = data_source(load_run(run_dir), ns.data)
+    reporter = TqdmReporter()
+    try:
+        out = score_data(run_dir, src, ns.data_name, reporter)
+    finally:
+        reporter.close()
+    print(f"done: {out / 'metrics.json'}, report at {out / 'report.html'}")
+    return 0
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -270,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             from modelworks import plan
 
             return plan.run_cli(ns, cfg=_load(ns))
+        if ns.command == "evaluate" and ns.data:
+            from modelworks.evaluate.score import data_source, load_run, score_data
+
+            return _score(ns, data_source, load_run, score_data)
         from modelworks.pipeline import run, stage_functions
         from modelworks.progress import TqdmReporter
 

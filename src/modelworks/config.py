@@ -438,6 +438,11 @@ class EvaluateConfig(_Section):
     ig_steps: int = Field(
         16, ge=2, description="text classification: integrated-gradients steps per sample"
     )
+    data: list[SourceConfig] = Field(
+        default_factory=list,
+        description="new data to score the trained run on, as collect sources; each writes "
+        "<run>/evaluate_data/<name>/ (see evaluate/score.py and `evaluate RUN --data`)",
+    )
 
 
 class ServeConfig(_Section):

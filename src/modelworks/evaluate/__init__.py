@@ -74,4 +74,10 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
         writer.discard()
         raise
     writer.summary = metrics
-    return writer.commit()
+    manifest = writer.commit()
+    if cfg.evaluate.data:
+        from modelworks.evaluate.score import score_data
+
+        for src in cfg.evaluate.data:
+            score_data(cfg.run_dir, src, reporter=reporter)
+    return manifest

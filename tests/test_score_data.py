@@ -1,0 +1,84 @@
+"""`evaluate RUN --data SOURCE...`: a finished run scored on new data, its artifacts untouched."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from modelworks.cli import main
+from modelworks.errors import EvaluateError
+from modelworks.evaluate.score import data_source, load_run, score_data
+from modelworks.pipeline import run
+from tests.test_splits import fashion_like, idx_config, write_idx
+
+TINY = ["pretrain.steps=20", "pretrain.eval_every=10", "pretrain.ckpt_every=10",
+        "pretrain.log_every=5", "evaluate.bootstrap=200", "model.hidden=16",
+        "threads=1"]  # fmt: skip
+
+
+def checksums(run_dir):
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and "evaluate_data" not in p.parts
+    }
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("score")
+    fashion_like(tmp / "data")
+    cfg = idx_config(tmp, tmp / "data", *TINY)
+    run(cfg)
+    return cfg, tmp / "data"
+
+
+def test_own_test_split_gives_the_runs_own_metrics(image_run):
+    cfg, data = image_run
+    before = checksums(cfg.run_dir)
+    t10k = [str(data / "t10k-images-idx3-ubyte.gz"), str(data / "t10k-labels-idx1-ubyte.gz")]
+    code = main(["evaluate", str(cfg.run_dir), "--data", *t10k])
+    assert code == 0
+    out = cfg.run_dir / "evaluate_data" / "t10k-images-idx3-ubyte"
+    got = json.loads((out / "metrics.json").read_text())
+    own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    assert own["split"] == got["split"] == "test" and got["examples"] == 30
+    for key in ("accuracy", "macro_f1", "loss", "accuracy_ci", "confusion_matrix"):
+        assert got[key] == own[key], key
+    assert got["unknown_labels"] == {"rows": 0, "labels": {}, "unreadable": 0}
+    assert (out / "report.md").read_text().startswith("# modelworks evaluate --data: t10k")
+    assert (out / "report.html").is_file()
+    assert checksums(cfg.run_dir) == before  # the run's manifests and files are untouched
+    assert not list((cfg.run_dir / "evaluate_data").glob(".*"))  # no scratch left behind
+
+
+def test_unknown_labels_are_counted_and_named(image_run, tmp_path):
+    cfg, data = image_run
+    labels = np.array([1, 2, 42, 42, 3, 99])
+    images = np.zeros((6, 28, 28), np.uint8)
+    write_idx(tmp_path / "img.gz", images)
+    write_idx(tmp_path / "lbl.gz", labels)
+    src = data_source(load_run(cfg.run_dir), [str(tmp_path / "img.gz"), str(tmp_path / "lbl.gz")])
+    out = score_data(cfg.run_dir, src, name="odd")
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["unknown_labels"] == {"rows": 3, "labels": {"42": 2, "99": 1}, "unreadable": 0}
+    assert got["examples"] == 3
+    assert "'42' (2), '99' (1)" in (out / "report.md").read_text()
+
+
+def test_data_whose_columns_do_not_fit_the_task(image_run, tmp_path):
+    cfg, _ = image_run
+    (tmp_path / "t.csv").write_text("text,label\nhello,1\n")
+    src = data_source(load_run(cfg.run_dir), [f"{{type: table, paths: ['{tmp_path / 't.csv'}']}}"])
+    with pytest.raises(EvaluateError) as e:
+        score_data(cfg.run_dir, src)
+    assert str(e.value) == (
+        f"--data collect.sources.0 (type table): gives no images for run {cfg.run_dir} "
+        "(task image_classification); it needs an image source (idx, image_folder, "
+        "image_table, npz)"
+    )
+    (tmp_path / "u.csv").write_text("sentence,label\nhello,1\n")
+    src = data_source(load_run(cfg.run_dir), [f"{{type: table, paths: ['{tmp_path / 'u.csv'}']}}"])
+    with pytest.raises(EvaluateError, match=r"^--data \(table: .*u.csv\): .*no text column 'text'"):
+        score_data(cfg.run_dir, src)
