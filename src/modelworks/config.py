@@ -481,6 +481,17 @@ class ServeConfig(_Section):
     )
 
 
+class TrackingConfig(_Section):
+    uri: str = Field(
+        "",
+        description="mlflow: tracking URI (sqlite:///..., http://host:5000, file:...); empty: "
+        "sqlite:///<runs_dir>/mlflow.db, artifacts in <runs_dir>/mlartifacts",
+    )
+    experiment: str = Field(
+        "modelworks", description="mlflow experiment / wandb project the runs go to"
+    )
+
+
 class Config(_Section):
     name: str = Field("quickstart", description="run name: artifacts go to <runs_dir>/<name>")
     runs_dir: str = Field("runs", description="folder holding all runs")
@@ -505,6 +516,12 @@ class Config(_Section):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    track: Literal["none", "mlflow", "wandb"] = Field(
+        "none",
+        description="also log params, metrics per step, manifests, reports and the model to "
+        "mlflow or wandb (offline); see train/tracking.py",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
     @classmethod

@@ -75,6 +75,10 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
         raise
     writer.summary = metrics
     manifest = writer.commit()
+    if cfg.track != "none":
+        from modelworks.train.tracking import track_stage
+
+        track_stage(cfg, "evaluate")
     if cfg.evaluate.data:
         from modelworks.evaluate.score import score_data
 

@@ -84,7 +84,6 @@ def score_data(
     """Collect `src`, prepare it as the run's test split, score the run's model on it; returns
     `<run>/evaluate_data/<name>/`."""
     from modelworks.collect import collect
-    from modelworks.evaluate import check_evaluable
     from modelworks.evaluate.report import config_section, write_report
     from modelworks.lifecycle import model_stage
     from modelworks.runtime import setup
@@ -93,7 +92,9 @@ def score_data(
     reporter = reporter or Reporter()
     run = load_run(run_dir)
     run_dir = run.run_dir
-    check_evaluable(run)
+    weights = run_dir / model_stage(run) / "model.safetensors"
+    if not weights.is_file():
+        raise EvaluateError(f"{weights.parent}: no checkpoint (model.safetensors); train it first")
     if run.task not in KIND_OF_TASK:
         raise EvaluateError(
             f"evaluate --data: task {run.task!r} is not supported yet; "

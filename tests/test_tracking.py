@@ -1,0 +1,66 @@
+"""Experiment tracking: a tiny run logs into a local MLflow store, read back with MLflow's own
+client (the real component); W&B offline writes its run folder."""
+
+import json
+
+import pytest
+
+from modelworks.pipeline import run
+from tests.test_score_data import TINY
+from tests.test_splits import fashion_like, idx_config
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def test_mlflow_params_metrics_per_step_and_artifacts(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    fashion_like(tmp_path / "data")
+    cfg = idx_config(tmp_path, tmp_path / "data", *TINY, "track=mlflow")
+    run(cfg)
+    state = json.loads((cfg.run_dir / "tracking.json").read_text())
+    assert state["uri"] == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
+    client = MlflowClient(tracking_uri=state["uri"])
+    got = client.get_run(state["run_id"])
+    assert got.info.run_name == cfg.name and got.info.status == "FINISHED"
+    params = got.data.params
+    assert params["pretrain.lr"] == "0.001" and params["model.hidden"] == "16"
+    assert params["collect.sources"].startswith('[{"type": "idx"')
+    # one loss value per logged training step, as in metrics.jsonl
+    logged = [
+        json.loads(line)["step"]
+        for line in (cfg.run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
+    history = client.get_metric_history(state["run_id"], "pretrain/loss")
+    assert sorted(m.step for m in history) == logged == [5, 10, 15, 20]
+    assert {m.step for m in client.get_metric_history(state["run_id"], "pretrain/val_loss")} == {
+        10,
+        20,
+    }
+    evaluate = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    acc = client.get_metric_history(state["run_id"], "evaluate/accuracy")
+    assert [m.value for m in acc] == [evaluate["accuracy"]]
+    # artifacts: in the store, the same bytes as the run's files
+    root = client.download_artifacts(state["run_id"], "", str(tmp_path / "dl"))
+    for rel in ("collect/manifest.json", "preprocess/stats.json", "pretrain/manifest.json",
+                "pretrain/model/model.safetensors", "evaluate/report.md",
+                "evaluate/report.html"):  # fmt: skip
+        assert (tmp_path / "dl" / rel).read_bytes() == (
+            cfg.run_dir / rel.replace("model/", "")
+        ).read_bytes(), rel
+    assert root
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_its_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fashion_like(tmp_path / "data")
+    cfg = idx_config(tmp_path, tmp_path / "data", *TINY, "track=wandb")
+    run(cfg)
+    state = json.loads((cfg.run_dir / "tracking.json").read_text())
+    assert state["service"] == "wandb"
+    files = {p.name for p in (cfg.run_dir / "wandb").rglob("*") if p.is_file()}
+    assert "model.safetensors" in files and "report.md" in files
+    assert any(name.endswith(".wandb") for name in files)
