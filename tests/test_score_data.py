@@ -82,3 +82,20 @@ def test_data_whose_columns_do_not_fit_the_task(image_run, tmp_path):
     src = data_source(load_run(cfg.run_dir), [f"{{type: table, paths: ['{tmp_path / 'u.csv'}']}}"])
     with pytest.raises(EvaluateError, match=r"^--data \(table: .*u.csv\): .*no text column 'text'"):
         score_data(cfg.run_dir, src)
+
+
+def test_report_states_the_splits_and_runs_lists_the_run(image_run, capsys):
+    cfg, data = image_run
+    report = (cfg.run_dir / "evaluate" / "report.md").read_text()
+    t10k = data / "t10k-images-idx3-ubyte.gz"
+    assert f"- test: 30 rows (30 from {t10k} (split: test))" in report
+    assert main(["runs", str(cfg.run_dir.parent)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(f"| {cfg.name} "))
+    own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:4] == [
+        cfg.name,
+        "image_classification",
+        "collect, preprocess, pretrain, evaluate",
+        f"accuracy {own['accuracy']:.4g}",
+    ]

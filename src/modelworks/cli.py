@@ -7,6 +7,8 @@
     modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
     modelworks compare RUN_DIR RUN_DIR [...] [--out DIR]
+    modelworks runs [RUNS_DIR]
+    modelworks evaluate RUN_DIR --data SOURCE... [--data-name NAME]
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
 """
@@ -38,6 +40,7 @@ STAGE_HELP = {
     "export": "write a run's model as a Hugging Face folder, safetensors, ONNX or int8 ONNX",
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
+    "runs": "list runs: name, task, stages done, key metric, size",
 }
 # which config sections each command lists in its --help (all keys are accepted by all)
 STAGE_SECTIONS = {
@@ -52,6 +55,7 @@ STAGE_SECTIONS = {
     "export": (),
     "plan": ("model", "pretrain", "parallel"),
     "compare": (),
+    "runs": (),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
 
@@ -130,8 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
             continue
+        elif name == "runs":
+            p.add_argument("runs_dir", nargs="?", default="runs", help="default: runs")
+            continue
         elif name == "compare":
-            p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+            p.add_argument(
+                "runs", nargs="+", metavar="RUN", help="run folders (or names under runs/)"
+            )
             p.add_argument(
                 "--out", metavar="DIR", help="also write compare.md, compare.json, loss_curves.png"
             )
@@ -287,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "compare":
             from modelworks.evaluate.compare import run_cli
 
-            print(run_cli(ns.runs, ns.out))
+            runs = [r if Path(r).is_dir() or "/" in r else str(Path("runs") / r) for r in ns.runs]
+            print(run_cli(runs, ns.out))
+            return 0
+        if ns.command == "runs":
+            from modelworks.evaluate.runs import format_runs, list_runs
+
+            print(format_runs(list_runs(ns.runs_dir), ns.runs_dir))
             return 0
         if ns.command == "export":
             from modelworks.export import export

@@ -67,6 +67,9 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
         if plot_curves(records, out / "curves.png"):
             curves.append(("curves.png", "Learning rate and throughput"))
         images = [*curves, *images]
+        splits = _split_lines(cfg)
+        if splits:
+            sections = [*sections, ("Data splits", splits)]
         sections = [*sections, ("Config", config_section(cfg.model_dump(mode="json")))]
         write_report(out, f"modelworks report: {cfg.name} ({cfg.task})", sections, images)
         reporter.info(f"[evaluate] report written in {time.perf_counter() - t0:.2f} s")
@@ -85,3 +88,14 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
         for src in cfg.evaluate.data:
             score_data(cfg.run_dir, src, reporter=reporter)
     return manifest
+
+
+def _split_lines(cfg: Config) -> str:
+    """Each split's size and where it came from (a source that named it, or the random draw)."""
+    import json
+
+    from modelworks.splits import describe
+
+    stats = cfg.run_dir / "preprocess" / "stats.json"
+    splits = json.loads(stats.read_text()).get("splits") if stats.is_file() else None
+    return "\n".join(f"- {line}" for line in describe(splits)) if splits else ""
