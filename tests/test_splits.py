@@ -181,3 +181,13 @@ def test_recommendation_refuses_a_split(tmp_path):
     )
     with pytest.raises(CollectError, match=r"collect.sources.0.split: 'test': recommendation"):
         collect(cfg)
+
+
+def test_fashion_mnist_config_names_its_test_files():
+    cfg = load_config([ROOT / "configs" / "mlp.yaml", ROOT / "configs" / "fashion_mnist.yaml"])
+    got = [(s.type, s.split, s.paths[0].rsplit("/", 1)[-1]) for s in cfg.collect.sources]
+    assert got == [
+        ("idx", "train", "train-images-idx3-ubyte.gz"),
+        ("idx", "test", "t10k-images-idx3-ubyte.gz"),
+    ]
+    assert cfg.model.name == "mlp" and cfg.preprocess.test_fraction == 0.2  # never drawn: named
