@@ -99,3 +99,38 @@ def test_report_states_the_splits_and_runs_lists_the_run(image_run, capsys):
         "collect, preprocess, pretrain, evaluate",
         f"accuracy {own['accuracy']:.4g}",
     ]
+
+
+def test_language_model_scored_on_its_own_test_file(tmp_path):
+    import sysconfig
+    from pathlib import Path
+
+    from modelworks.config import load_config
+    from tests.conftest import tiny_overrides
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    held = tmp_path / "held"
+    held.mkdir()
+    for name in ("heapq", "bisect", "textwrap"):  # whole modules as documents, named test
+        (held / f"{name}.txt").write_text((stdlib / f"{name}.py").read_text())
+    sources = [{"type": "python_docs", "limit": 120}, {"type": "files", "split": "test",
+               "paths": [str(held / "*.txt")]}]  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides(tmp_path / "runs"),
+            f"collect.sources={json.dumps(sources)}",
+            "evaluate.bootstrap=100",
+            "evaluate.prompts=['def ']",
+        ],  # fmt: skip
+    )
+    run(cfg)
+    before = checksums(cfg.run_dir)
+    own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    assert own["split"] == "test"
+    src = data_source(load_run(cfg.run_dir), [str(held / "*.txt")])
+    out = score_data(cfg.run_dir, src, name="held")
+    got = json.loads((out / "metrics.json").read_text())
+    for key in ("split", "loss", "perplexity", "bits_per_byte", "unigram_loss"):
+        assert got[key] == own[key], key
+    assert checksums(cfg.run_dir) == before

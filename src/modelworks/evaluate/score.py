@@ -4,9 +4,9 @@
     modelworks evaluate runs/sentiment --data new_reviews.tsv --name reviews-2026
     modelworks evaluate runs/sentiment --data '{type: table, paths: [a.csv], label_field: y}'
 
-`--data PATH...` is one source: the run's first collect source with these paths (so its type,
-text/label fields and columns carry over); a `{...}` value is a whole source. `evaluate.data` in
-a config lists sources the same way, each scored under its own name.
+`--data PATH...` is one source: the run's first collect source that reads files, with these
+paths (so its type, text/label fields and columns carry over); a `{...}` value is a whole
+source. `evaluate.data` in a config lists sources the same way, each scored under its own name.
 
 The sources are collected and prepared in a scratch folder the way the run prepared its own test
 split, reusing the run's pieces: its tokenizer, label map, image size and channels. Labels the run
@@ -34,13 +34,14 @@ from modelworks.errors import ConfigError, EvaluateError, ModelworksError
 from modelworks.progress import Reporter
 
 KIND_OF_TASK = {  # the collection each task's data comes in (collect/__init__.py)
+    "language_modeling": "documents",
     "image_classification": "images",
     "text_classification": "documents",
     "translation": "documents",
 }
 NEEDS = {
     "images": "an image source (idx, image_folder, image_table, npz)",
-    "documents": "a labelled table source (table: text_field, label_field)",
+    "documents": "a text or labelled table source (files, table, parallel...)",
 }
 
 
@@ -63,7 +64,14 @@ def data_source(cfg: Config, values: list[str]) -> SourceConfig:
         except Exception as e:  # yaml or pydantic: one line naming the value
             first = str(e).splitlines()[0]
             raise ConfigError(f"--data {values[0]!r}: not a collect source ({first})") from None
-    base = cfg.collect.sources[0].model_dump()
+    with_paths = [s for s in cfg.collect.sources if s.paths]
+    if not with_paths:
+        kinds = ", ".join(s.type for s in cfg.collect.sources)
+        raise ConfigError(
+            f"--data {' '.join(values)}: the run's sources ({kinds}) read no files to copy; give a "
+            "whole source, e.g. --data '{type: files, paths: [a.txt]}'"
+        )
+    base = with_paths[0].model_dump()
     base.update(paths=list(values), split=None, split_field="", dataset="", limit=None)
     return SourceConfig.model_validate(base)
 
@@ -170,11 +178,52 @@ def _prepare(run: Config, run_dir: Path, shadow: Path, src: SourceConfig) -> dic
     for f in own.iterdir():  # read-only links; the test split is written fresh below
         if f.is_file() and not f.name.startswith("test."):
             os.symlink(f.resolve(), pre / f.name)
+    if run.task == "language_modeling":
+        return _tokens(run, run_dir, shadow, pre)
     if run.task == "image_classification":
         return _images(run_dir, shadow, pre)
     if run.task == "text_classification":
         return _texts(run_dir, shadow, pre)
     return _pairs(shadow, pre)
+
+
+def _tokens(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
+    """Language models: the run's cleaning steps, then its tokenizer, into `test` shards."""
+    import pyarrow.parquet as pq
+
+    from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
+    from modelworks.preprocess.runner import finish, run_steps
+    from modelworks.preprocess.text import build_steps
+    from modelworks.preprocess.tokenizer import load_tokenizer
+
+    own = run_dir / "preprocess" / "tokens"
+    meta = json.loads((own / "meta.json").read_text())
+    tokens = pre / "tokens"
+    tokens.mkdir()
+    for f in own.iterdir():  # the train (baseline) and val shards, read-only
+        if f.name != "meta.json" and not f.name.startswith("test_"):
+            os.symlink(f.resolve(), tokens / f.name)
+    steps = [s for s in build_steps(run) if s.name != "decontaminate"]
+    source = shadow / "collect" / "documents.parquet"
+
+    def docs():
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+
+    work = shadow / "steps"
+    work.mkdir()
+    kept = list(run_steps(steps, docs, work, work / "_work"))
+    funnel = finish(steps, work / "_work")
+    tok = load_tokenizer(pre / "tokenizer.json")
+    eot = meta["eot_id"]
+    sw = ShardWriter(tokens, "test", token_dtype(tok.get_vocab_size()), run.preprocess.shard_tokens)
+    for enc in tok.encode_batch([d["text"] for d in kept], add_special_tokens=False):
+        sw.add([*enc.ids, eot])
+    splits = {**{k: v for k, v in meta["splits"].items() if k != "test"}, "test": sw.close()}
+    write_meta(tokens, token_dtype(tok.get_vocab_size()), meta["vocab_size"], eot, splits)
+    if not kept:
+        raise EvaluateError(f"--data: no document is left after the run's cleaning steps {funnel}")
+    return {"rows": 0, "labels": {}, "documents": len(kept), "funnel": funnel}
 
 
 def _unknown(labels: list[str], classes: list[str]) -> tuple[list[int], dict]:
