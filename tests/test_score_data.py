@@ -134,3 +134,18 @@ def test_language_model_scored_on_its_own_test_file(tmp_path):
     for key in ("split", "loss", "perplexity", "bits_per_byte", "unigram_loss"):
         assert got[key] == own[key], key
     assert checksums(cfg.run_dir) == before
+
+
+def test_evaluate_data_in_the_config_scores_after_the_stage(image_run, tmp_path):
+    from modelworks.evaluate import evaluate
+
+    cfg, data = image_run
+    paths = [str(data / "t10k-images-idx3-ubyte.gz"), str(data / "t10k-labels-idx1-ubyte.gz")]
+    cfg = cfg.model_copy(deep=True)
+    cfg.evaluate.data = [{"type": "idx", "paths": paths}]
+    evaluate(cfg)
+    got = json.loads(
+        (cfg.run_dir / "evaluate_data" / "t10k-images-idx3-ubyte" / "metrics.json").read_text()
+    )
+    own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    assert got["accuracy"] == own["accuracy"] and got["data"]["paths"] == paths

@@ -191,3 +191,27 @@ def test_fashion_mnist_config_names_its_test_files():
         ("idx", "test", "t10k-images-idx3-ubyte.gz"),
     ]
     assert cfg.model.name == "mlp" and cfg.preprocess.test_fraction == 0.2  # never drawn: named
+
+
+def test_hf_source_keeps_the_datasets_own_split_names(tmp_path):
+    pytest.importorskip("datasets")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = _rows()
+    for split, name in (("train", "train"), ("val", "validation"), ("test", "test")):
+        lines = [json.dumps({"sentence": t, "label": y}) for t, y, p in rows if p == split]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    sources = [
+        {"type": "table", "dataset": str(folder), "split": split, "text_field": "sentence"}
+        for split in ("train", "validation", "test")
+    ]
+    cfg = load_config(
+        None,
+        [f"runs_dir={tmp_path / 'runs'}", "task=text_classification", "model.name=encoder",
+         "preprocess.vocab_size=280", f"collect.sources={json.dumps(sources)}"],
+    )  # fmt: skip
+    assert collect(cfg)["summary"]["splits"] == {"test": 12, "train": 40, "val": 8}
+    stats = preprocess(cfg)["summary"]
+    assert stats["split_sizes"] == {"train": 40, "val": 8, "test": 12}
+    test = pq.read_table(cfg.run_dir / "preprocess" / "test.parquet")["text"].to_pylist()
+    assert sorted(test) == sorted(t for t, _, p in rows if p == "test")
