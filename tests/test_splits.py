@@ -215,3 +215,39 @@ def test_hf_source_keeps_the_datasets_own_split_names(tmp_path):
     assert stats["split_sizes"] == {"train": 40, "val": 8, "test": 12}
     test = pq.read_table(cfg.run_dir / "preprocess" / "test.parquet")["text"].to_pylist()
     assert sorted(test) == sorted(t for t, _, p in rows if p == "test")
+
+
+def test_parallel_and_chat_read_a_split_column(tmp_path):
+    pairs = [(f"zin {i} woord", f"sentence {i} word", "test" if i < 5 else "") for i in range(40)]
+    (tmp_path / "p.tsv").write_text(
+        "src\ttgt\tpart\n" + "".join(f"{a}\t{b}\t{p}\n" for a, b, p in pairs)
+    )
+    source = {"type": "parallel", "paths": [str(tmp_path / "p.tsv")], "source_field": "src",
+              "target_field": "tgt", "split_field": "part"}  # fmt: skip
+    cfg = load_config(
+        ROOT / "configs" / "translation.yaml",
+        [
+            f"runs_dir={tmp_path / 'runs'}",
+            f"collect.sources={json.dumps([source])}",
+            "preprocess.vocab_size=270",
+            "preprocess.test_fraction=0.3",
+        ],  # fmt: skip
+    )
+    collect(cfg)
+    stats = preprocess(cfg)["summary"]
+    test = pq.read_table(cfg.run_dir / "preprocess" / "test.parquet")["source"].to_pylist()
+    assert sorted(test) == sorted(a for a, _, p in pairs if p == "test")  # test_fraction unused
+    assert stats["split_sizes"]["test"] == 5
+    convs = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
+         "part": "val" if i < 3 else "train"}
+        for i in range(20)
+    ]  # fmt: skip
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    chat = {"type": "chat", "paths": [str(tmp_path / "c.jsonl")], "split_field": "part"}
+    cfg = load_config(
+        None,
+        [f"runs_dir={tmp_path / 'runs'}", "name=chat", "task=chat",
+         f"collect.sources={json.dumps([chat])}"],
+    )  # fmt: skip
+    assert collect(cfg)["summary"]["splits"] == {"train": 17, "val": 3}

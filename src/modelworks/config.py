@@ -132,8 +132,8 @@ class SourceConfig(_Section):
     )
     split_field: str = Field(
         "",
-        description="table, image_table, files (csv/jsonl/parquet): column naming each "
-        "record's split (train, val, test); empty rows are drawn at random",
+        description="table, image_table, parallel, chat, files (csv/jsonl/parquet): the column "
+        "naming each record's split (train, val, test); empty rows are drawn at random",
     )
     streaming: bool = Field(True, description="hf: stream records instead of downloading first")
     limit: int | None = Field(

@@ -105,11 +105,17 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
             src.paths, src.user_field, src.item_field, src.time_field, src.rating_field, where
         ),
         "parallel": lambda: parallel.read_parallel(
-            src.paths, src.source_field, src.target_field, src.columns, where, src.dataset
+            src.paths,
+            src.source_field,
+            src.target_field,
+            src.columns,
+            where,
+            src.dataset,
+            src.split_field,
         ),
         "stdlib_calls": lambda: interactions.stdlib_calls(),
         "stdlib_imports": lambda: interactions.stdlib_imports(),
-        "chat": lambda: chat.read_chats(src.paths, where),
+        "chat": lambda: chat.read_chats(src.paths, where, src.split_field),
         "synthetic_chat": lambda: chat.synthetic_chats(src.limit),
     }[src.type]()
     docs = itertools.islice(docs, src.limit) if src.limit else docs

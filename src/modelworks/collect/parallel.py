@@ -34,6 +34,7 @@ def read_parallel(
     columns: list[str],
     where: str,
     dataset: str = "",
+    split_field: str = "",
 ) -> Iterator[dict]:
     if dataset:
         if dataset != "numbers":
@@ -49,10 +50,17 @@ def read_parallel(
         if not hits:
             raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
         for path in hits:
-            yield from _read(path, source_field, target_field, columns, where)
+            yield from _read(path, source_field, target_field, columns, where, split_field)
 
 
-def _read(path: Path, source_field: str, target_field: str, columns: list[str], where: str):
+def _read(
+    path: Path,
+    source_field: str,
+    target_field: str,
+    columns: list[str],
+    where: str,
+    split_field: str = "",
+):
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(
@@ -68,6 +76,7 @@ def _read(path: Path, source_field: str, target_field: str, columns: list[str], 
                 "text": _str(row.get(source_field)),
                 "target": _str(row.get(target_field)),
                 "source": str(path),
+                "split": row.get(split_field) if split_field else None,
             }
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None

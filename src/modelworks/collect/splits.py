@@ -12,6 +12,8 @@ from pathlib import Path
 
 from modelworks.splits import hf_split_name, read_given, split_name
 
+SPLIT_FIELD_TYPES = ("table", "image_table", "files", "parallel", "chat")
+
 
 def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str]) -> Iterator[dict]:
     """The source's records with `split` set (or left None: drawn at random later)."""
@@ -29,10 +31,10 @@ def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str])
         fixed = hf_split_name(src.split or "train", where)
     else:
         fixed = split_name(src.split, where)
-    if src.split_field and src.type not in ("table", "image_table", "files"):
+    if src.split_field and src.type not in SPLIT_FIELD_TYPES:
         raise ValueError(
             f"{where}.split_field: {src.split_field!r}: type {src.type} has no split column; "
-            "give the source a `split:` instead (table, image_table and files read split_field)"
+            f"give the source a `split:` instead ({', '.join(SPLIT_FIELD_TYPES)} read split_field)"
         )
     for doc in docs:
         raw = doc.pop("split", None)
