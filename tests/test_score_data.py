@@ -149,3 +149,33 @@ def test_evaluate_data_in_the_config_scores_after_the_stage(image_run, tmp_path)
     )
     own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
     assert got["accuracy"] == own["accuracy"] and got["data"]["paths"] == paths
+
+
+def test_chat_run_scored_on_its_own_test_file(tmp_path):
+    from modelworks.config import load_config
+
+    convs = [
+        {"messages": [{"role": "user", "content": f"Repeat: word {i}"},
+                      {"role": "assistant", "content": f"word {i}"}]}
+        for i in range(6)
+    ]  # fmt: skip
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    held = {"type": "chat", "split": "test", "paths": [str(tmp_path / "held.jsonl")]}
+    sources = [{"type": "synthetic_chat", "limit": 80}, held]
+    cfg = load_config(
+        None,
+        [f"runs_dir={tmp_path / 'runs'}", "name=chat", "task=chat", "threads=1",
+         f"collect.sources={json.dumps(sources)}", "preprocess.vocab_size=300",
+         "model.d_model=32", "model.n_layer=1", "model.n_head=2", "model.n_kv_head=1",
+         "pretrain.steps=4", "pretrain.batch_size=4", "pretrain.seq_len=64",
+         "pretrain.warmup_steps=1", "pretrain.eval_every=4", "pretrain.ckpt_every=4",
+         "pretrain.eval_batches=1", "evaluate.bootstrap=50", "evaluate.max_new_tokens=4"],
+    )  # fmt: skip
+    run(cfg)
+    before = checksums(cfg.run_dir)
+    own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    assert own["split"] == "test" and own["conversations"] == 6
+    src = data_source(load_run(cfg.run_dir), [str(tmp_path / "held.jsonl")])
+    got = json.loads((score_data(cfg.run_dir, src, name="held") / "metrics.json").read_text())
+    assert {k: v for k, v in got.items() if k in own} == own
+    assert checksums(cfg.run_dir) == before

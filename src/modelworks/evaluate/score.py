@@ -38,10 +38,12 @@ KIND_OF_TASK = {  # the collection each task's data comes in (collect/__init__.p
     "image_classification": "images",
     "text_classification": "documents",
     "translation": "documents",
+    "chat": "chats",
 }
 NEEDS = {
     "images": "an image source (idx, image_folder, image_table, npz)",
     "documents": "a text or labelled table source (files, table, parallel...)",
+    "chats": "a chat source (jsonl/parquet conversations)",
 }
 
 
@@ -184,6 +186,8 @@ def _prepare(run: Config, run_dir: Path, shadow: Path, src: SourceConfig) -> dic
         return _images(run_dir, shadow, pre)
     if run.task == "text_classification":
         return _texts(run_dir, shadow, pre)
+    if run.task == "chat":
+        return _chats(shadow, pre)
     return _pairs(shadow, pre)
 
 
@@ -302,6 +306,21 @@ def _pairs(shadow: Path, pre: Path) -> dict:
         pa.table({"source": [s for s, _ in pairs], "target": [t for _, t in pairs]}),
         pre / "test.parquet",
     )
+    return {"rows": 0, "labels": {}}
+
+
+def _chats(shadow: Path, pre: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from modelworks.collect.chat import to_messages
+
+    path = shadow / "collect" / "chats.parquet"
+    rows = pq.read_table(path).to_pylist()
+    lines = [
+        json.dumps({"id": r["id"], "messages": to_messages(r, f"--data {r['id']}")}) + "\n"
+        for r in rows
+    ]
+    (pre / "test.jsonl").write_text("".join(lines))
     return {"rows": 0, "labels": {}}
 
 

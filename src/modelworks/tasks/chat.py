@@ -393,9 +393,13 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     from modelworks.lifecycle import model_stage
 
     stage = model_stage(cfg)
-    convs = load_conversations(run_dir, "val")
+    has_test = (Path(run_dir) / "preprocess" / "test.jsonl").is_file()  # a source named one
+    split = cfg.evaluate.split or ("test" if has_test else "val")
+    if not (Path(run_dir) / "preprocess" / f"{split}.jsonl").is_file():
+        raise EvaluateError(f"evaluate.split={split!r}: the run has no such split (val, test)")
+    convs = load_conversations(run_dir, split)
     if not convs:
-        raise EvaluateError(f"{run_dir}/preprocess/val.jsonl: no conversations to evaluate on")
+        raise EvaluateError(f"{run_dir}/preprocess/{split}.jsonl: no conversations to evaluate on")
     engine = load_chat_engine(run_dir, cfg.device, cfg.name)
     fmt = ChatFormat(engine.tokenizer, engine.chat_template, engine.eot, engine.eos)
     train_cfg = cfg.finetune if stage == "finetune" else cfg.pretrain
@@ -415,7 +419,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         )
         base_engine.chat_template, base_engine.chat_stop = engine.chat_template, engine.chat_stop
         results["base"] = _score(base_engine, fmt, examples, convs[:n_gen], e.max_new_tokens)
-    metrics: dict = {"split": "val", "conversations": len(convs), "truncated": n_trunc}
+    metrics: dict = {"split": split, "conversations": len(convs), "truncated": n_trunc}
     for who, r in results.items():
         pre = "" if who == "tuned" else "base_"
         nats, counts = r["nats"], r["counts"]
@@ -458,7 +462,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         ]
     )
     sections = [
-        ("Results (val split; [95% bootstrap CI over conversations])", md_table(rows)),
+        (f"Results ({split} split; [95% bootstrap CI over conversations])", md_table(rows)),
         ("Sample answers (greedy, last user turn of val conversations)", samples),
         (f"Training ({stage})", training_table(trained)),
     ]
