@@ -251,3 +251,30 @@ def test_parallel_and_chat_read_a_split_column(tmp_path):
          f"collect.sources={json.dumps([chat])}"],
     )  # fmt: skip
     assert collect(cfg)["summary"]["splits"] == {"train": 17, "val": 3}
+
+
+def test_files_and_image_table_read_a_split_column(tmp_path):
+    from PIL import Image
+
+    docs = [
+        {"text": f"document {i} " * 30, "part": "test" if i % 4 == 0 else ""} for i in range(12)
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    src = {"type": "files", "paths": [str(tmp_path / "d.jsonl")], "split_field": "part"}
+    cfg = load_config(
+        None, [f"runs_dir={tmp_path / 'runs'}", f"collect.sources={json.dumps([src])}"]
+    )
+    assert collect(cfg)["summary"]["splits"] == {"test": 3, "unassigned": 9}
+    (tmp_path / "img").mkdir()
+    rows = ["path,label,part"]
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{i % 2},{'val' if i < 2 else 'train'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    src = {"type": "image_table", "paths": [str(tmp_path / "labels.csv")], "split_field": "part"}
+    cfg = idx_config(tmp_path, tmp_path, f"collect.sources={json.dumps([src])}", "name=img")
+    assert collect(cfg)["summary"]["splits"] == {"train": 4, "val": 2}
+    src["split_field"] = "fold"
+    cfg = idx_config(tmp_path, tmp_path, f"collect.sources={json.dumps([src])}", "name=img")
+    with pytest.raises(CollectError, match=r"no column 'fold' \(collect.sources.0.split_field\)"):
+        collect(cfg)
