@@ -179,3 +179,29 @@ def test_chat_run_scored_on_its_own_test_file(tmp_path):
     got = json.loads((score_data(cfg.run_dir, src, name="held") / "metrics.json").read_text())
     assert {k: v for k, v in got.items() if k in own} == own
     assert checksums(cfg.run_dir) == before
+
+
+def test_text_classifier_scored_on_its_own_test_rows(tmp_path):
+    from tests.test_splits import _rows, table_config
+
+    rows = _rows()
+    csv = "text,label,part\n" + "".join(f"{t},{label},{p}\n" for t, label, p in rows)
+    cfg = table_config(
+        tmp_path, csv, "model.n_layer=1", "model.d_model=16", "model.n_head=2", "model.d_ff=32",
+        "pretrain.steps=4", "pretrain.batch_size=8", "pretrain.seq_len=16",
+        "pretrain.warmup_steps=1", "pretrain.eval_every=4", "pretrain.ckpt_every=4",
+        "evaluate.bootstrap=50", "evaluate.explain_samples=0", "threads=1",
+    )  # fmt: skip
+    run(cfg)
+    before = checksums(cfg.run_dir)
+    test = [(t, label) for t, label, p in rows if p == "test"] + [("so so", "neutral")]
+    (tmp_path / "new.csv").write_text(
+        "text,label\n" + "".join(f"{t},{label}\n" for t, label in test)
+    )
+    src = data_source(load_run(cfg.run_dir), [str(tmp_path / "new.csv")])
+    got = json.loads((score_data(cfg.run_dir, src) / "metrics.json").read_text())
+    own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    for key in ("split", "accuracy", "macro_f1", "accuracy_ci", "confusion_matrix"):
+        assert got[key] == own[key], key
+    assert got["unknown_labels"] == {"rows": 1, "labels": {"neutral": 1}}
+    assert checksums(cfg.run_dir) == before
