@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from modelworks.evaluate.score import data_source, load_run, score_data
 from modelworks.pipeline import run
-from tests.test_score_data import TINY
+from tests.test_score_data import TINY, checksums
 from tests.test_splits import fashion_like, idx_config
 
 mlflow = pytest.importorskip("mlflow")
@@ -50,6 +51,16 @@ def test_mlflow_params_metrics_per_step_and_artifacts(tmp_path):
             cfg.run_dir / rel.replace("model/", "")
         ).read_bytes(), rel
     assert root
+    # scoring new data logs into the same tracker run and leaves the run's files as they were
+    before = checksums(cfg.run_dir)
+    t10k = [
+        str(tmp_path / "data" / f"t10k-{k}-idx{n}-ubyte.gz")
+        for k, n in (("images", 3), ("labels", 1))
+    ]
+    score_data(cfg.run_dir, data_source(load_run(cfg.run_dir), t10k), name="t10k")
+    scored = client.get_metric_history(state["run_id"], "evaluate_data.t10k/accuracy")
+    assert [m.value for m in scored] == [evaluate["accuracy"]]
+    assert checksums(cfg.run_dir) == before
 
 
 @pytest.mark.slow

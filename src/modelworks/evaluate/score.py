@@ -164,6 +164,10 @@ def score_data(
         if final.exists():
             shutil.rmtree(final)
         out.rename(final)
+        if run.track != "none":
+            from modelworks.train.tracking import track_data
+
+            track_data(run, name, final)
         reporter.info(f"[evaluate] {name}: report at {final / 'report.html'}")
         return final
     except BaseException:

@@ -183,8 +183,9 @@ def open_tracker(cfg: Config) -> Tracker | None:
     state = state if state.get("service") == cfg.track else {}
     tracker = (MLflowTracker if cfg.track == "mlflow" else WandbTracker)(cfg, state)
     tracker.log_params(flatten(cfg.model_dump(mode="json")))
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, tracker.state)
+    if tracker.state != state:  # unchanged: the file is left as it is
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, tracker.state)
     return tracker
 
 
@@ -203,3 +204,22 @@ def track_stage(cfg: Config, stage: str, tracker: Tracker | None = None) -> None
     finally:
         if own:
             tracker.close()
+
+
+def track_data(cfg: Config, name: str, folder: Path) -> None:
+    """`evaluate --data` results into the run's tracker: metrics as `evaluate_data.<name>/...`,
+    files under `evaluate_data/<name>/`."""
+    tracker = open_tracker(cfg)
+    if tracker is None:
+        return
+    try:
+        tracker.log_stage(folder, f"evaluate_data/{name}")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        scalars = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        tracker.log_metrics({"step": 0, **scalars}, f"evaluate_data.{name}")
+    finally:
+        tracker.close()
