@@ -205,3 +205,11 @@ def test_text_classifier_scored_on_its_own_test_rows(tmp_path):
         assert got[key] == own[key], key
     assert got["unknown_labels"] == {"rows": 1, "labels": {"neutral": 1}}
     assert checksums(cfg.run_dir) == before
+
+
+def test_compare_takes_run_names(image_run, monkeypatch, capsys):
+    cfg, _ = image_run
+    monkeypatch.chdir(cfg.run_dir.parent.parent)  # runs/<name> from here
+    assert main(["compare", cfg.name, cfg.name]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and cfg.name in out
