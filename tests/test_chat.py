@@ -168,7 +168,8 @@ def _chat_run(tmp, steps: int, d_model: int = 32, lr: float = 1e-2):
             "collect.sources.0.type=chat", f"collect.sources.0.paths=[{data}]",
             "preprocess.val_fraction=0.05", f"finetune.from={base.run_dir}",
             f"finetune.steps={steps}", f"finetune.lr={lr}", "finetune.batch_size=8",
-            "finetune.seq_len=64", "finetune.warmup_steps=10", f"finetune.eval_every={steps}",
+            "finetune.seq_len=64", f"finetune.warmup_steps={min(10, steps)}",
+            f"finetune.eval_every={steps}",
             f"finetune.ckpt_every={steps}", "finetune.log_every=50", "evaluate.bootstrap=200",
             "evaluate.max_new_tokens=8", "evaluate.limit=20",
         ],
@@ -279,3 +280,27 @@ def test_chat_refuses_an_encoder_base(tmp_path):
     enc = Encoder(EncoderConfig(vocab_size=64, context_len=16, d_model=16, n_layer=1, n_head=2))
     with pytest.raises(ConfigError, match="fine-tunes a decoder"):
         chat_format_for_base(cfg, tmp_path, Base(enc, None, tmp_path, "bert"))
+
+
+@pytest.mark.parametrize(
+    ("task", "what"),
+    [
+        ("text_classification", "a text classifier"),
+        ("image_classification", "an image classifier"),
+        ("recommendation", "a recommender"),
+    ],
+)
+def test_chat_with_a_run_that_cannot_write_says_what_the_run_is(tmp_path, capsys, task, what):
+    from modelworks.cli import main
+    from modelworks.config import dump_config
+
+    run_dir = tmp_path / "runs" / "labels"
+    run_dir.mkdir(parents=True)  # the resolved config every run stores
+    cfg = load_config([], [f"runs_dir={tmp_path / 'runs'}", "name=labels", f"task={task}"])
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    assert main(["chat", str(run_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "<|endoftext|>" not in err[0]
+    assert err[0].startswith(f"error: {run_dir} is a {task} run ({what}:")
+    assert "chat needs a language-model or chat run" in err[0]
+    assert "Hugging Face Llama folder" in err[0]

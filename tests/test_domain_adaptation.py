@@ -94,6 +94,7 @@ def test_shards_from_another_tokenizer_are_refused(adapted, tmp_path):
             "preprocess.vocab_size=600",
             f"finetune.from={runs / 'base'}",
             "finetune.steps=2",
+            "finetune.warmup_steps=0",
             "finetune.seq_len=32",
         ]
     )

@@ -153,3 +153,36 @@ def test_vit_attention_maps_reproduce_the_attention_output():
     h1.remove()
     h2.remove()
     assert torch.allclose(y, seen["y"], atol=1e-5)
+
+
+def test_explanations_explain_what_classify_classifies_with_no_padding(minilm_classifier):
+    """MiniLM's tokenizer pads to 128: the explained input must be /v1/classify's own (same
+    tokens, mask, forward and length cut), in the API, samples.json and token_heat.png."""
+    import httpx
+    from PIL import Image
+
+    from tests.conftest import served
+
+    classes = json.loads((minilm_classifier / "preprocess" / "labels.json").read_text())["classes"]
+    texts = [
+        "awful",
+        "The product was awful",
+        "great food, friendly staff and a lovely quiet place to sit",
+        "the service was slow and the food bland " * 6,  # longer than finetune.seq_len=32
+    ]
+    with served(minilm_classifier) as (base, _):
+        for text in texts:
+            c = httpx.post(f"{base}/v1/classify", json={"input": text}, timeout=60).json()
+            e = httpx.post(f"{base}/v1/explain", json={"input": text}, timeout=120).json()
+            probs = {x["label"]: x["probability"] for x in c["data"][0]["labels"]}
+            assert classes[e["target"]["id"]] == c["data"][0]["label"]
+            assert abs(e["target"]["probability"] - probs[c["data"][0]["label"]]) < 1e-5, text
+            assert "[PAD]" not in e["tokens"] and 0 not in e["token_ids"], e["tokens"]
+            assert e["tokens"][0] == "[CLS]" and e["tokens"][-1] == "[SEP]"
+            assert len(e["tokens"]) <= 32 and len(e["attention_mean"]) == len(e["tokens"])
+    samples = json.loads((minilm_classifier / "evaluate" / "samples.json").read_text())
+    assert samples and all("[PAD]" not in s["tokens"] for s in samples)
+    # the picture is one cell per token: its width follows the longest sample, not padding
+    longest = max(len(s["tokens"]) for s in samples)
+    width, _ = Image.open(minilm_classifier / "evaluate" / "token_heat.png").size
+    assert width == round(100 * min(16, 1 + 0.6 * longest)), (width, longest)

@@ -134,6 +134,8 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path):
     sentence = "The  quick brown fox jumps over the lazy dog; déjà vu.\n"
     ids = tok.encode(sentence).ids
     assert hf_tok.encode(sentence, add_special_tokens=False) == ids
+    # tokenizer(text) starts with the start token, as our engine starts every prompt
+    assert hf_tok(sentence)["input_ids"] == [tok.token_to_id("<|endoftext|>"), *ids]
     assert hf_tok.decode(ids) == sentence
     eos = tok.token_to_id("<|endoftext|>")
     assert hf_tok.eos_token_id == eos
@@ -257,3 +259,83 @@ def test_export_command_writes_a_run_that_transformers_loads(tmp_path):
         "export", str(runs / "lm"), str(tmp_path / "x"), "--checkpoint", "step_9", check=False
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "step_9" in bad.stderr
+
+
+def test_exported_run_generates_in_transformers_what_our_server_generates(tmp_path):
+    """Plain AutoTokenizer + generate on the export, no manual start token, gives the greedy
+    text of `modelworks serve` on the run, for 5 prompts."""
+    import httpx
+
+    from modelworks.config import load_config
+    from modelworks.pipeline import run
+    from tests.conftest import cli, served, tiny_overrides
+
+    runs = tmp_path / "runs"
+    # enough steps that the greedy text depends on the prompt (and on its start token)
+    longer = ["pretrain.steps=300", "pretrain.lr=3e-3", "pretrain.batch_size=8", "model.d_model=64"]
+    run(load_config(None, tiny_overrides(runs, "lm") + longer))
+    out = tmp_path / "hf"
+    cli("export", str(runs / "lm"), str(out), "--format", "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    prompts = ["Return the", "def main():", "The", "import os\nimport", "class Foo:\n    def"]
+    with served(runs / "lm") as (base, _):
+        for prompt in prompts:
+            body = {"prompt": prompt, "max_tokens": 12, "temperature": 0}
+            r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            inputs = tok(prompt, return_tensors="pt")
+            assert inputs["input_ids"][0, 0] == tok.bos_token_id
+            with torch.no_grad():
+                gen = hf.generate(**inputs, do_sample=False, max_new_tokens=12)
+            text = tok.decode(gen[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            assert text == r.json()["choices"][0]["text"], prompt
+
+
+@pytest.mark.parametrize("run_fixture", ["minilm_classifier", "encoder_classifier"])
+def test_text_classifier_export_loads_as_a_sequence_classifier_with_our_probabilities(
+    tmp_path, request, run_fixture
+):
+    """MiniLM fine-tuned (mean pooling, WordPiece padded to 128) and our own encoder (first-token
+    pooling, BPE): AutoModelForSequenceClassification + AutoTokenizer on the export give
+    /v1/classify's probabilities (classify_texts) with the run's label names."""
+    from modelworks.artifacts import final_model_dir, tokenizer_path
+    from modelworks.tasks import text_classification as tc
+    from modelworks.train.checkpoint import load_model
+    from tests.conftest import cli
+
+    run_dir = request.getfixturevalue(run_fixture)
+    out = tmp_path / "hf"
+    cli("export", str(run_dir), str(out), "--format", "hf")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(
+        out, trust_remote_code=True
+    ).eval()
+    # AutoTokenizer reads config.json too, whose class is the folder's code: trust it here as well
+    tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    classes = tc.classes_of(run_dir)
+    assert hf.config.id2label == dict(enumerate(classes))
+    assert hf.config.label2id == {c: i for i, c in enumerate(classes)}
+    model = load_model(final_model_dir(run_dir))
+    max_len = tc.max_tokens(run_dir, model)
+    texts = [
+        "awful",
+        "The product was awful",
+        "great food, friendly staff and a lovely quiet place to sit",
+        "the service was slow and the food bland " * 8,  # cut to max_len on both sides
+    ]
+    run_tok = tc._tokenizer(tokenizer_path(run_dir))  # what /v1/classify reads texts with
+    ours, ids, mask, n_cut = tc.classify_texts(model.eval(), run_tok, texts, max_len, "cpu")
+    assert n_cut >= 1
+    batch = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"][:, : ids.shape[1]] * mask, ids * mask)
+    with torch.no_grad():
+        theirs = hf(**batch).logits.softmax(-1)
+    assert (theirs - ours).abs().max() < 1e-5, (theirs - ours).abs().max()
+    # one at a time, unpadded, as a pipeline would
+    for text, p in zip(texts, ours, strict=True):
+        with torch.no_grad():
+            one = hf(**tok(text, truncation=True, return_tensors="pt")).logits.softmax(-1)[0]
+        assert (one - p).abs().max() < 1e-5
+    # without trust_remote_code it fails loudly, never a stock BERT head with random weights
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        transformers.AutoModelForSequenceClassification.from_pretrained(out)

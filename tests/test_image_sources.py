@@ -56,8 +56,12 @@ def test_image_table_csv_relative_paths_skips_missing_and_corrupt(tmp_path):
     )
     manifest = collect(cfg)
     assert manifest["summary"]["images"] == 121  # 120 digits + the corrupt file; missing skipped
-    problems = manifest["summary"]["problems"]["collect.sources.0"]
-    assert problems["count"] == 1 and "missing.png does not exist" in problems["first"][0]
+    # a listed image that does not exist is a bad row: skipped, counted under its reason
+    bad = manifest["summary"]["bad_rows"]["collect.sources.0"]
+    assert bad["bad"] == 1 and bad["rows"] == 122
+    missing = bad["reasons"]["image file missing"]
+    assert missing["count"] == 1 and "labels.csv:123 (" in missing["first"][0]
+    assert "missing.png does not exist" in missing["first"][0]
     got = _images(cfg)
     first = np.asarray(Image.open(io.BytesIO(got[0]["image"])))
     assert np.array_equal(first, images[0]) and got[0]["label"] == f"d{labels[0]}"

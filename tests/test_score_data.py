@@ -44,7 +44,8 @@ def test_own_test_split_gives_the_runs_own_metrics(image_run):
     got = json.loads((out / "metrics.json").read_text())
     own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
     assert own["split"] == got["split"] == "test" and got["examples"] == 30
-    for key in ("accuracy", "macro_f1", "loss", "accuracy_ci", "confusion_matrix"):
+    for key in ("accuracy", "macro_f1", "loss", "accuracy_ci", "confusion_matrix", "rows",
+                "checkpoint", "config_hash"):  # fmt: skip
         assert got[key] == own[key], key
     assert got["unknown_labels"] == {"rows": 0, "labels": {}, "unreadable": 0}
     assert (out / "report.md").read_text().startswith("# modelworks evaluate --data: t10k")
@@ -80,7 +81,8 @@ def test_data_whose_columns_do_not_fit_the_task(image_run, tmp_path):
     )
     (tmp_path / "u.csv").write_text("sentence,label\nhello,1\n")
     src = data_source(load_run(cfg.run_dir), [f"{{type: table, paths: ['{tmp_path / 'u.csv'}']}}"])
-    with pytest.raises(EvaluateError, match=r"^--data \(table: .*u.csv\): .*no text column 'text'"):
+    msg = r"^--data \(table: .*u.csv\): .*no column 'text' .*the file has: sentence, label$"
+    with pytest.raises(EvaluateError, match=msg):
         score_data(cfg.run_dir, src)
 
 

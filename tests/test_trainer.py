@@ -10,6 +10,7 @@ import torch
 from modelworks.config import PretrainConfig, load_config
 from modelworks.models.gpt import GPT, GPTConfig
 from modelworks.pipeline import run
+from modelworks.progress import Reporter
 from modelworks.train.optim import build_optimizer, lr_at, param_groups
 from modelworks.train.parallel import apply_activation_checkpointing
 from modelworks.train.trainer import TrainingError
@@ -182,3 +183,85 @@ def test_checkpoint_of_another_shape_or_corrupt_file_is_refused(tmp_path):
         load_model(tmp_path / "b")
     with pytest.raises(CheckpointError, match="no model here"):
         load_model(tmp_path / "missing")
+
+
+class _Seen(Reporter):
+    """Keeps what a user would see: info lines and the progress bar's MFU, in order."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str) -> None:
+        self.lines.append(msg)
+
+    def update(self, n: int = 1, **stats) -> None:
+        if "mfu" in stats:
+            self.lines.append(f"mfu {stats['mfu']}")
+
+
+def _train_random_tokens(tmp_path, *overrides: str) -> tuple[list[str], list[dict]]:
+    from modelworks.models.registry import build_model, model_config_from
+    from modelworks.tasks.language_modeling import lm_loss
+    from modelworks.train.trainer import Trainer, TrainSetup
+
+    tiny = ["model.d_model=64", "model.n_layer=2", "model.vocab_size=256", "model.context_len=32",
+            "pretrain.steps=4",
+            "pretrain.warmup_steps=0", "pretrain.log_every=1", "pretrain.batch_size=4",
+            "pretrain.seq_len=32"]  # fmt: skip
+    cfg = load_config(None, [*tiny, *overrides])
+    p = cfg.pretrain
+    model = build_model(model_config_from(cfg.model))
+    batch = tuple(torch.randint(0, 256, (p.batch_size, p.seq_len)) for _ in "xy")
+
+    class Loader:
+        def next_batch(self):
+            return batch
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    tokens = p.batch_size * p.seq_len
+    setup = TrainSetup(
+        model, lm_loss, Loader(), lambda m: {"val_loss": 1.0}, tokens, "tok",
+        model.estimate_flops(p.seq_len),
+    )  # fmt: skip
+    seen = _Seen()
+    Trainer(setup, p, tmp_path, torch.device("cpu"), seen).fit(resume=False)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return seen.lines, [r for r in records if "mfu" in r]
+
+
+def _percent(line: str) -> float:
+    return float(line.split()[1].rstrip("%"))
+
+
+def test_a_measured_peak_that_mfu_beats_is_measured_again(tmp_path):
+    """A peak measured low (the machine was busy at the start) would give MFU over 100%: the
+    trainer measures it again, and what it shows stays at most 100%."""
+    from modelworks import runtime
+
+    key = (str(torch.device("cpu")), torch.float32, torch.get_num_threads())
+    runtime._measured[key] = 1e6  # as if the start-up matmul had crawled: 1 MFLOP/s
+    try:
+        lines, records = _train_random_tokens(tmp_path)
+    finally:
+        runtime._measured.pop(key, None)
+    shown = [_percent(x) for x in lines if x.startswith("mfu ")]
+    assert len(shown) == 4 and all(0 < x <= 100 for x in shown), lines
+    assert records and all(0 < r["mfu"] <= 1 for r in records), records
+    assert not any("warning" in x for x in lines)
+
+
+def test_mfu_over_100_percent_is_never_shown_without_a_warning(tmp_path):
+    # a peak the run cannot be below: pretrain.peak_tflops set far too low (not re-measured)
+    lines, records = _train_random_tokens(tmp_path, "pretrain.peak_tflops=1e-9")
+    first_over = next(i for i, x in enumerate(lines) if x.startswith("mfu ") and _percent(x) > 100)
+    warning = [i for i, x in enumerate(lines) if x.startswith("[train] warning: MFU")]
+    assert len(warning) == 1 and warning[0] < first_over, lines
+    assert "pretrain.peak_tflops" in lines[warning[0]] and "above 100%" in lines[warning[0]]
+    over = [x for x in lines if x.startswith("mfu ") and _percent(x) > 100]
+    assert over and all(x.endswith("(above peak!)") for x in over)
+    assert all(r["mfu"] > 1 and r["mfu_above_peak"] is True for r in records)

@@ -186,7 +186,7 @@ def test_scores_equal_sacrebleu_and_dictionary_baseline():
 
 
 def _numbers_cfg(tmp_path, name, pretrain_steps, finetune_steps, limit, d_model):
-    train = {"batch_size": 32, "seq_len": 32, "warmup_steps": 10, "eval_every": 100}
+    train = {"batch_size": 32, "seq_len": 32, "eval_every": 100}
     return _cfg(
         tmp_path,
         name,
@@ -195,6 +195,8 @@ def _numbers_cfg(tmp_path, name, pretrain_steps, finetune_steps, limit, d_model)
         **{"model.d_model": d_model},
         **{f"pretrain.{k}": v for k, v in train.items()},
         **{f"finetune.{k}": v for k, v in train.items()},
+        **{"pretrain.warmup_steps": min(10, pretrain_steps)},
+        **{"finetune.warmup_steps": min(10, finetune_steps)},
         **{"pretrain.steps": pretrain_steps, "pretrain.ckpt_every": pretrain_steps},
         **{"finetune.from": "pretrain", "finetune.steps": finetune_steps, "finetune.lr": 3e-3},
         **{"finetune.ckpt_every": finetune_steps, "finetune.weight_decay": 0.0},

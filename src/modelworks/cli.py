@@ -2,6 +2,7 @@
 
     modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
     modelworks collect|preprocess|pretrain|finetune|evaluate [CONFIG] [options/overrides]
+    modelworks evaluate [CONFIG] [--checkpoint final|best|step_000200]
     modelworks serve RUN_DIR [--serve.port N ...]
     modelworks chat RUN_DIR [--system TEXT] [--max-tokens N] [--temperature T]
     modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
@@ -42,7 +43,8 @@ STAGE_HELP = {
     "compare": "config keys that differ and metrics side by side for two runs or more",
     "runs": "list runs: name, task, stages done, key metric, size",
 }
-# which config sections each command lists in its --help (all keys are accepted by all)
+# which config sections each command lists in its --help (all keys are accepted by all: see
+# _flags_as_overrides)
 STAGE_SECTIONS = {
     "run": None,
     "collect": ("collect",),
@@ -166,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"YAML configs, merged in order (default: {DEFAULT_CONFIG} if present, "
                 "else built-in defaults), and dotted overrides such as pretrain.lr=1e-3",
             )
+        if name == "evaluate":
+            p.add_argument(
+                "--checkpoint",
+                dest="opt::evaluate.checkpoint",
+                default=argparse.SUPPRESS,
+                metavar="final|best|NAME",
+                help="what to score (evaluate.checkpoint); default: the best validation "
+                "checkpoint when training kept one, else the final model",
+            )
         if name == "pretrain":
             p.add_argument(
                 "--nproc",
@@ -250,9 +261,17 @@ def _score(ns: argparse.Namespace, data_source, load_run, score_data) -> int:
     first = ns.args[0] if ns.args else None
     run_dir = Path(first) if first and Path(first).is_dir() else _load(ns).run_dir
     src = data_source(load_run(run_dir), ns.data)
+    # evaluate.* options (--checkpoint, evaluate.bootstrap=0 ...) apply to the scoring
+    from modelworks.config import parse_override
+
+    chosen = {}
+    for text in _split_args(ns)[1]:
+        keys, value = parse_override(text)
+        if keys[0] == "evaluate" and len(keys) == 2:
+            chosen[keys[1]] = value
     reporter = TqdmReporter()
     try:
-        out = score_data(run_dir, src, ns.data_name, reporter)
+        out = score_data(run_dir, src, ns.data_name, reporter, chosen)
     finally:
         reporter.close()
     print(f"done: {out / 'metrics.json'}, report at {out / 'report.html'}")
@@ -271,10 +290,34 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _flags_as_overrides(argv: list[str]) -> list[str]:
+    """`--section.key VALUE` and `--section.key=VALUE` as `section.key=VALUE` overrides, for
+    the commands that take them: every key is accepted by every command (not only those its
+    --help lists), and a misspelt one fails in the config, blamed on the command line, with a
+    suggestion, instead of as an unrecognised argument."""
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is None or argv[command] not in STAGE_SECTIONS or argv[command] in _NO_CONFIG:
+        return argv
+    out, i = argv[: command + 1], command + 1
+    while i < len(argv):
+        a = argv[i]
+        key, eq, value = a[2:].partition("=")
+        if a.startswith("--") and "." in key and key.replace(".", "").replace("_", "").isalnum():
+            if not eq and i + 1 < len(argv):
+                value, i = argv[i + 1], i + 1
+            a = f"{key}={value}"
+        out.append(a)
+        i += 1
+    return out
+
+
+_NO_CONFIG = ("chat", "compare", "export")  # commands without config overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    ns, extra = parser.parse_known_args(argv)
+    ns, extra = parser.parse_known_args(_flags_as_overrides(argv))
     # positionals after options (`plan CONFIG --dp 8 pretrain.lr=1e-3`) land in `extra`
     for a in extra:
         if a.startswith("-") or not hasattr(ns, "args"):

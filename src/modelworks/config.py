@@ -9,10 +9,12 @@ Every user-facing knob lives here with a default and a one-line description; the
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -82,7 +84,20 @@ class SourceConfig(_Section):
     )
     columns: list[str] = Field(
         default_factory=list,
-        description="table: csv/tsv/txt files have no header; these name their columns in order",
+        description="table, parallel, interactions: csv/tsv/txt files have no header; these name "
+        "their columns in order",
+    )
+    quoting: Literal["auto", "none", "csv"] = Field(
+        "auto",
+        description="csv/tsv/txt files: auto: .csv has RFC 4180 quotes, .tsv/.txt none "
+        "(tab-separated, quotes are text); none or csv overrides the suffix",
+    )
+    max_bad_rows: float = Field(
+        0.01,
+        ge=0,
+        description="table readers: unreadable rows (missing label, extra fields, broken quotes, "
+        "bad times) are skipped and counted; the stage stops above this many (a fraction of the "
+        "rows read when < 1)",
     )
     user_field: str = Field("user", description="interactions: column holding the user id")
     item_field: str = Field("item", description="interactions: column holding the item id")
@@ -256,6 +271,11 @@ class PretrainConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype for forward/backward"
     )
+    tf32: bool = Field(
+        True,
+        description="float32 on CUDA: matmuls and convolutions on TF32 tensor cores (10-bit "
+        "mantissa, as nanoGPT and LitGPT train); false: full float32. Plan and MFU follow it",
+    )
     compile: bool = Field(False, description="torch.compile the model")
     activation_checkpointing: bool = Field(
         False, description="recompute each block's activations in backward to save memory"
@@ -384,8 +404,14 @@ class HarnessTaskConfig(_Section):
 class EvaluateConfig(_Section):
     split: str | None = Field(
         None,
-        description="split to evaluate on (val, test...); default: test when the task has "
-        "one, else val",
+        description="split to evaluate on (val, test...); default: test when the run has "
+        "one, else val (the report then opens with a warning)",
+    )
+    checkpoint: str = Field(
+        "auto",
+        description="what to score (also --checkpoint): auto = the best validation checkpoint "
+        "when training kept one, else the final model; final; best; or a checkpoint name such "
+        "as step_000200",
     )
     bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples for confidence intervals; 0 = none"
@@ -568,8 +594,8 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
         if isinstance(node, list):
             node = _list_item(node, part, where)
         else:
-            if part not in node or node[part] is None:
-                node[part] = {}
+            if part not in node or node[part] is None:  # a list when indexed: sources.0.limit
+                node[part] = [] if path[i + 1].isdigit() else {}
             node = node[part]
             if not isinstance(node, dict | list):
                 raise ConfigError(f"override {'.'.join(path)}: {where} is not a section")
@@ -596,10 +622,6 @@ def _list_item(node: list, part: str, where: str) -> Any:
     return node[idx]
 
 
-def _defaults_as_dict() -> dict:
-    return Config().model_dump(mode="json")
-
-
 def _deep_merge(base: dict, over: dict) -> dict:
     """Mappings merge key by key; anything else (lists included) in `over` replaces `base`."""
     out = dict(base)
@@ -611,6 +633,10 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _read_yaml(p: Path) -> dict:
+    if p.is_dir():
+        inside = ", ".join(sorted(f.name for f in p.glob("*.yaml"))[:5])
+        hint = f"; it holds {inside}" if inside else ""
+        raise ConfigError(f"config file {p} is a folder, not a YAML file: name a file{hint}")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
@@ -622,8 +648,11 @@ def _read_yaml(p: Path) -> dict:
         raise ConfigError(f"config file {p}{where}: YAML does not parse: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p}: not UTF-8 text") from None
-    if loaded is None:
-        return {}
+    if loaded is None:  # refused rather than read as "all defaults": that is the quickstart
+        raise ConfigError(
+            f"config file {p} is empty: write the keys to change (e.g. `pretrain: {{steps: 100}}`)"
+            ", or give no config file to run the defaults (the quickstart)"
+        )
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping of sections")
     return loaded
@@ -633,33 +662,125 @@ def load_config(
     path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
 ) -> Config:
     """Built-in defaults, then each YAML file in order (later files override earlier ones, e.g.
-    a pipeline then a model preset from configs/models/), then dotted overrides; validated."""
+    a pipeline then a model preset from configs/models/), then dotted overrides; validated.
+
+    Only what the files and overrides set is in the sections' `model_fields_set` (the planner
+    asks whether `pretrain.steps` was given); an error names where its key came from: the
+    file, or `command line (KEY=VALUE)` for an override."""
     paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
-    data = _defaults_as_dict()
+    files: list[tuple[str, dict]] = []
+    data: dict = {}
     for p in paths:
-        data = _deep_merge(data, _read_yaml(Path(p)))
+        files.append((str(p), _read_yaml(Path(p))))
+        data = _deep_merge(data, files[-1][1])
+    given: list[tuple[list[str], str]] = []
     for text in overrides or []:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
-    return validate_config(data, source=" + ".join(map(str, paths)) or "defaults")
+        given.append((keys, text))
+
+    def blame(*locs: tuple) -> str:
+        """Where these keys were set: the latest override, else the latest file; keys nobody
+        set are the defaults'."""
+        longest = max(len(loc) for loc in locs)
+        for n in range(longest, 0, -1):  # then the sections holding them (a missing field)
+            cut = [loc[:n] for loc in locs]
+            for keys, text in reversed(given):
+                if any(_overlaps(keys, loc) for loc in cut):
+                    return f"command line ({text if text.isprintable() else repr(text)})"
+            for name, file_data in reversed(files):
+                if any(_found(file_data, loc) for loc in cut):
+                    return name
+        return " + ".join(map(str, paths)) or "defaults"
+
+    return validate_config(data, blame=blame)
 
 
-def validate_config(data: dict, source: str = "config") -> Config:
+def _overlaps(keys: list[str], loc: tuple) -> bool:
+    loc = [str(x) for x in loc]
+    n = min(len(keys), len(loc))
+    return keys[:n] == loc[:n]
+
+
+def _found(data: Any, loc: tuple) -> bool:
+    for part in loc:
+        in_list = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (in_list or (isinstance(data, dict) and part in data)):
+            return False
+        data = data[part]
+    return True
+
+
+def _did_you_mean(key: str) -> str:
+    """'; did you mean 'pretrain.steps'?' for a misspelt key, or ''."""
+    parts = [p for p in key.split(".") if not p.isdigit()]
+    if not parts:
+        return ""
+    cls: Any = Config
+    for part in parts[:-1]:  # the section the key is in (list items and optional ones too)
+        field = cls.model_fields.get(part)
+        inner = (get_args(field.annotation) or (field.annotation,)) if field else ()
+        cls = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if cls is None:
+            return ""
+    names = sorted(f.alias or n for n, f in cls.model_fields.items())
+    match = difflib.get_close_matches(parts[-1], names, n=1, cutoff=0.6)
+    prefix = ".".join(key.split(".")[:-1])
+    if match:
+        options = [f"{prefix}.{match[0]}" if prefix else match[0]]
+    elif not prefix:  # a knob outside its section, e.g. `steps` for `pretrain.steps`
+        known = [k for k, *_ in describe_fields(Config)]
+        options = [k for k in known if k.split(".")[-1] == parts[-1]][:3]
+    else:
+        options = []
+    return f"; did you mean {' or '.join(map(repr, options))}?" if options else ""
+
+
+def _check_schedule(cfg: Config, blame: Callable[..., str]) -> None:
+    """Knobs that are valid alone but not together; one line naming both keys."""
+    for name in ("pretrain", "finetune"):
+        s = getattr(cfg, name)
+        if s is None:
+            continue
+        if s.min_lr > s.lr and s.schedule != "constant":
+            raise ConfigError(
+                f"{blame((name, 'min_lr'), (name, 'lr'))}: {name}.min_lr={s.min_lr:g} is above "
+                f"{name}.lr={s.lr:g}, so the decay would raise the learning rate; "
+                f"set {name}.min_lr at most {name}.lr"
+            )
+        if s.warmup_steps > s.steps:
+            raise ConfigError(
+                f"{blame((name, 'warmup_steps'), (name, 'steps'))}: {name}.warmup_steps="
+                f"{s.warmup_steps} is more than {name}.steps={s.steps}, so the learning rate "
+                f"never reaches {name}.lr; set {name}.warmup_steps at most {name}.steps"
+            )
+
+
+def validate_config(
+    data: dict, source: str = "config", blame: Callable[..., str] | None = None
+) -> Config:
+    """`data` as a Config; errors name the key and where it came from: `blame(loc, ...)` (the
+    key's path as a tuple) when given, else `source`."""
+    where = blame or (lambda *locs: source)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{source}: unknown key {key!r}") from None
+            hint = _did_you_mean(key)
+            raise ConfigError(f"{where(err['loc'])}: unknown key {key!r}{hint}") from None
         got = err.get("input")
         got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-        raise ConfigError(f"{source}: {key}{got_text}: {err['msg']}") from None
+        raise ConfigError(f"{where(err['loc'])}: {key}{got_text}: {err['msg']}") from None
+    _check_schedule(cfg, where)
     # validate the architecture's fields now, and store them resolved, so that a config spelling
     # out the defaults hashes the same as one leaving them out
     from modelworks.models.registry import model_config_from, name_of  # late: imports torch
 
-    arch = model_config_from(cfg.model, source=source)
+    arch = model_config_from(
+        cfg.model, source=lambda key: where(("model", key) if key else ("model",))
+    )
     cfg.model = ModelConfig(name=name_of(arch), **dataclasses.asdict(arch))
     return cfg
 

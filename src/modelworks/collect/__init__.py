@@ -7,6 +7,10 @@ Text sources write `<run>/collect/documents.parquet` (id, text, source); image s
 `documents.parquet` with a `label` column; interaction sources (recommendation) write
 `interactions.parquet` (user, item, timestamp, rating, source); chat sources write
 `chats.parquet` (id, messages as JSON, source). One run collects one kind.
+
+Rows a table reader cannot use are skipped under one policy (collect/rows.py): counted per reason
+with their first `file:line`s in the manifest's summary (`bad_rows`) and the report; past a
+source's `max_bad_rows` the stage stops with every reason in one line.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from modelworks.collect import (
     image_sources,
     interactions,
     parallel,
+    rows,
     sources,
     tables,
 )
@@ -79,38 +84,44 @@ INTERACTION_SCHEMA = pa.schema(
 )  # fmt: skip
 
 
-def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=None):
+def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=None, bad=None):
     problems = [] if problems is None else problems
+    bad = rows.BadRows(where, src.max_bad_rows) if bad is None else bad
+    q = src.quoting
     docs = {
         "python_docs": lambda: sources.python_docs(),
-        "files": lambda: files.read_files(src.paths, src.text_field, where, problems),
-        "warc": lambda: files.read_files(src.paths, src.text_field, where, problems),
+        "files": lambda: files.read_files(src.paths, src.text_field, where, problems, q, bad),
+        "warc": lambda: files.read_files(src.paths, src.text_field, where, problems, q, bad),
         "crawl": lambda: _crawl(src, where, problems, run_dir),
         "hf": lambda: _hf(src, where),
         "sklearn_digits": lambda: sources.sklearn_digits(),
         "image_folder": lambda: sources.image_folder(src.paths, where),
         "idx": lambda: sources.idx_files(src.paths, where),
         "image_table": lambda: image_sources.image_table(
-            src.paths, src.path_field, src.label_field, where, problems, src.split_field
+            src.paths, src.path_field, src.label_field, where, q, bad, src.split_field
         ),
         "npz": lambda: image_sources.npz_arrays(src.paths, src.array_keys, where),
         "table": lambda: (
-            _hf(src, where, src.label_field)
+            _hf(src, where, src.label_field, bad)
             if src.dataset
             else tables.read_tables(
-                src.paths, src.text_field, src.label_field, src.columns, where, src.split_field
+                src.paths, src.text_field, src.label_field, src.columns, where, q, bad,
+                src.split_field,
             )
         ),
         "interactions": lambda: interactions.read_interactions(
-            src.paths, src.user_field, src.item_field, src.time_field, src.rating_field, where
-        ),
-        "parallel": lambda: parallel.read_parallel(
             src.paths,
-            src.source_field,
-            src.target_field,
-            src.columns,
+            src.user_field,
+            src.item_field,
+            src.time_field,
+            src.rating_field,
             where,
-            src.dataset,
+            src.columns,
+            q,
+            bad,
+        ),  # fmt: skip
+        "parallel": lambda: parallel.read_parallel(
+            src.paths, src.source_field, src.target_field, src.columns, where, src.dataset, q, bad,
             src.split_field,
         ),
         "stdlib_calls": lambda: interactions.stdlib_calls(),
@@ -141,7 +152,7 @@ def _crawl(src, where: str, problems: list[str], run_dir):
         raise ValueError(f"{where}.{e}") from None
 
 
-def _hf(src, where: str, label_field: str | None = None):
+def _hf(src, where: str, label_field: str | None = None, bad: rows.BadRows | None = None):
     from modelworks.collect.hf import read_hf
 
     if not src.dataset:
@@ -154,6 +165,7 @@ def _hf(src, where: str, label_field: str | None = None):
         src.subset,
         where,
         label_field,
+        bad,
     )
 
 
@@ -194,19 +206,28 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
     writer.open()
     counts: dict[str, int] = {}
     problems: dict[str, list[str]] = {}
+    bad: dict[str, rows.BadRows] = {}
     try:
         with pq.ParquetWriter(writer.dir / f"{name}.parquet", schema) as out:
             for i, src in enumerate(cfg.collect.sources):
                 where = f"collect.sources.{i}"
                 counts[where] = 0
+                bad[where] = rows.BadRows(where, src.max_bad_rows)
                 try:
                     found = problems.setdefault(where, [])
-                    for batch in _batched(_iter_source(src, where, found, cfg.run_dir), 512):
+                    docs = _iter_source(src, where, found, cfg.run_dir, bad[where])
+                    for batch in _batched(docs, 512):
                         out.write_table(pa.Table.from_pylist(batch, schema))
                         counts[where] += len(batch)
+                    bad[where].check()
                 except (FileNotFoundError, ValueError, OSError, ImportError) as e:
                     raise CollectError(str(e)) from None
                 reporter.info(f"[collect] {where} ({src.type}): {counts[where]} {name}")
+                if bad[where].bad:
+                    reporter.info(
+                        f"[collect] {where}: skipped {bad[where].bad} bad row(s): "
+                        f"{bad[where].describe()}"
+                    )
                 for msg in problems[where][:5]:
                     reporter.info(f"[collect] {where} skipped: {msg}")
                 if len(problems[where]) > 5:
@@ -227,6 +248,8 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         writer.summary["problems"] = {
             w: {"count": len(p), "first": p[:50]} for w, p in problems.items() if p
         }
+    if any(b.bad for b in bad.values()):  # counts per reason, the first few file:line each
+        writer.summary["bad_rows"] = {w: b.summary() for w, b in bad.items() if b.bad}
     reporter.info(f"[collect] {total} {name}")
     return writer.commit()
 

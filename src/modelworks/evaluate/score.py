@@ -94,6 +94,7 @@ def score_data(
     """Collect `src`, prepare it as the run's test split, score the run's model on it; returns
     `<run>/evaluate_data/<name>/`."""
     from modelworks.collect import collect
+    from modelworks.evaluate.checkpoint import choose_checkpoint, scored
     from modelworks.evaluate.report import config_section, write_report
     from modelworks.lifecycle import model_stage
     from modelworks.runtime import setup
@@ -137,13 +138,15 @@ def score_data(
         stage = model_stage(run)
         os.symlink((run_dir / stage).resolve(), shadow / stage, target_is_directory=True)
         unknown = _prepare(run, run_dir, shadow, src)
-        scored = run.model_copy(deep=True)
-        scored.runs_dir = str(work)
-        scored.evaluate.split = "test"
+        cfg = run.model_copy(deep=True)
         for k, v in (overrides or {}).items():
-            setattr(scored.evaluate, k, v)
+            setattr(cfg.evaluate, k, v)
+        ckpt = choose_checkpoint(cfg)  # in the run itself: its paths are the ones reported
+        cfg.runs_dir, cfg.evaluate.split = str(work), "test"
         setup(run.threads, run.seed)
-        metrics, sections, images = get_task(run.task).evaluate(scored, shadow, out, reporter)
+        task = get_task(run.task)
+        metrics, sections, images = task.evaluate(cfg, shadow, out, reporter, ckpt=ckpt)
+        metrics, opening = scored(run, metrics, ckpt)  # the run's own config hash
         metrics = {
             "data": src.model_dump(mode="json", exclude_defaults=True),
             "run": str(run_dir),
@@ -159,7 +162,8 @@ def score_data(
             )
         sections = [("Data", "\n".join(lines)), *sections]
         sections.append(("Run config", config_section(run.model_dump(mode="json"))))
-        write_report(out, f"modelworks evaluate --data: {name} on {run.name}", sections, images)
+        title = f"modelworks evaluate --data: {name} on {run.name}"
+        write_report(out, title, sections, images, opening)
         final = root / name
         if final.exists():
             shutil.rmtree(final)

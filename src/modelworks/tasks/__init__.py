@@ -4,7 +4,9 @@ A task module provides three functions the stages call:
     prepare(cfg, run_dir, out_dir, reporter) -> stats          (preprocess stage)
     setup_training(cfg, run_dir, device, rank=0, world=1) -> TrainSetup   (pretrain stage;
         rank/world: this process's data-parallel shard)
-    evaluate(cfg, run_dir, out_dir, reporter) -> (metrics, sections, images)   (evaluate stage)
+    evaluate(cfg, run_dir, out_dir, reporter, ckpt) -> (metrics, sections, images)   (evaluate
+        stage; ckpt: the evaluate.checkpoint.Checkpoint to score, None = the one it chooses;
+        metrics carry `split` and `rows`, the stage adds the checkpoint and config hash)
 and optionally, for `modelworks serve`, one that adds its HTTP endpoints (serve/__init__.py):
     serve_routes(app, run_dir, serve_cfg, device) -> None
 and, to be fine-tuned, optionally:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -55,6 +56,9 @@ from modelworks.train.sft import (
     validation_loss,
 )
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -331,10 +335,17 @@ def save_finetuned(cfg: Config, out: Path, base) -> None:
     )
 
 
-def load_chat_engine(target: str | Path, device: str = "auto", name: str | None = None, **kw):
+def load_chat_engine(
+    target: str | Path,
+    device: str = "auto",
+    name: str | None = None,
+    weights: str | Path | None = None,
+    **kw,
+):
     """A serve.engine.Engine with its chat template for a chat run, a chat model folder (a
     fine-tune's finetune/), any run, or a Hugging Face folder; `engine.chat_stop` lists stop
-    strings that end the assistant's turn."""
+    strings that end the assistant's turn. `weights`: a checkpoint folder of the run to load
+    instead of its final model (evaluate's choice)."""
     from modelworks.chat_template import run_chat_template
     from modelworks.models.hf import is_hf_folder
     from modelworks.preprocess.tokenizer import load_tokenizer
@@ -355,7 +366,7 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
         specials = json.loads((model_dir / "chat.json").read_text())
         tok = load_tokenizer(model_dir / "tokenizer.json" if is_model else tokenizer_path(target))
         engine = Engine(
-            load_model(model_dir, resolve_device(device)),
+            load_model(weights or model_dir, resolve_device(device)),
             tok,
             name or (target.parent.name if is_model else target.name),
             specials["bos_id"],
@@ -365,7 +376,7 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
         )
         engine.chat_stop = specials["stop"]
         return engine
-    engine = Engine.from_run(target, device, name, **kw)  # a run without a chat fine-tune
+    engine = Engine.from_run(target, device, name, weights, **kw)  # a run without chat SFT
     engine.chat_template = run_chat_template(target)
     engine.chat_stop = [DEFAULT_CHAT_STOP] if engine.chat_template in (None, CHAT_TEMPLATE) else []
     return engine
@@ -385,14 +396,18 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 # evaluate
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Assistant-token loss / perplexity on val (95% bootstrap CI over conversations) and greedy
-    answers to val prompts, for the fine-tuned model and for its base before SFT."""
+    answers to val prompts, for `ckpt` (evaluate/checkpoint.py; default: the one it chooses)
+    and for its base before SFT."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.metrics import fmt_ci, perplexity, ratio_ci
     from modelworks.evaluate.report import EvaluateError, md_cell, md_table, training_table
-    from modelworks.lifecycle import model_stage
 
-    stage = model_stage(cfg)
+    ckpt = ckpt or choose_checkpoint(cfg)
+    stage = ckpt.stage_dir.name
     has_test = (Path(run_dir) / "preprocess" / "test.jsonl").is_file()  # a source named one
     split = cfg.evaluate.split or ("test" if has_test else "val")
     if not (Path(run_dir) / "preprocess" / f"{split}.jsonl").is_file():
@@ -400,7 +415,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     convs = load_conversations(run_dir, split)
     if not convs:
         raise EvaluateError(f"{run_dir}/preprocess/{split}.jsonl: no conversations to evaluate on")
-    engine = load_chat_engine(run_dir, cfg.device, cfg.name)
+    engine = load_chat_engine(run_dir, cfg.device, cfg.name, weights=ckpt.folder)
     fmt = ChatFormat(engine.tokenizer, engine.chat_template, engine.eot, engine.eos)
     train_cfg = cfg.finetune if stage == "finetune" else cfg.pretrain
     max_len = min(train_cfg.seq_len, engine.context_len)
@@ -419,7 +434,12 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         )
         base_engine.chat_template, base_engine.chat_stop = engine.chat_template, engine.chat_stop
         results["base"] = _score(base_engine, fmt, examples, convs[:n_gen], e.max_new_tokens)
-    metrics: dict = {"split": split, "conversations": len(convs), "truncated": n_trunc}
+    metrics: dict = {
+        "split": split,
+        "rows": len(convs),
+        "conversations": len(convs),
+        "truncated": n_trunc,
+    }
     for who, r in results.items():
         pre = "" if who == "tuned" else "base_"
         nats, counts = r["nats"], r["counts"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from modelworks.tasks.augment import AugmentedLoader, make_augment
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 prepare = prepare_images
 
@@ -160,14 +164,16 @@ def _setup(cfg, run_dir, device, model, p, rank: int, world: int) -> TrainSetup:
     return TrainSetup(model, ce_loss, loader, validate, p.batch_size // world, "ex", None)
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device
 
     device = resolve_device(cfg.device)
-    from modelworks.lifecycle import model_stage
-
-    stage = model_stage(cfg)
-    model = load_model(run_dir / stage, device).eval()
+    ckpt = ckpt or choose_checkpoint(cfg)
+    model = load_model(ckpt.folder, device).eval()
     from modelworks.evaluate.metrics import classification_cis
 
     split = cfg.evaluate.split or "test"
@@ -188,6 +194,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     majority = int(torch.bincount(train_y).argmax())
     metrics = {
         "split": split,
+        "rows": len(y),
         "examples": len(y),
         "loss": F.cross_entropy(logits, y).item(),
         **m,
@@ -199,7 +206,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         f"{len(y)} images (majority-class baseline {metrics['majority_baseline_accuracy']:.4f})"
     )
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion.png")
-    trained = json.loads((run_dir / stage / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     results = md_table(
         [
             (f"{split} images", str(len(y))),

@@ -7,24 +7,28 @@ split, next to a unigram baseline on the same tokens; sample generations from fi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelworks.artifacts import atomic_write_json, final_model_dir
+from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.metrics import fmt_ci, perplexity, unigram_cross_entropy
 from modelworks.evaluate.report import funnel_section, md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
-from modelworks.preprocess.pack import TokenShards
+from modelworks.preprocess.pack import ShardError, TokenShards
 from modelworks.preprocess.text import prepare_text
 from modelworks.preprocess.tokenizer import load_tokenizer
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype
 from modelworks.train.data import WindowLoader, sequential_batches
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 prepare = prepare_text
 
@@ -116,23 +120,27 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
     return setup, {"base_val_loss": base_val, "base_val_perplexity": perplexity(base_val)}
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
-    """Loss, perplexity and bits-per-byte on `evaluate.split` (default val) with bootstrap CIs over
-    documents, next to a unigram baseline; harness tasks; sample generations; attention maps."""
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Loss, perplexity and bits-per-byte of `ckpt` (evaluate/checkpoint.py; default: the one it
+    chooses) on `evaluate.split` (default test when the run has one, else val) with bootstrap
+    CIs over documents, next to a unigram baseline; harness tasks; sample generations;
+    attention maps."""
     import json
 
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.harness import run_tasks, tasks_section
     from modelworks.evaluate.lm import LMScorer, document_scores
     from modelworks.evaluate.metrics import bits_per_byte, ratio_ci
     from modelworks.evaluate.report import EvaluateError
     from modelworks.serve.engine import Engine
 
-    engine = Engine.from_run(run_dir, cfg.device, cfg.name)
+    ckpt = ckpt or choose_checkpoint(cfg)
+    engine = Engine.from_run(run_dir, cfg.device, cfg.name, weights=ckpt.folder)
     model = engine.model
     data = run_dir / "preprocess" / "tokens"
-    # a test split exists only when a collect source named one; it is then the default
-    has_test = "test" in json.loads((data / "meta.json").read_text())["splits"]
-    split = cfg.evaluate.split or ("test" if has_test else "val")
+    split = cfg.evaluate.split or ("test" if _has_tokens(data, "test") else "val")
     train, held = TokenShards(data, "train"), TokenShards(data, split)
     if len(held) == 0:
         raise EvaluateError(f"{data}: the {split!r} split is empty; nothing to evaluate on")
@@ -157,6 +165,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     base = unigram_cross_entropy(train.tokens(), targets, train.vocab_size)
     metrics = {
         "split": split,
+        "rows": len(nats),
         "documents": len(nats),
         "tokens": int(n_tok.sum()),
         "bytes": int(n_bytes.sum()),
@@ -191,7 +200,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     atomic_write_json(out / "generations.json", generations)
 
     pre = json.loads((run_dir / "preprocess" / "stats.json").read_text())
-    trained = json.loads((final_model_dir(run_dir) / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     if "base_val_loss" in trained:  # a fine-tune: how the base did on this data before it
         metrics["base_val_loss"] = trained["base_val_loss"]
         metrics["base_val_perplexity"] = trained["base_val_perplexity"]
@@ -203,6 +212,13 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         section, images = report_section(model, engine.tokenizer, e.prompts[0], out, engine.eot)
         sections.append(section)
     return metrics, sections, images
+
+
+def _has_tokens(data: Path, split: str) -> bool:
+    try:
+        return len(TokenShards(data, split)) > 0
+    except ShardError:  # the run has no such split
+        return False
 
 
 def _sections(metrics: dict, pre: dict, trained: dict, generations: list[dict]):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,10 @@ from modelworks.models.registry import build_model, model_config_from
 from modelworks.progress import Reporter
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
+
 
 # ---------------------------------------------------------------------------------------------
 # Preprocess
@@ -301,13 +306,17 @@ def compare(
     }
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses) on the test split."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
     device = resolve_device(cfg.device)
-    mdir = model_dir(run_dir)
-    model = load_model(mdir, device).eval()
+    ckpt = ckpt or choose_checkpoint(cfg)
+    model = load_model(ckpt.folder, device).eval()
     seqs, items = load_sequences(run_dir)
     ks = sorted(set(cfg.evaluate.ks))
     n_neg = cfg.evaluate.sampled_negatives
@@ -320,9 +329,9 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     beats = all(ours > r["full"][key] for m, r in results.items() if m != "sasrec")
     metrics = {
         "split": "test",
+        "rows": len(seqs),
         "users": len(seqs),
         "items": len(items),
-        "checkpoint": str(mdir.relative_to(run_dir)),
         "protocols": {
             "full": "target ranked against every item not in the user's history",
             "sampled": f"target ranked against {n_neg} sampled items the user never had",
@@ -336,7 +345,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         f"[evaluate] test {key}: SASRec {ours:.4f}, popularity {pop:.4f}, item-kNN {knn:.4f} "
         f"(full ranking over {len(items)} items, {len(seqs)} users)"
     )
-    trained = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     stats = json.loads((run_dir / "preprocess" / "stats.json").read_text())
     data = md_table(
         [

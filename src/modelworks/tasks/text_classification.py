@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +37,12 @@ from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
 from modelworks.splits import assign, describe, read_given, split_stats
+from modelworks.tasks.text_encoding import _trim, classify_texts, encode, max_tokens, predict
 from modelworks.train.data import DataError, EpochSampler, _Sampled
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 SPLITS = ("train", "val", "test")
 
@@ -150,31 +154,6 @@ def classes_of(run_dir: Path) -> list[str]:
 # tokens and batches
 
 
-def encode(
-    tok: Tokenizer, texts: list[str], max_len: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Token ids and a 1/0 mask (N, L), right-padded to the longest (<= max_len); and how many
-    texts were longer than max_len and were truncated."""
-    tok = Tokenizer.from_str(tok.to_str())  # a copy: leave the caller's settings alone
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_len)
-    encs = tok.encode_batch(texts)
-    n_truncated = sum(1 for e in encs if e.overflowing)
-    width = max((len(e.ids) for e in encs), default=1)
-    ids = torch.zeros(len(encs), width, dtype=torch.long)
-    mask = torch.zeros(len(encs), width, dtype=torch.long)
-    for i, e in enumerate(encs):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-        mask[i, : len(e.ids)] = 1
-    return ids, mask, n_truncated
-
-
-def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the padding columns no row of this batch uses (short sentences train much faster)."""
-    width = max(1, int(mask.sum(1).max()))
-    return ids[:, :width], mask[:, :width]
-
-
 class TextLoader(_Sampled):
     """(ids, mask, label) batches of a shuffled epoch, padding trimmed per batch."""
 
@@ -196,16 +175,6 @@ class TextLoader(_Sampled):
 def ce_loss(model: nn.Module, batch) -> torch.Tensor:
     ids, mask, y = batch
     return F.cross_entropy(model(ids, mask).float(), y)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, ids, mask, device, batch_size: int = 256) -> torch.Tensor:
-    """Logits (N, n_classes), float32 on the CPU."""
-    outs = []
-    for i in range(0, len(ids), batch_size):
-        b_ids, b_mask = _trim(ids[i : i + batch_size], mask[i : i + batch_size])
-        outs.append(model(b_ids.to(device), b_mask.to(device)).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0)
 
 
 def _setup(cfg: Config, run_dir: Path, device, model, tok: Tokenizer, train_cfg, rank, world):
@@ -315,16 +284,19 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     }
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
-    from modelworks.lifecycle import model_stage
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
     device = resolve_device(cfg.device)
-    stage = model_stage(cfg)
-    model_dir = run_dir / stage
+    ckpt = ckpt or choose_checkpoint(cfg)
+    stage, model_dir = ckpt.stage_dir.name, ckpt.folder
     model = load_model(model_dir, device).eval()
-    tok = _tokenizer(tokenizer_path(run_dir, model_dir))
+    tok = _tokenizer(tokenizer_path(run_dir, ckpt.stage_dir))
     classes = classes_of(run_dir)
     if getattr(model.cfg, "n_classes", 0) != len(classes):
         raise DataError(
@@ -348,9 +320,10 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         m["ci_level"] = 0.95
     _, train_y = load_split(run_dir, "train")
     majority = int(torch.bincount(train_y).argmax())
-    trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     metrics = {
         "split": split,
+        "rows": len(y),
         "examples": len(y),
         "loss": F.cross_entropy(logits, y).item(),
         **m,
@@ -501,8 +474,6 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: POST /v1/classify ({"input": text or [texts], "top_k"}) returns
     the top-k labels with probabilities; POST /v1/explain ({"input": text}) the attention maps
     and integrated-gradients token attributions of the predicted class (evaluate/explain.py)."""
-    import yaml
-
     from modelworks.runtime import resolve_device
     from modelworks.serve.app import APIError, check_model, register_model, start_loading
     from modelworks.serve.schema import Explanation, answers
@@ -513,15 +484,12 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 
     def load():
         model_dir = final_model_dir(run_dir)
-        stage = model_dir.name
         dev = resolve_device(device)
         model = load_model(model_dir, dev).eval()
         tok = _tokenizer(tokenizer_path(run_dir, model_dir))
-        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        seq_len = (run_cfg.get(stage) or {}).get("seq_len") or model.cfg.context_len
         classes = classes_of(run_dir)
         state.update(model=model, tok=tok, dev=dev, classes=classes)
-        state["max_len"] = min(int(seq_len), model.cfg.context_len)
+        state["max_len"] = max_tokens(run_dir, model)
         register_model(app, name, task="text_classification", classes=classes)
 
     start_loading(app, "classifier", load)
@@ -539,8 +507,9 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     def classify(req: ClassifyRequest):  # sync: FastAPI runs it in a worker thread
         texts = _texts(req)
         top_k = req.top_k or len(state["classes"])
-        ids, mask, n_trunc = encode(state["tok"], texts, state["max_len"])
-        probs = torch.softmax(predict(state["model"], ids, mask, state["dev"]), dim=-1)
+        probs, _, _, n_trunc = classify_texts(
+            state["model"], state["tok"], texts, state["max_len"], state["dev"]
+        )
         top = torch.topk(probs, min(top_k, len(state["classes"])), dim=-1)
         data = [
             {
@@ -562,5 +531,5 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
         texts = _texts(req)
         if len(texts) != 1:
             raise APIError(400, "input: explain takes one text", "input")
-        result = explain(state["model"], state["tok"], texts[0])
+        result = explain(state["model"], state["tok"], texts[0], max_tokens=state["max_len"])
         return {"object": "explanation", "model": name, **result}

@@ -37,6 +37,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +55,9 @@ from modelworks.splits import assign, read_given, split_stats
 from modelworks.train.data import DataError
 from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 SPLITS = ("train", "val", "test")
 
@@ -307,24 +311,27 @@ def translate(
     return out, n_cut
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.report import EvaluateError
     from modelworks.evaluate.translation_metrics import (
         DictionaryBaseline,
         bleu_tokenize,
         corpus_scores,
     )
-    from modelworks.lifecycle import model_stage
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
     e = cfg.evaluate
     device = resolve_device(cfg.device)
-    stage = model_stage(cfg)
-    model_dir = run_dir / stage
-    model = load_model(model_dir, device).eval()
+    ckpt = ckpt or choose_checkpoint(cfg)
+    stage, model_dir = ckpt.stage_dir.name, ckpt.stage_dir
+    model = load_model(ckpt.folder, device).eval()
     if not hasattr(model, "new_cache"):
-        raise EvaluateError(f"{model_dir}: a {type(model).__name__} cannot generate text")
+        raise EvaluateError(f"{ckpt.folder}: a {type(model).__name__} cannot generate text")
     tok = _tokenizer(tokenizer_path(run_dir, model_dir))
     eot = eot_id(tok, model_dir)
     template = prompt_template(run_dir)
@@ -373,6 +380,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
     metrics = {
         "split": split,
+        "rows": len(sources),
         "examples": len(sources),
         "bleu_tokenize": tokenize,
         "beam_size": e.beam_size,
