@@ -105,7 +105,13 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
             _hf(src, where, src.label_field, bad)
             if src.dataset
             else tables.read_tables(
-                src.paths, src.text_field, src.label_field, src.columns, where, q, bad,
+                src.paths,
+                src.text_field,
+                src.label_field,
+                src.columns,
+                where,
+                q,
+                bad,
                 src.split_field,
             )
         ),
@@ -121,7 +127,14 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
             bad,
         ),  # fmt: skip
         "parallel": lambda: parallel.read_parallel(
-            src.paths, src.source_field, src.target_field, src.columns, where, src.dataset, q, bad,
+            src.paths,
+            src.source_field,
+            src.target_field,
+            src.columns,
+            where,
+            src.dataset,
+            q,
+            bad,
             src.split_field,
         ),
         "stdlib_calls": lambda: interactions.stdlib_calls(),
