@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             done = f"done: report at {cfg.run_dir / 'evaluate' / 'report.html'}"
             from modelworks.tasks import get_task
 
-            if cfg.task == "language_modeling" or hasattr(get_task(cfg.task), "serve_routes"):
+            if get_task(cfg.task).can_serve:
                 done += f"; serve with `modelworks serve {cfg.run_dir}`"
             if cfg.task == "chat":
                 done += f"; talk to it with `modelworks chat {cfg.run_dir}`"

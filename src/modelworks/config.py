@@ -524,14 +524,13 @@ class Config(_Section):
     seed: int = Field(1337, description="seed for every random choice")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
-    task: Literal[
+    task: str = Field(
         "language_modeling",
-        "image_classification",
-        "text_classification",
-        "recommendation",
-        "translation",
-        "chat",
-    ] = Field("language_modeling", description="what the model learns (see tasks/)")
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="what the model learns: a registered task (language_modeling, "
+        "image_classification, text_classification, recommendation, translation, chat) or the "
+        "import path of a module defining TASK (tasks/base.py)",
+    )
     collect: CollectConfig = Field(default_factory=CollectConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

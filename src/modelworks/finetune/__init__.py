@@ -88,7 +88,7 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
         raise ConfigError("the config has no finetune: section (set at least finetune.from)")
     ft = cfg.finetune
     task = get_task(cfg.task)
-    if not hasattr(task, "setup_finetune"):
+    if not task.can_finetune:
         raise ConfigError(f"task {cfg.task!r} cannot be fine-tuned yet (no setup_finetune)")
     if ft.dp and ft.grad_accum != 1:
         raise ConfigError("finetune.dp=true needs finetune.grad_accum=1")
@@ -144,7 +144,7 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
             _merge_best(writer.dir / "best", model)
             merge_lora(model)
         _save_with_tokenizer(writer.dir, model, base)
-        if hasattr(task, "save_finetuned"):  # files that go with the weights (chat template...)
+        if task.save_finetuned is not None:  # files that go with the weights (chat template...)
             task.save_finetuned(cfg, writer.dir, base)
         summary.update(
             {

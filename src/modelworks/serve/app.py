@@ -73,6 +73,7 @@ def create_app(cfg: ServeConfig | None = None, name: str = "model") -> FastAPI:
     cfg = cfg or ServeConfig()
     app = FastAPI(title="modelworks", version="0.1.0")
     app.state.cfg = cfg
+    app.state.name = name  # the served model's name unless serve.model_name says otherwise
     app.state.metrics = Metrics(cfg.model_name or name)
     app.state.models = {}  # served model name -> /v1/models entry
     app.state.loading = set()  # what is still loading (health is 503 until empty)
@@ -176,31 +177,66 @@ def check_model(app: FastAPI, requested: str | None) -> None:
         )
 
 
+def serve_model(
+    app: FastAPI,
+    what: str,
+    load: Callable[[], dict],
+    name: str | Callable[[dict], str] | None = None,
+    info: Callable[[dict], dict] | None = None,
+) -> Callable[[str | None], dict]:
+    """The one way a task serves a model: `load()` runs in the background (/health is 503 until
+    it returns) and returns the task's state (model, tokenizer, labels...); the model is listed
+    in /v1/models as `name` (or `name(state)`; default: serve.model_name or the run's name)
+    with `info(state)`.
+    Returns `ready(requested_model) -> state` (with `name`) for the endpoints: an OpenAI-shaped
+    503 while the model loads, 404 when the request names another model. Requests and
+    responses are pydantic models on the route (FastAPI turns a bad field into a 400 naming it)."""
+    state: dict = {}
+    name = name or app.state.cfg.model_name or app.state.name
+
+    def run() -> None:
+        loaded = load()
+        served = name(loaded) if callable(name) else name
+        register_model(app, served, **(info(loaded) if info else {}))
+        state.update(loaded, name=served)
+
+    start_loading(app, what, run)
+
+    def ready(requested: str | None = None) -> dict:
+        if not state:
+            raise APIError(503, "the model is still loading; retry when /health is 200")
+        check_model(app, requested)
+        return state
+
+    return ready
+
+
 # ------------------------------------------------------------------------------ language model
 
 
-def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
-    """The OpenAI endpoints over the Engine that `load()` returns (called in the background)."""
+def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> Callable[[str | None], dict]:
+    """The OpenAI endpoints over the Engine that `load()` returns (called in the background);
+    returns `serve_model`'s `ready` (state: `engine`), for a task's own endpoints on it."""
     cfg: ServeConfig = app.state.cfg
-    state = {"engine": None}
 
-    def _load():
+    def _load() -> dict:
         engine = load()
         engine.metrics = app.state.metrics
         if cfg.model_name:
             engine.name = cfg.model_name
         app.state.metrics.labels = f'model_name="{engine.name}"'
-        register_model(app, engine.name, max_model_len=engine.context_len)
-        state["engine"] = engine
+        return {"engine": engine}
 
-    start_loading(app, "model", _load)
+    ready = serve_model(
+        app,
+        "model",
+        _load,
+        name=lambda st: st["engine"].name,
+        info=lambda st: {"max_model_len": st["engine"].context_len},
+    )
 
     def engine_for(model: str | None) -> Engine:
-        engine = state["engine"]
-        if engine is None:
-            raise APIError(503, "the model is still loading; retry when /health is 200")
-        check_model(app, model)
-        return engine
+        return ready(model)["engine"]
 
     @app.post("/v1/completions", responses=docs.answers(docs.Completion, docs.CompletionChunk))
     async def completions(req: CompletionRequest, request: Request):
@@ -328,6 +364,8 @@ def add_lm_routes(app: FastAPI, load: Callable[[], Engine]) -> None:
                 explainer["model"] = copy.deepcopy(engine.model).eval()
         result = explain(explainer["model"], engine.tokenizer, text, start_id=engine.eot)
         return {"object": "explanation", "model": engine.name, **result}
+
+    return ready
 
 
 def _params(req, max_tokens: int, j: int, stop: list[str]) -> SamplingParams:

@@ -46,6 +46,7 @@ from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.splits import assign, read_given, split_stats
+from modelworks.tasks.base import Task
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
     IGNORE,
@@ -512,3 +513,14 @@ def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dic
         "exact_match": hits / max(len(answers), 1),
         "answers": answers,
     }
+
+
+TASK = Task(
+    name="chat",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    save_finetuned=save_finetuned,
+    serve_routes=serve_routes,
+)

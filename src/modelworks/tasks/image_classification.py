@@ -26,6 +26,7 @@ from modelworks.models.registry import build_model, fill_from_data, model_config
 from modelworks.preprocess.images import prepare_images
 from modelworks.progress import Reporter
 from modelworks.tasks.augment import AugmentedLoader, make_augment
+from modelworks.tasks.base import Task
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -326,3 +327,13 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     from modelworks.serve.images import add_routes
 
     add_routes(app, run_dir, cfg, device)
+
+
+TASK = Task(
+    name="image_classification",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)

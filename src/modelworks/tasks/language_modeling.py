@@ -24,6 +24,7 @@ from modelworks.preprocess.text import prepare_text
 from modelworks.preprocess.tokenizer import load_tokenizer
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype
+from modelworks.tasks.base import Task
 from modelworks.train.data import WindowLoader, sequential_batches
 from modelworks.train.trainer import TrainSetup
 
@@ -254,3 +255,28 @@ def _sections(metrics: dict, pre: dict, trained: dict, generations: list[dict]):
         ("Training", training_table(trained)),
         ("Sample generations", samples),
     ]
+
+
+def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
+    """The OpenAI endpoints (completions, chat, embeddings, tokenize...) for the run's model,
+    with the chat template stored with it."""
+    from modelworks.chat_template import run_chat_template
+    from modelworks.serve.app import add_lm_routes
+    from modelworks.serve.engine import Engine, engine_options
+
+    def load():
+        engine = Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))
+        engine.chat_template = run_chat_template(run_dir)
+        return engine
+
+    add_lm_routes(app, load)
+
+
+TASK = Task(
+    name="language_modeling",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)

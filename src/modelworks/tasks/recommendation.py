@@ -41,6 +41,7 @@ from modelworks.evaluate import ranking
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.progress import Reporter
+from modelworks.tasks.base import Task
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
 
@@ -467,23 +468,28 @@ def serve_routes(app, run_dir: Path, cfg, device: str = "auto") -> None:
     from fastapi.concurrency import run_in_threadpool
 
     from modelworks.runtime import resolve_device
-    from modelworks.serve.app import APIError, check_model, register_model, start_loading
+    from modelworks.serve.app import serve_model
 
     name = cfg.model_name or Path(run_dir).name
-    state: dict[str, Recommender] = {}
-
-    def load() -> None:
-        state["rec"] = load_recommender(run_dir, resolve_device(device))
-        register_model(app, name, task="recommendation", items=len(state["rec"].items))
-
-    start_loading(app, name, load)
+    ready = serve_model(
+        app,
+        name,
+        lambda: {"rec": load_recommender(run_dir, resolve_device(device))},
+        name,
+        info=lambda st: {"task": "recommendation", "items": len(st["rec"].items)},
+    )
 
     @app.post("/v1/recommend")
     async def recommend_route(req: RecommendRequest):
-        if "rec" not in state:
-            raise APIError(503, "the model is still loading; retry shortly")
-        check_model(app, req.model)
-        result = await run_in_threadpool(
-            recommend, state["rec"], req.items, req.k, req.exclude_seen
-        )
+        rec = ready(req.model)["rec"]
+        result = await run_in_threadpool(recommend, rec, req.items, req.k, req.exclude_seen)
         return {"object": "recommendation", "model": name, **result}
+
+
+TASK = Task(
+    name="recommendation",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    serve_routes=serve_routes,
+)

@@ -37,6 +37,7 @@ from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
 from modelworks.splits import assign, describe, read_given, split_stats
+from modelworks.tasks.base import Task
 from modelworks.tasks.text_encoding import _trim, classify_texts, encode, max_tokens, predict
 from modelworks.train.data import DataError, EpochSampler, _Sampled
 from modelworks.train.trainer import TrainSetup
@@ -475,37 +476,36 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     the top-k labels with probabilities; POST /v1/explain ({"input": text}) the attention maps
     and integrated-gradients token attributions of the predicted class (evaluate/explain.py)."""
     from modelworks.runtime import resolve_device
-    from modelworks.serve.app import APIError, check_model, register_model, start_loading
+    from modelworks.serve.app import APIError, serve_model
     from modelworks.serve.schema import Explanation, answers
     from modelworks.train.checkpoint import load_model
 
-    state: dict = {}
-    name = cfg.model_name or Path(run_dir).name
-
-    def load():
+    def load() -> dict:
         model_dir = final_model_dir(run_dir)
         dev = resolve_device(device)
         model = load_model(model_dir, dev).eval()
         tok = _tokenizer(tokenizer_path(run_dir, model_dir))
         classes = classes_of(run_dir)
-        state.update(model=model, tok=tok, dev=dev, classes=classes)
-        state["max_len"] = max_tokens(run_dir, model)
-        register_model(app, name, task="text_classification", classes=classes)
+        max_len = max_tokens(run_dir, model)
+        return {"model": model, "tok": tok, "dev": dev, "classes": classes, "max_len": max_len}
 
-    start_loading(app, "classifier", load)
+    ready = serve_model(
+        app,
+        "classifier",
+        load,
+        info=lambda st: {"task": "text_classification", "classes": st["classes"]},
+    )
 
-    def _texts(req: ClassifyRequest) -> list[str]:
-        if "model" not in state:
-            raise APIError(503, "the model is still loading; retry when /health is 200")
-        check_model(app, req.model)
+    def _texts(req: ClassifyRequest) -> tuple[dict, list[str]]:
+        state = ready(req.model)
         texts = [req.input] if isinstance(req.input, str) else req.input
         if not texts or not all(t.strip() for t in texts):
             raise APIError(400, "input: a non-empty string or list of non-empty strings", "input")
-        return texts
+        return state, texts
 
     @app.post("/v1/classify", responses=answers(Classification))
     def classify(req: ClassifyRequest):  # sync: FastAPI runs it in a worker thread
-        texts = _texts(req)
+        state, texts = _texts(req)
         top_k = req.top_k or len(state["classes"])
         probs, _, _, n_trunc = classify_texts(
             state["model"], state["tok"], texts, state["max_len"], state["dev"]
@@ -522,14 +522,24 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
             }
             for i in range(len(texts))
         ]
-        return {"object": "list", "model": name, "data": data, "truncated": n_trunc}
+        return {"object": "list", "model": state["name"], "data": data, "truncated": n_trunc}
 
     @app.post("/v1/explain", responses=answers(Explanation))
     def explain_text(req: ClassifyRequest):
         from modelworks.evaluate.explain import explain
 
-        texts = _texts(req)
+        state, texts = _texts(req)
         if len(texts) != 1:
             raise APIError(400, "input: explain takes one text", "input")
         result = explain(state["model"], state["tok"], texts[0], max_tokens=state["max_len"])
-        return {"object": "explanation", "model": name, **result}
+        return {"object": "explanation", "model": state["name"], **result}
+
+
+TASK = Task(
+    name="text_classification",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)

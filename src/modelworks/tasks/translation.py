@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -52,6 +53,7 @@ from modelworks.evaluate.report import md_cell, md_table, training_table
 from modelworks.preprocess.tokenizer import eot_id
 from modelworks.progress import Reporter
 from modelworks.splits import assign, read_given, split_stats
+from modelworks.tasks.base import Task
 from modelworks.train.data import DataError
 from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
 from modelworks.train.trainer import TrainSetup
@@ -461,42 +463,35 @@ def _sections(m, results, hyps, sources, refs, trained, stage):
 # serve
 
 
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    input: str | list[str] = Field(..., description="a text, or a list of texts")
+    beam_size: int = Field(1, ge=1, le=16, description="1: greedy; more: beam search")
+    max_tokens: int | None = Field(None, ge=1, description="default: min(64, context / 2)")
+    model: str | None = Field(None, description="served model name (optional)")
+
+
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI completion endpoints over the run's decoder, and
     POST /v1/translate ({"input": text or [texts], "beam_size": 1, "max_tokens": 64}) which
     formats each text with the run's prompt template and returns its translation."""
-    from modelworks.serve.app import APIError, add_lm_routes, check_model
+    from modelworks.serve.app import APIError, add_lm_routes
     from modelworks.serve.engine import Engine, engine_options
 
-    state: dict = {}
     run_dir = Path(run_dir)
-
-    def load() -> Engine:
-        engine = Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))
-        state.update(engine=engine, template=prompt_template(run_dir))
-        return engine
-
-    add_lm_routes(app, load)
+    template = prompt_template(run_dir)
+    ready = add_lm_routes(
+        app, lambda: Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))
+    )
 
     @app.post("/v1/translate")
-    def translate_route(body: dict):  # sync: FastAPI runs it in a worker thread
-        if "engine" not in state:
-            raise APIError(503, "the model is still loading; retry when /health is 200")
-        if not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object", None)
-        check_model(app, body.get("model"))
-        texts = body.get("input")
-        texts = [texts] if isinstance(texts, str) else texts
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+    def translate_route(req: TranslateRequest):  # sync: FastAPI runs it in a worker thread
+        engine = ready(req.model)["engine"]
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or not all(t.strip() for t in texts):
             raise APIError(400, "input: a non-empty string or list of non-empty strings", "input")
-        engine = state["engine"]
-        beam = body.get("beam_size", 1)
-        max_tokens = body.get("max_tokens", min(64, engine.context_len // 2))
-        for key, value, top in (("beam_size", beam, 16), ("max_tokens", max_tokens, None)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise APIError(400, f"{key}: must be a positive integer (got {value!r})", key)
-            if top and value > top:
-                raise APIError(400, f"{key}: at most {top} (got {value})", key)
+        beam = req.beam_size
+        max_tokens = req.max_tokens or min(64, engine.context_len // 2)
         if max_tokens >= engine.context_len - 1:
             raise APIError(
                 400, f"max_tokens: must be below the context of {engine.context_len}", "max_tokens"
@@ -504,7 +499,17 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
         with engine._lock:  # one forward pass at a time on the model
             out, n_cut = translate(
                 engine.model, engine.tokenizer, engine.eot, [t.strip() for t in texts],
-                state["template"], max_tokens, beam,
+                template, max_tokens, beam,
             )  # fmt: skip
         data = [{"index": i, "translation": t} for i, t in enumerate(out)]
         return {"object": "list", "model": engine.name, "data": data, "truncated": n_cut}
+
+
+TASK = Task(
+    name="translation",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)
