@@ -215,3 +215,15 @@ def test_compare_takes_run_names(image_run, monkeypatch, capsys):
     assert main(["compare", cfg.name, cfg.name]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and cfg.name in out
+
+
+def test_checkpoint_and_evaluate_options_apply_to_data(image_run, capsys):
+    cfg, data = image_run
+    t10k = [str(data / "t10k-images-idx3-ubyte.gz"), str(data / "t10k-labels-idx1-ubyte.gz")]
+    args = ["evaluate", str(cfg.run_dir), "--data", *t10k, "--data-name", "final"]
+    assert main([*args, "--checkpoint", "final", "evaluate.bootstrap=0"]) == 0
+    got = json.loads((cfg.run_dir / "evaluate_data" / "final" / "metrics.json").read_text())
+    assert got["checkpoint"]["name"] == "final" and "accuracy_ci" not in got
+    assert main([*args, "--checkpoint", "step_9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --checkpoint 'step_9': ") and "\n" not in err

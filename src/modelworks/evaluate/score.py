@@ -111,6 +111,14 @@ def score_data(
             f"evaluate --data: task {run.task!r} is not supported yet; "
             f"supported: {', '.join(KIND_OF_TASK)}"
         )
+    cfg = run.model_copy(deep=True)
+    for k, v in (overrides or {}).items():
+        try:
+            setattr(cfg.evaluate, k, v)
+        except (ValueError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
+            first = str(e).splitlines()[-1].strip() if str(e) else type(e).__name__
+            raise ConfigError(f"evaluate.{k}={v!r}: {first}") from None
+    ckpt = choose_checkpoint(cfg)  # in the run itself (its paths are the ones reported); first
     name = name or default_name(src)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise ConfigError(f"--data-name {name!r}: use letters, digits, '-', '_' and '.'")
@@ -138,10 +146,6 @@ def score_data(
         stage = model_stage(run)
         os.symlink((run_dir / stage).resolve(), shadow / stage, target_is_directory=True)
         unknown = _prepare(run, run_dir, shadow, src)
-        cfg = run.model_copy(deep=True)
-        for k, v in (overrides or {}).items():
-            setattr(cfg.evaluate, k, v)
-        ckpt = choose_checkpoint(cfg)  # in the run itself: its paths are the ones reported
         cfg.runs_dir, cfg.evaluate.split = str(work), "test"
         setup(run.threads, run.seed)
         task = get_task(run.task)
