@@ -61,6 +61,16 @@ def test_mlflow_params_metrics_per_step_and_artifacts(tmp_path):
     scored = client.get_metric_history(state["run_id"], "evaluate_data.t10k/accuracy")
     assert [m.value for m in scored] == [evaluate["accuracy"]]
     assert checksums(cfg.run_dir) == before
+    # a later command with a changed knob: MLflow params are write-once, the change is a tag
+    cfg.evaluate.bootstrap = 100
+    from modelworks.evaluate import evaluate as evaluate_stage
+
+    evaluate_stage(cfg)
+    got = client.get_run(state["run_id"]).data
+    assert (
+        got.params["evaluate.bootstrap"] == "200"
+        and got.tags["changed.evaluate.bootstrap"] == "100"
+    )
 
 
 @pytest.mark.slow

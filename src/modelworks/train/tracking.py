@@ -105,9 +105,15 @@ class MLflowTracker(Tracker):
         from mlflow.entities import Param
 
         have = self.client.get_run(self.run_id).data.params
-        new = [Param(k[:250], v[:6000]) for k, v in params.items() if k[:250] not in have]
+        params = {k[:250]: v[:6000] for k, v in params.items()}
+        new = [Param(k, v) for k, v in params.items() if k not in have]
         for i in range(0, len(new), 100):
             self.client.log_batch(self.run_id, params=new[i : i + 100])
+        # MLflow params are write-once: a key a later command changed (evaluate.split, a
+        # re-run's pretrain.lr) is kept as a tag holding its latest value
+        for k, v in params.items():
+            if k in have and have[k] != v:
+                self.client.set_tag(self.run_id, f"changed.{k}"[:250], v)
 
     def log_metrics(self, record: dict, stage: str) -> None:
         from mlflow.entities import Metric
