@@ -94,7 +94,7 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
                 drawn = is_validation(doc["id"], val_f, cfg.seed)
                 doc["split"] = "val" if drawn else "train"
                 origin[doc["split"]][
-                    f"random draw (val_fraction={val_f})" if drawn else "train side"
+                    f"random draw (val_fraction={val_f})" if drawn else "records named train or unassigned"
                 ] += 1
             split_docs[doc["split"]] += 1
             batch.append(doc)
