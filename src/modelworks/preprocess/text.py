@@ -93,9 +93,8 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
             else:
                 drawn = is_validation(doc["id"], val_f, cfg.seed)
                 doc["split"] = "val" if drawn else "train"
-                origin[doc["split"]][
-                    f"random draw (val_fraction={val_f})" if drawn else "records named train or unassigned"
-                ] += 1
+                how = f"random draw (val_fraction={val_f})" if drawn else "unassigned records"
+                origin[doc["split"]][how] += 1
             split_docs[doc["split"]] += 1
             batch.append(doc)
             if len(batch) == 1024:
