@@ -94,6 +94,8 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
                 drawn = is_validation(doc["id"], val_f, cfg.seed)
                 doc["split"] = "val" if drawn else "train"
                 how = f"random draw (val_fraction={val_f})" if drawn else "unassigned records"
+                if not drawn and given == "train":
+                    how = f"{doc['source']} (split: train)"
                 origin[doc["split"]][how] += 1
             split_docs[doc["split"]] += 1
             batch.append(doc)
