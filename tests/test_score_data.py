@@ -130,6 +130,10 @@ def test_language_model_scored_on_its_own_test_file(tmp_path):
     before = checksums(cfg.run_dir)
     own = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
     assert own["split"] == "test"
+    stats = json.loads((cfg.run_dir / "preprocess" / "stats.json").read_text())
+    assert stats["splits"]["test"] == {"rows": 3, "from": {f"{held / n}.txt (split: test)": 1
+                                       for n in ("bisect", "heapq", "textwrap")}}  # fmt: skip
+    assert stats["test_overlap"]["test_rows"] == 3
     src = data_source(load_run(cfg.run_dir), [str(held / "*.txt")])
     out = score_data(cfg.run_dir, src, name="held")
     got = json.loads((out / "metrics.json").read_text())
