@@ -131,7 +131,7 @@ def test_collect_mixes_sources_and_reports_problems(tmp_path):
     ])  # fmt: skip
     manifest = collect(cfg)
     table = pq.read_table(cfg.run_dir / "collect" / "documents.parquet")
-    assert table.column_names == ["id", "text", "source", "url", "metadata"]
+    assert table.column_names == ["id", "text", "source", "url", "metadata", "split"]
     rows = table.to_pylist()
     assert {r["url"] for r in rows} >= {"https://ex.org/1", "https://ex.org/w"}
     assert sum(r["source"] == "pydoc_data.topics" for r in rows) == 3

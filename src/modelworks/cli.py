@@ -8,6 +8,8 @@
     modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
     modelworks compare RUN_DIR RUN_DIR [...] [--out DIR]
+    modelworks runs [RUNS_DIR]
+    modelworks evaluate RUN_DIR --data SOURCE... [--data-name NAME]
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
 """
@@ -39,6 +41,7 @@ STAGE_HELP = {
     "export": "write a run's model as a Hugging Face folder, safetensors, ONNX or int8 ONNX",
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
+    "runs": "list runs: name, task, stages done, key metric, size",
 }
 # which config sections each command lists in its --help (all keys are accepted by all: see
 # _flags_as_overrides)
@@ -54,6 +57,7 @@ STAGE_SECTIONS = {
     "export": (),
     "plan": ("model", "pretrain", "parallel"),
     "compare": (),
+    "runs": (),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
 
@@ -132,8 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
             continue
+        elif name == "runs":
+            p.add_argument("runs_dir", nargs="?", default="runs", help="default: runs")
+            continue
         elif name == "compare":
-            p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+            p.add_argument(
+                "runs", nargs="+", metavar="RUN", help="run folders (or names under runs/)"
+            )
             p.add_argument(
                 "--out", metavar="DIR", help="also write compare.md, compare.json, loss_curves.png"
             )
@@ -180,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
             from modelworks import plan
 
             plan.add_arguments(p)
+        if name == "evaluate":
+            p.add_argument(
+                "--data",
+                nargs="+",
+                metavar="SOURCE",
+                help="score the run (RUN folder or CONFIG) on new data: paths read as the run's "
+                "first collect source, or one {type: ..., paths: [...]} source; writes "
+                "<run>/evaluate_data/<name>/",
+            )
+            p.add_argument(
+                "--data-name", help="--data: the output folder's name (default: the file's stem)"
+            )
         if name == "run":
             p.add_argument(
                 "--force",
@@ -231,6 +252,30 @@ def _serve(ns: argparse.Namespace) -> None:
         apply_override(data, *parse_override(text))
     cfg = validate_config(data, source=str(stored) if data else "overrides")
     serve(run_dir, cfg.serve, cfg.device, cfg.task, cfg.threads)
+
+
+def _score(ns: argparse.Namespace, data_source, load_run, score_data) -> int:
+    """`evaluate RUN --data SOURCE...`: RUN is a run folder, or configs naming one."""
+    from modelworks.progress import TqdmReporter
+
+    first = ns.args[0] if ns.args else None
+    run_dir = Path(first) if first and Path(first).is_dir() else _load(ns).run_dir
+    src = data_source(load_run(run_dir), ns.data)
+    # evaluate.* options (--checkpoint, evaluate.bootstrap=0 ...) apply to the scoring
+    from modelworks.config import parse_override
+
+    chosen = {}
+    for text in _split_args(ns)[1]:
+        keys, value = parse_override(text)
+        if keys[0] == "evaluate" and len(keys) == 2:
+            chosen[keys[1]] = value
+    reporter = TqdmReporter()
+    try:
+        out = score_data(run_dir, src, ns.data_name, reporter, chosen)
+    finally:
+        reporter.close()
+    print(f"done: {out / 'metrics.json'}, report at {out / 'report.html'}")
+    return 0
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -294,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "compare":
             from modelworks.evaluate.compare import run_cli
 
-            print(run_cli(ns.runs, ns.out))
+            runs = [r if Path(r).is_dir() or "/" in r else str(Path("runs") / r) for r in ns.runs]
+            print(run_cli(runs, ns.out))
+            return 0
+        if ns.command == "runs":
+            from modelworks.evaluate.runs import format_runs, list_runs
+
+            print(format_runs(list_runs(ns.runs_dir), ns.runs_dir))
             return 0
         if ns.command == "export":
             from modelworks.export import export
@@ -305,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             from modelworks import plan
 
             return plan.run_cli(ns, cfg=_load(ns))
+        if ns.command == "evaluate" and ns.data:
+            from modelworks.evaluate.score import data_source, load_run, score_data
+
+            return _score(ns, data_source, load_run, score_data)
         from modelworks.pipeline import run, stage_functions
         from modelworks.progress import TqdmReporter
 

@@ -139,7 +139,17 @@ class SourceConfig(_Section):
         "parallel: numbers = built-in digits -> English words pairs (no files)",
     )
     subset: str | None = Field(None, description="hf: dataset configuration name")
-    split: str = Field("train", description="hf: split to read")
+    split: str | None = Field(
+        None,
+        description="the split all this source's records go to: train, val or test (unset: "
+        "drawn at random, see preprocess.val_fraction); hf: the dataset split to read (default "
+        "train), its records keep its name (validation = val)",
+    )
+    split_field: str = Field(
+        "",
+        description="table, image_table, parallel, chat, files (csv/jsonl/parquet): the column "
+        "naming each record's split (train, val, test); empty rows are drawn at random",
+    )
     streaming: bool = Field(True, description="hf: stream records instead of downloading first")
     limit: int | None = Field(
         None, ge=1, description="stop after this many documents from this source"
@@ -454,6 +464,11 @@ class EvaluateConfig(_Section):
     ig_steps: int = Field(
         16, ge=2, description="text classification: integrated-gradients steps per sample"
     )
+    data: list[SourceConfig] = Field(
+        default_factory=list,
+        description="new data to score the trained run on, as collect sources; each writes "
+        "<run>/evaluate_data/<name>/ (see evaluate/score.py and `evaluate RUN --data`)",
+    )
 
 
 class ServeConfig(_Section):
@@ -492,6 +507,17 @@ class ServeConfig(_Section):
     )
 
 
+class TrackingConfig(_Section):
+    uri: str = Field(
+        "",
+        description="mlflow: tracking URI (sqlite:///..., http://host:5000, file:...); empty: "
+        "sqlite:///<runs_dir>/mlflow.db, artifacts in <runs_dir>/mlartifacts",
+    )
+    experiment: str = Field(
+        "modelworks", description="mlflow experiment / wandb project the runs go to"
+    )
+
+
 class Config(_Section):
     name: str = Field("quickstart", description="run name: artifacts go to <runs_dir>/<name>")
     runs_dir: str = Field("runs", description="folder holding all runs")
@@ -515,6 +541,12 @@ class Config(_Section):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    track: Literal["none", "mlflow", "wandb"] = Field(
+        "none",
+        description="also log params, metrics per step, manifests, reports and the model to "
+        "mlflow or wandb (offline); see train/tracking.py",
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
     @classmethod

@@ -30,6 +30,7 @@ from modelworks.collect import (
     sources,
     tables,
 )
+from modelworks.collect.splits import split_counts, with_splits
 from modelworks.config import Config
 from modelworks.errors import CollectError
 from modelworks.progress import Reporter
@@ -41,23 +42,42 @@ TEXT_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("url", pa.string()),
         ("metadata", pa.string()),
+        ("split", pa.string()),
     ]
 )  # fmt: skip  (url: the page or file; metadata: JSON of the record's other fields)
 IMAGE_SCHEMA = pa.schema(
-    [("id", pa.string()), ("image", pa.binary()), ("label", pa.string()), ("source", pa.string())]
-)
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("label", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+    ]
+)  # fmt: skip  (split: train/val/test as the source named it, else empty; see splits.py)
 IMAGE_TYPES = {"sklearn_digits", "image_folder", "idx", "image_table", "npz"}
 TABLE_SCHEMA = pa.schema(
-    [("id", pa.string()), ("text", pa.string()), ("label", pa.string()), ("source", pa.string())]
-)
+    [("id", pa.string()), ("text", pa.string()), ("label", pa.string()), ("source", pa.string()),
+     ("split", pa.string())]
+)  # fmt: skip
 PARALLEL_SCHEMA = pa.schema(
-    [("id", pa.string()), ("text", pa.string()), ("target", pa.string()), ("source", pa.string())]
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("target", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+    ]
 )  # fmt: skip  (text: the sentence to translate; target: its translation)
 INTERACTION_TYPES = {"interactions", "stdlib_calls", "stdlib_imports"}
 CHAT_TYPES = {"chat", "synthetic_chat"}
 CHAT_SCHEMA = pa.schema(
-    [("id", pa.string()), ("messages", pa.string()), ("source", pa.string())]
-)  # messages: the conversation as JSON, [{"role", "content"}, ...] (collect/chat.py)
+    [
+        ("id", pa.string()),
+        ("messages", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+    ]
+)  # fmt: skip  messages: the conversation as JSON, [{"role", "content"}, ...] (collect/chat.py)
 INTERACTION_SCHEMA = pa.schema(
     [("user", pa.string()), ("item", pa.string()), ("timestamp", pa.float64()),
      ("rating", pa.float64()), ("source", pa.string())]
@@ -78,14 +98,21 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
         "image_folder": lambda: sources.image_folder(src.paths, where),
         "idx": lambda: sources.idx_files(src.paths, where),
         "image_table": lambda: image_sources.image_table(
-            src.paths, src.path_field, src.label_field, where, q, bad
+            src.paths, src.path_field, src.label_field, where, q, bad, src.split_field
         ),
         "npz": lambda: image_sources.npz_arrays(src.paths, src.array_keys, where),
         "table": lambda: (
             _hf(src, where, src.label_field, bad)
             if src.dataset
             else tables.read_tables(
-                src.paths, src.text_field, src.label_field, src.columns, where, q, bad
+                src.paths,
+                src.text_field,
+                src.label_field,
+                src.columns,
+                where,
+                q,
+                bad,
+                src.split_field,
             )
         ),
         "interactions": lambda: interactions.read_interactions(
@@ -100,14 +127,23 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
             bad,
         ),  # fmt: skip
         "parallel": lambda: parallel.read_parallel(
-            src.paths, src.source_field, src.target_field, src.columns, where, src.dataset, q, bad
+            src.paths,
+            src.source_field,
+            src.target_field,
+            src.columns,
+            where,
+            src.dataset,
+            q,
+            bad,
+            src.split_field,
         ),
         "stdlib_calls": lambda: interactions.stdlib_calls(),
         "stdlib_imports": lambda: interactions.stdlib_imports(),
-        "chat": lambda: chat.read_chats(src.paths, where),
+        "chat": lambda: chat.read_chats(src.paths, where, src.split_field),
         "synthetic_chat": lambda: chat.synthetic_chats(src.limit),
     }[src.type]()
-    return itertools.islice(docs, src.limit) if src.limit else docs
+    docs = itertools.islice(docs, src.limit) if src.limit else docs
+    return with_splits(docs, src, where, INTERACTION_TYPES)
 
 
 def _crawl(src, where: str, problems: list[str], run_dir):
@@ -135,7 +171,14 @@ def _hf(src, where: str, label_field: str | None = None, bad: rows.BadRows | Non
     if not src.dataset:
         raise ValueError(f"{where}.dataset: empty; give a dataset folder, data file or Hub name")
     return read_hf(
-        src.dataset, src.split, src.text_field, src.streaming, src.subset, where, label_field, bad
+        src.dataset,
+        src.split or "train",
+        src.text_field,
+        src.streaming,
+        src.subset,
+        where,
+        label_field,
+        bad,
     )
 
 
@@ -212,6 +255,8 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         writer.discard()
         raise
     writer.summary = {name: total, "per_source": counts}
+    if kind != "interactions":
+        writer.summary["splits"] = split_counts(writer.dir / f"{name}.parquet")
     if any(problems.values()):  # the first 50 per source; the count is exact
         writer.summary["problems"] = {
             w: {"count": len(p), "first": p[:50]} for w, p in problems.items() if p

@@ -63,7 +63,7 @@ def _table_rows(
 
 
 def _check_columns(table: Path, names: list[str], needed: list[str], where: str) -> None:
-    fields = {needed[0]: "path_field", needed[1]: "label_field"}
+    fields = dict(zip(needed, ("path_field", "label_field", "split_field"), strict=False))
     for col in needed:
         if col not in names:
             raise missing_column(table, col, f"{where}.{fields[col]}", names)
@@ -76,6 +76,7 @@ def image_table(
     where: str,
     quoting: str = "auto",
     bad: BadRows | None = None,
+    split_field: str = "",
 ) -> Iterator[dict]:
     """Rows of (image path, label) from CSV/TSV/Parquet tables; paths relative to the table.
     Rows without a label, with an empty path or naming a file that does not exist are bad rows
@@ -84,7 +85,8 @@ def image_table(
     bad = BadRows(where) if bad is None else bad
     what = "CSV/TSV/Parquet files with an image-path and a label column"
     for table in _matches(patterns, where, what):
-        for line, row in _table_rows(table, [path_field, label_field], where, quoting, bad):
+        needed = [path_field, label_field] + ([split_field] if split_field else [])
+        for line, row in _table_rows(table, needed, where, quoting, bad):
             label = row.get(label_field)
             if label is None or str(label).strip() == "":
                 bad.skip(table, line, "missing label", f"column {label_field!r} is empty")
@@ -104,6 +106,7 @@ def image_table(
                 "image": path.read_bytes(),
                 "label": str(label).strip(),
                 "source": str(table),
+                "split": row.get(split_field) if split_field else None,
             }
     if own:
         bad.check()

@@ -39,6 +39,7 @@ def read_parallel(
     dataset: str = "",
     quoting: str = "auto",
     bad: BadRows | None = None,
+    split_field: str = "",
 ) -> Iterator[dict]:
     """Pairs from the files (or the built-in `dataset`); `bad` collects skipped rows (without
     one, the default `max_bad_rows` is checked when the files are read)."""
@@ -58,13 +59,15 @@ def read_parallel(
         if not hits:
             raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
         for path in hits:
-            yield from _read(path, source_field, target_field, columns, where, quoting, bad)
+            yield from _read(
+                path, source_field, target_field, columns, where, quoting, bad, split_field
+            )
     if own:
         bad.check()
 
 
 def _read(path: Path, source_field: str, target_field: str, columns: list[str], where: str,
-          quoting: str, bad: BadRows):  # fmt: skip
+          quoting: str, bad: BadRows, split_field: str = ""):  # fmt: skip
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(
@@ -82,6 +85,7 @@ def _read(path: Path, source_field: str, target_field: str, columns: list[str], 
                 "text": _str(row.get(source_field)),
                 "target": _str(row.get(target_field)),
                 "source": str(path),
+                "split": row.get(split_field) if split_field else None,
             }
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None

@@ -28,6 +28,7 @@ def read_tables(
     where: str,
     quoting: str = "auto",
     bad: BadRows | None = None,
+    split_field: str = "",
 ) -> Iterator[dict]:
     """Records of every file the patterns match; `bad` collects skipped rows (without one, the
     default `max_bad_rows` is checked when the files are read)."""
@@ -40,7 +41,9 @@ def read_tables(
         if not hits:
             raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
         for path in hits:
-            yield from _read(path, text_field, label_field, columns, where, quoting, bad)
+            yield from _read(
+                path, text_field, label_field, columns, where, quoting, bad, split_field
+            )
     if own:
         bad.check()
 
@@ -93,8 +96,11 @@ def _read(
     where: str,
     quoting: str,
     bad: BadRows,
+    split_field: str = "",
 ) -> Iterator[dict]:
     fields = {"text_field": text_field, "label_field": label_field}
+    if split_field:  # the record's split (collect/splits.py checks the value)
+        fields["split_field"] = split_field
     try:
         for line, row in _rows(path, fields, columns, where, quoting, bad):
             label = row.get(label_field)
@@ -111,6 +117,7 @@ def _read(
                 "text": "" if text is None else str(text),
                 "label": str(label).strip(),
                 "source": str(path),
+                "split": row.get(split_field) if split_field else None,
             }
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None

@@ -79,6 +79,9 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
         if plot_curves(records, out / "curves.png"):
             curves.append(("curves.png", "Learning rate and throughput"))
         images = [*curves, *images]
+        splits = _split_lines(cfg)
+        if splits:
+            sections = [*sections, ("Data splits", splits)]
         collected = read_manifest(cfg.run_dir / "collect") or {}
         bad_rows = collected.get("summary", {}).get("bad_rows")
         if bad_rows:
@@ -91,4 +94,25 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
         writer.discard()
         raise
     writer.summary = metrics
-    return writer.commit()
+    manifest = writer.commit()
+    if cfg.track != "none":
+        from modelworks.train.tracking import track_stage
+
+        track_stage(cfg, "evaluate")
+    if cfg.evaluate.data:
+        from modelworks.evaluate.score import score_data
+
+        for src in cfg.evaluate.data:
+            score_data(cfg.run_dir, src, reporter=reporter)
+    return manifest
+
+
+def _split_lines(cfg: Config) -> str:
+    """Each split's size and where it came from (a source that named it, or the random draw)."""
+    import json
+
+    from modelworks.splits import describe
+
+    stats = cfg.run_dir / "preprocess" / "stats.json"
+    splits = json.loads(stats.read_text()).get("splits") if stats.is_file() else None
+    return "\n".join(f"- {line}" for line in describe(splits)) if splits else ""

@@ -36,6 +36,7 @@ from modelworks.progress import Reporter
 from modelworks.runtime import resolve_device, setup
 from modelworks.tasks import get_task
 from modelworks.train.lora import LoRALinear, adapter_state
+from modelworks.train.tracking import open_tracker, track_stage
 
 
 def apply_method(model: nn.Module, cfg: Config) -> dict:
@@ -130,6 +131,9 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
                     f"{info['max_tokens']} tokens were truncated"
                 )
         trainer = Trainer(train, ft, writer.dir, device, reporter)
+        tracker = open_tracker(cfg)
+        if tracker is not None:
+            trainer.on_log = lambda record: tracker.log_metrics(record, "finetune")
         summary = trainer.fit(resume=resume)
         if hasattr(trainer.train_model, "_close"):  # Opacus: drop its hooks and per-sample grads
             trainer.train_model._close()
@@ -169,7 +173,11 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
             writer.discard()
         raise
     writer.summary = summary
-    return writer.commit()
+    manifest = writer.commit()
+    if tracker is not None:
+        track_stage(cfg, "finetune", tracker)
+        tracker.close()
+    return manifest
 
 
 def _save_with_tokenizer(out: Path, model: nn.Module, base: Base) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
 from modelworks.preprocess.steps import Step, is_validation
 from modelworks.preprocess.tokenizer import eot_id, find_tokenizer, load_tokenizer, train_bpe
 from modelworks.progress import Reporter
+from modelworks.splits import drawn_fractions, read_given
 
 CLEAN_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("split", pa.string())]
@@ -78,11 +80,23 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
         )
     steps = build_steps(cfg, specs)
     docs = runner.run_steps(steps, source, out, out / "_work", start=len(done_rows))
-    split_docs = {"train": 0, "val": 0}
+    split_docs = {"train": 0, "val": 0, "test": 0}
+    val_f, _ = drawn_fractions(read_given(src), p.val_fraction, 0.0)
+    origin: dict[str, Counter] = {s: Counter() for s in split_docs}
     with pq.ParquetWriter(out / "documents.parquet", CLEAN_SCHEMA) as pw:
         batch = []
         for doc in docs:
-            doc["split"] = "val" if is_validation(doc["id"], p.val_fraction, cfg.seed) else "train"
+            given = doc.get("split")
+            if given in ("val", "test"):
+                doc["split"] = given
+                origin[given][f"{doc['source']} (split: {given})"] += 1
+            else:
+                drawn = is_validation(doc["id"], val_f, cfg.seed)
+                doc["split"] = "val" if drawn else "train"
+                how = f"random draw (val_fraction={val_f})" if drawn else "unassigned records"
+                if not drawn and given == "train":
+                    how = f"{doc['source']} (split: train)"
+                origin[doc["split"]][how] += 1
             split_docs[doc["split"]] += 1
             batch.append(doc)
             if len(batch) == 1024:
@@ -94,7 +108,7 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     for row in funnel:
         n_in, n_out = row.get("in", 0), row.get("out", 0)
         reporter.info(f"[preprocess] {row['step']:<12} {n_in:>7} in {n_out:>7} out")
-    kept = split_docs["train"] + split_docs["val"]
+    kept = sum(split_docs.values())
     if kept == 0:
         raise PreprocessError(
             "preprocess: no documents left after filtering "
@@ -121,7 +135,7 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     dtype = token_dtype(tok.get_vocab_size())
     (out / "tokens").mkdir()
     splits = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test")[: 3 if split_docs["test"] else 2]:
         sw = ShardWriter(out / "tokens", split, dtype, p.shard_tokens)
         texts = _texts(docs_path, split)  # streamed: memory stays flat as the corpus grows
         while batch := list(itertools.islice(texts, 256)):
@@ -133,6 +147,7 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     stats = {
         "funnel": funnel,
         "documents": split_docs,
+        "splits": {s: {"rows": n, "from": dict(origin[s])} for s, n in split_docs.items()},
         "tokens": tokens,
         "vocab_size": tok.get_vocab_size(),
     }
@@ -141,6 +156,10 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
         f"{tokens['train']:,} train / {tokens['val']:,} val tokens; "
         f"vocab {tok.get_vocab_size()}"
     )
+    if split_docs["test"]:  # a test split named by a source: check it against train
+        from modelworks.preprocess.decontaminate import test_overlap
+
+        stats["test_overlap"] = test_overlap(_texts(docs_path, "train"), _texts(docs_path, "test"))
     if work is not None:  # the stage is complete: the shards' resume state is not needed
         executor.cleanup(work)
     return stats

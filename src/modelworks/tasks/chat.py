@@ -45,6 +45,7 @@ from modelworks.chat_template import DEFAULT_CHAT_STOP, render_chat
 from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
+from modelworks.splits import assign, read_given, split_stats
 from modelworks.tasks.base import Task
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
@@ -83,11 +84,15 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
         )
     rows = pq.read_table(path).to_pylist()
     convs = [to_messages(r, f"{path} row {i} ({r['id']})") for i, r in enumerate(rows)]
-    order = np.random.default_rng(cfg.seed).permutation(len(convs))
-    n_val = max(1, int(round(len(convs) * cfg.preprocess.val_fraction)))
-    if len(convs) - n_val < 1:
+    given = read_given(path)
+    parts = assign(given, cfg.preprocess.val_fraction, 0.0, cfg.seed)
+    if not parts["train"] or not parts["val"]:
         raise DataError(f"{path}: {len(convs)} conversation(s) are too few to split train/val")
-    parts = {"val": order[:n_val], "train": order[n_val:]}
+    splits = split_stats(
+        parts, given, [r["source"] for r in rows], cfg.preprocess.val_fraction, 0.0
+    )
+    if not parts["test"]:  # a test split only when a source names one
+        del parts["test"], splits["test"]
     for split, idx in parts.items():
         lines = (json.dumps({"id": rows[i]["id"], "messages": convs[i]}) for i in idx)
         (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
@@ -100,6 +105,7 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     stats = {
         "conversations": len(convs),
         "split_sizes": {s: len(i) for s, i in parts.items()},
+        "splits": splits,
         "chat_template": origin,
     }
     if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # the run trains its own model
@@ -403,9 +409,13 @@ def evaluate(
 
     ckpt = ckpt or choose_checkpoint(cfg)
     stage = ckpt.stage_dir.name
-    convs = load_conversations(run_dir, "val")
+    has_test = (Path(run_dir) / "preprocess" / "test.jsonl").is_file()  # a source named one
+    split = cfg.evaluate.split or ("test" if has_test else "val")
+    if not (Path(run_dir) / "preprocess" / f"{split}.jsonl").is_file():
+        raise EvaluateError(f"evaluate.split={split!r}: the run has no such split (val, test)")
+    convs = load_conversations(run_dir, split)
     if not convs:
-        raise EvaluateError(f"{run_dir}/preprocess/val.jsonl: no conversations to evaluate on")
+        raise EvaluateError(f"{run_dir}/preprocess/{split}.jsonl: no conversations to evaluate on")
     engine = load_chat_engine(run_dir, cfg.device, cfg.name, weights=ckpt.folder)
     fmt = ChatFormat(engine.tokenizer, engine.chat_template, engine.eot, engine.eos)
     train_cfg = cfg.finetune if stage == "finetune" else cfg.pretrain
@@ -426,7 +436,7 @@ def evaluate(
         base_engine.chat_template, base_engine.chat_stop = engine.chat_template, engine.chat_stop
         results["base"] = _score(base_engine, fmt, examples, convs[:n_gen], e.max_new_tokens)
     metrics: dict = {
-        "split": "val",
+        "split": split,
         "rows": len(convs),
         "conversations": len(convs),
         "truncated": n_trunc,
@@ -473,7 +483,7 @@ def evaluate(
         ]
     )
     sections = [
-        ("Results (val split; [95% bootstrap CI over conversations])", md_table(rows)),
+        (f"Results ({split} split; [95% bootstrap CI over conversations])", md_table(rows)),
         ("Sample answers (greedy, last user turn of val conversations)", samples),
         (f"Training ({stage})", training_table(trained)),
     ]

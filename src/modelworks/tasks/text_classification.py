@@ -40,6 +40,7 @@ from modelworks.evaluate.metrics import classification_cis, fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
+from modelworks.splits import assign, describe, read_given, split_stats
 from modelworks.tasks.base import Task
 from modelworks.tasks.text_encoding import _trim, classify_texts, encode, max_tokens, predict
 from modelworks.train.data import DataError, EpochSampler, _Sampled
@@ -69,28 +70,29 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     n_empty = len(texts) - len(keep)
     if n_empty:
         reporter.info(f"[preprocess] dropped {n_empty} empty text(s)")
-    order = np.random.default_rng(cfg.seed).permutation(keep)
-    n = len(order)
-    n_test = int(round(n * cfg.preprocess.test_fraction))
-    n_val = max(1, int(round(n * cfg.preprocess.val_fraction)))
-    if n - n_val - n_test < 2:
-        raise DataError(
-            f"{docs_path}: {n} non-empty texts are too few to split into train/val/test"
-        )
+    all_given, sources = read_given(docs_path), table.column("source").to_pylist()
+    given = [all_given[i] for i in keep]
+    p = cfg.preprocess
     parts = {
-        "test": order[:n_test],
-        "val": order[n_test : n_test + n_val],
-        "train": order[n_test + n_val :],
+        s: [keep[j] for j in idx]
+        for s, idx in assign(given, p.val_fraction, p.test_fraction, cfg.seed).items()
     }
+    n = len(keep)
+    if len(parts["train"]) < 2 or not parts["val"]:
+        raise DataError(
+            f"{docs_path}: {n} non-empty texts are too few to split into train/val/test "
+            f"(train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])})"
+        )
     classes = sorted({labels[i] for i in parts["train"]}, key=_label_key)
     index = {c: i for i, c in enumerate(classes)}
     for split in ("val", "test"):
         unseen = sorted({labels[i] for i in parts[split]} - set(classes), key=_label_key)
         if unseen:
-            count = sum(labels[i] == unseen[0] for i in order)
+            hits = [i for i in parts[split] if labels[i] == unseen[0]]
             raise DataError(
-                f"{docs_path}: label {unseen[0]!r} ({count} example(s)) falls only in the {split} "
-                "split, so the model never sees it in training; add examples of it or remove it"
+                f"{sources[hits[0]]}: label {unseen[0]!r} ({len(hits)} example(s)) falls only in "
+                f"the {split} split, so the model never sees it in training; add examples of it "
+                "or remove it"
             )
     if len(classes) < 2:
         raise DataError(f"{docs_path}: the training split has one label ({classes}); need >= 2")
@@ -115,7 +117,25 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
         f"[preprocess] {n} texts, {len(classes)} labels; train/val/test {counts['train']}/"
         f"{counts['val']}/{counts['test']}"
     )
-    return {"texts": n, "empty_dropped": n_empty, "classes": classes, "split_sizes": counts}
+    splits = split_stats(parts, all_given, sources, p.val_fraction, p.test_fraction)
+    for line in describe(splits):
+        reporter.info(f"[preprocess] {line}")
+    stats = {
+        "texts": n,
+        "empty_dropped": n_empty,
+        "classes": classes,
+        "split_sizes": counts,
+        "splits": splits,
+    }
+    if parts["test"]:
+        from modelworks.preprocess.decontaminate import test_overlap
+
+        stats["test_overlap"] = test_overlap(
+            (texts[i] for i in parts["train"]), (texts[i] for i in parts["test"])
+        )
+        hits = stats["test_overlap"]["sharing_ngram_with_train"]
+        reporter.info(f"[preprocess] decontamination: {hits} test text(s) overlap train")
+    return stats
 
 
 def _label_key(label: str):

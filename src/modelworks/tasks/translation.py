@@ -52,6 +52,7 @@ from modelworks.config import Config, ConfigError
 from modelworks.evaluate.report import md_cell, md_table, training_table
 from modelworks.preprocess.tokenizer import eot_id
 from modelworks.progress import Reporter
+from modelworks.splits import assign, read_given, split_stats
 from modelworks.tasks.base import Task
 from modelworks.train.data import DataError
 from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
@@ -95,17 +96,20 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     for i in keep:
         groups.setdefault(sources[i], []).append(i)
     names = list(groups)
-    order = np.random.default_rng(cfg.seed).permutation(len(names))
     n = len(names)
-    n_test = int(round(n * cfg.preprocess.test_fraction))
-    n_val = max(1, int(round(n * cfg.preprocess.val_fraction)))
-    if n - n_val - n_test < 2:
+    # a sentence named test (or val) by any of its pairs goes there with all its translations
+    all_given = read_given(docs_path)
+    rank = {"test": 2, "val": 1}
+    given = [
+        max((all_given[i] for i in groups[k]), key=lambda g: rank.get(g or "", 0)) for k in names
+    ]
+    p = cfg.preprocess
+    cut = assign(given, p.val_fraction, p.test_fraction, cfg.seed)
+    if len(cut["train"]) < 2 or not cut["val"]:
         raise DataError(
             f"{docs_path}: {len(keep)} non-empty pairs ({n} distinct sources) are too few to "
             "split into train/val/test"
         )
-    cut = {"test": order[:n_test], "val": order[n_test : n_test + n_val]}
-    cut["train"] = order[n_test + n_val :]
     parts = {s: [i for g in cut[s] for i in groups[names[g]]] for s in SPLITS}
     for split, idx in parts.items():
         pq.write_table(
@@ -119,6 +123,9 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
         "empty_target_dropped": empty_target,
         "distinct_sources": n,
         "split_sizes": {s: len(i) for s, i in parts.items()},
+        "splits": split_stats(
+            parts, all_given, table.column("source").to_pylist(), p.val_fraction, p.test_fraction
+        ),
     }
     if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # a model trained here
         from modelworks.preprocess.tokenizer import find_tokenizer, load_tokenizer, train_bpe

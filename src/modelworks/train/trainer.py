@@ -111,6 +111,7 @@ class Trainer:
         self.units_seen = 0
         self.best: float | None = None
         self.bad_checks = 0
+        self.on_log = None  # called with every metrics line written (experiment tracking)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -164,6 +165,8 @@ class Trainer:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.on_log is not None:
+            self.on_log(record)
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, int | float):
