@@ -64,3 +64,32 @@ def test_split_is_deterministic_by_id():
     first = [is_validation(i, 0.1, 1) for i in ids]
     assert first == [is_validation(i, 0.1, 1) for i in reversed(ids)][::-1]
     assert 150 < sum(first) < 250
+
+
+def test_a_small_corpus_that_draws_no_val_document_gets_the_nearest_one(tmp_path):
+    import json
+    from pydoc_data.topics import topics
+
+    import pyarrow.parquet as pq
+
+    from modelworks.config import load_config
+    from modelworks.pipeline import stage_functions
+    from modelworks.preprocess.steps import split_score
+
+    texts = [t for t in topics.values() if len(t) > 400][:6]
+    for i, text in enumerate(texts):
+        (tmp_path / f"d{i}.txt").write_text(text)
+    cfg = load_config(
+        None,
+        [f"runs_dir={tmp_path / 'runs'}", "collect.sources.0.type=files",
+         f"collect.sources.0.paths=[{tmp_path}/*.txt]", "preprocess.val_fraction=0.001",
+         "preprocess.vocab_size=300", "preprocess.min_chars=10"],
+    )  # fmt: skip
+    for stage in ("collect", "preprocess"):
+        stage_functions()[stage](cfg)
+    docs = pq.read_table(cfg.run_dir / "preprocess" / "documents.parquet").to_pylist()
+    assert all(split_score(d["id"], cfg.seed) >= 0.001 for d in docs)  # none drawn at random
+    val = [d["id"] for d in docs if d["split"] == "val"]
+    assert val == [min((d["id"] for d in docs), key=lambda i: split_score(i, cfg.seed))]
+    stats = json.loads((cfg.run_dir / "preprocess" / "stats.json").read_text())
+    assert stats["documents"]["val"] == 1 and stats["documents"]["train"] == len(docs) - 1
