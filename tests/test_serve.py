@@ -94,7 +94,8 @@ class Server:
 
 
 def lm_server(engine: Engine, **cfg) -> Server:
-    from modelworks.serve.app import add_lm_routes, create_app
+    from modelworks.serve.app import create_app
+    from modelworks.serve.lm_routes import add_lm_routes
 
     app = create_app(ServeConfig(**cfg))
     add_lm_routes(app, lambda: engine)
@@ -480,7 +481,8 @@ def test_client_gone_before_a_plain_response_frees_the_sequence(server, engine):
 
 
 def test_health_is_503_while_loading(engine):
-    from modelworks.serve.app import add_lm_routes, create_app
+    from modelworks.serve.app import create_app
+    from modelworks.serve.lm_routes import add_lm_routes
 
     release = threading.Event()
 

@@ -39,8 +39,9 @@ def build_app(
     `serve.app.register_model(app, name)` to list them in /v1/models, and raise
     `serve.app.APIError(status, message, param)` for OpenAI-shaped errors.
     Paths under /v1/ get API keys, body limits and the concurrency cap for free."""
-    from modelworks.serve.app import add_lm_routes, create_app
+    from modelworks.serve.app import create_app
     from modelworks.serve.engine import Engine
+    from modelworks.serve.lm_routes import add_lm_routes
     from modelworks.tasks import get_task
 
     cfg = cfg or ServeConfig()

@@ -385,8 +385,8 @@ def load_chat_engine(
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI endpoints (chat included, with the run's template)."""
-    from modelworks.serve.app import add_lm_routes
     from modelworks.serve.engine import engine_options
+    from modelworks.serve.lm_routes import add_lm_routes
 
     add_lm_routes(
         app, lambda: load_chat_engine(run_dir, device, cfg.model_name, **engine_options(cfg))

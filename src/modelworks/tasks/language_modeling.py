@@ -261,8 +261,8 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """The OpenAI endpoints (completions, chat, embeddings, tokenize...) for the run's model,
     with the chat template stored with it."""
     from modelworks.chat_template import run_chat_template
-    from modelworks.serve.app import add_lm_routes
     from modelworks.serve.engine import Engine, engine_options
+    from modelworks.serve.lm_routes import add_lm_routes
 
     def load():
         engine = Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))

@@ -475,8 +475,9 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI completion endpoints over the run's decoder, and
     POST /v1/translate ({"input": text or [texts], "beam_size": 1, "max_tokens": 64}) which
     formats each text with the run's prompt template and returns its translation."""
-    from modelworks.serve.app import APIError, add_lm_routes
+    from modelworks.serve.app import APIError
     from modelworks.serve.engine import Engine, engine_options
+    from modelworks.serve.lm_routes import add_lm_routes
 
     run_dir = Path(run_dir)
     template = prompt_template(run_dir)
