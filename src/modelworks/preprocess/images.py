@@ -22,9 +22,7 @@ from modelworks.artifacts import atomic_write_text
 from modelworks.config import Config
 from modelworks.errors import ImageDataError
 from modelworks.progress import Reporter
-from modelworks.splits import describe, drawn_fractions, read_given, split_stats
-
-SPLITS = ("train", "val", "test")
+from modelworks.splits import SPLITS, describe, drawn_fractions, read_given, split_stats
 
 
 def split_of(item_id: str, val_fraction: float, test_fraction: float, seed: int) -> str:
