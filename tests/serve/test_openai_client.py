@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import served
-from tests.test_serve import hf_folder, tokenizer  # noqa: F401  (fixtures)
+from tests.serve.test_serve import hf_folder, tokenizer  # noqa: F401  (fixtures)
 
 openai = pytest.importorskip("openai")
 

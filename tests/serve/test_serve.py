@@ -1,7 +1,7 @@
 """The serving stack: the batching engine, then every endpoint over a real loopback server.
 
 Servers run in this process (uvicorn in a thread, a real socket on 127.0.0.1) so a test can hold
-the engine still and make timeouts and 429s deterministic; tests/test_openai_client.py and
+the engine still and make timeouts and 429s deterministic; tests/serve/test_openai_client.py and
 tests/test_e2e.py start `modelworks serve` as a subprocess.
 """
 

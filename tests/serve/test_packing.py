@@ -12,7 +12,7 @@ from torch import nn
 
 from modelworks.serve.engine import Engine, SamplingParams
 from modelworks.serve.packing import PackedLinear, can_pack, pack_linears
-from tests.test_serve import make_gpt, make_tokenizer
+from tests.serve.test_serve import make_gpt, make_tokenizer
 
 pytestmark = pytest.mark.skipif(not can_pack(), reason="this torch build has no oneDNN")
 

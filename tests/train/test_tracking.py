@@ -7,8 +7,8 @@ import pytest
 
 from modelworks.evaluate.score import data_source, load_run, score_data
 from modelworks.pipeline import run
-from tests.test_score_data import TINY, checksums
-from tests.test_splits import fashion_like, idx_config
+from tests.collect.test_splits import fashion_like, idx_config
+from tests.evaluate.test_score_data import TINY, checksums
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -11,7 +11,7 @@ import pytest
 from modelworks import load_config
 from modelworks.evaluate import evaluate
 from modelworks.pipeline import run
-from tests.test_finetune import overrides, write_reviews
+from tests.finetune.test_finetune import overrides, write_reviews
 
 
 @pytest.fixture(scope="module")

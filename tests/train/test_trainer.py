@@ -16,7 +16,7 @@ from modelworks.train.parallel import apply_activation_checkpointing
 from modelworks.train.trainer import TrainingError
 from tests.conftest import tiny_overrides
 
-GOLDEN = Path(__file__).parent / "assets" / "tiny_losses.json"
+GOLDEN = Path(__file__).parents[1] / "assets" / "tiny_losses.json"
 
 
 def test_schedules_shape():

@@ -3,7 +3,7 @@
 tests/test_reliability.py stands a file size limit in for a full disk; here the filesystem itself
 answers ENOSPC ("No space left on device"), from wherever the write happens (Python, safetensors,
 torch.save). Mounting needs root or CAP_SYS_ADMIN: without it the test is skipped, with the mount
-error as the reason. Slow suite: `python -m pytest -m slow tests/test_disk_full.py`.
+error as the reason. Slow suite: `python -m pytest -m slow tests/train/test_disk_full.py`.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from schemathesis.checks import (
 
 from modelworks.serve import schema as docs
 from modelworks.serve.engine import Engine
-from tests.test_serve import lm_server, make_gpt, make_tokenizer
+from tests.serve.test_serve import lm_server, make_gpt, make_tokenizer
 
 KEY = "sk-schemathesis"
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
@@ -292,10 +292,10 @@ def test_what_schemathesis_found_stays_fixed(engine):
 
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
-    """A tiny text classifier trained on generated reviews (as in tests/test_finetune.py)."""
+    """A tiny text classifier trained on generated reviews (tests/finetune/test_finetune.py)."""
     from modelworks.config import load_config
     from modelworks.pipeline import stage_functions
-    from tests.test_finetune import overrides, write_reviews
+    from tests.finetune.test_finetune import overrides, write_reviews
 
     tmp = tmp_path_factory.mktemp("classifier")
     data = write_reviews(tmp / "reviews.csv", n=120)

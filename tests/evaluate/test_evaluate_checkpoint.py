@@ -16,7 +16,7 @@ from modelworks.evaluate.checkpoint import choose_checkpoint, run_config_hash
 from modelworks.evaluate.report import EvaluateError
 from modelworks.pipeline import run
 from tests.conftest import cli, tiny_overrides
-from tests.test_finetune import overrides, write_reviews
+from tests.finetune.test_finetune import overrides, write_reviews
 
 FAST = {"evaluate.bootstrap": 0, "evaluate.explain_samples": 0, "pretrain.eval_every": 10,
         "pretrain.ckpt_every": 10}  # fmt: skip
@@ -157,7 +157,7 @@ def _image(tmp):
 
 def _recommendation(tmp):
     from tests.conftest import ROOT
-    from tests.test_recsys import SMALL
+    from tests.tasks.test_recsys import SMALL
 
     small = [*SMALL, "pretrain.steps=40", "pretrain.eval_every=20", "pretrain.ckpt_every=20"]
     cfg = load_config(ROOT / "configs" / "recsys.yaml", [f"runs_dir={tmp / 'runs'}", *small])
@@ -166,7 +166,7 @@ def _recommendation(tmp):
 
 
 def _translation(tmp):
-    from tests.test_translation import _numbers_cfg
+    from tests.tasks.test_translation import _numbers_cfg
 
     cfg = _numbers_cfg(tmp, "numbers", 4, 8, 12, 32)
     cfg.finetune.eval_every = 4
@@ -175,7 +175,7 @@ def _translation(tmp):
 
 
 def _chat(tmp):
-    from tests.test_chat import _chat_run
+    from tests.tasks.test_chat import _chat_run
 
     run_dir = _chat_run(tmp, steps=8)
     return load_config(run_dir / "config.yaml")

@@ -10,7 +10,7 @@ from modelworks.cli import main
 from modelworks.errors import EvaluateError
 from modelworks.evaluate.score import data_source, load_run, score_data
 from modelworks.pipeline import run
-from tests.test_splits import fashion_like, idx_config, write_idx
+from tests.collect.test_splits import fashion_like, idx_config, write_idx
 
 TINY = ["pretrain.steps=20", "pretrain.eval_every=10", "pretrain.ckpt_every=10",
         "pretrain.log_every=5", "evaluate.bootstrap=200", "model.hidden=16",
@@ -188,7 +188,7 @@ def test_chat_run_scored_on_its_own_test_file(tmp_path):
 
 
 def test_text_classifier_scored_on_its_own_test_rows(tmp_path):
-    from tests.test_splits import _rows, table_config
+    from tests.collect.test_splits import _rows, table_config
 
     rows = _rows()
     csv = "text,label,part\n" + "".join(f"{t},{label},{p}\n" for t, label, p in rows)
