@@ -440,6 +440,12 @@ class ServeConfig(_Section):
     max_batch: int = Field(
         16, ge=1, description="sequences generated together (KV-cache slots); more requests wait"
     )
+    max_model_len: int = Field(
+        2048,
+        ge=16,
+        description="GGUF models: longest prompt + reply served (sizes the KV cache: "
+        "max_batch x max_model_len positions)",
+    )
     pack_weights: bool = Field(
         True,
         description="CPU: large linear layers run on oneDNN-packed weights (faster decoding, "

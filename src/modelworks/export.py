@@ -29,7 +29,7 @@ from modelworks.errors import ExportError
 from modelworks.models.registry import build_model, lookup
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
 
-FORMATS = ("hf", "safetensors", "onnx", "int8")
+FORMATS = ("hf", "safetensors", "onnx", "int8", "gguf")
 
 
 def source_folder(run_dir: Path, checkpoint: str = "final") -> Path:
@@ -75,15 +75,29 @@ def load_weights(folder: Path) -> nn.Module:
 
 
 def export(
-    run_dir: str | Path, out_dir: str | Path, fmt: str = "hf", checkpoint: str = "final"
+    run_dir: str | Path,
+    out_dir: str | Path,
+    fmt: str = "hf",
+    checkpoint: str = "final",
+    gguf_type: str = "f16",
 ) -> Path:
-    """Write the run's model to `out_dir` in `fmt`; returns `out_dir`."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    """Write the run's model (or a .gguf file's, or a ready model's) to `out_dir` in `fmt`;
+    returns what was written (`gguf`: the file; see export_gguf.py)."""
+    from modelworks.export_gguf import export_from_gguf, export_run_gguf
+    from modelworks.models.catalogue import resolve_target
+    from modelworks.models.gguf import is_gguf
+
+    run_dir, out_dir = resolve_target(run_dir), Path(out_dir)
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if is_gguf(run_dir):
+        return export_from_gguf(run_dir, out_dir, fmt, gguf_type)
     if not run_dir.is_dir():
-        raise ExportError(f"{run_dir}: no such run folder")
-    model = load_weights(source_folder(run_dir, checkpoint))
+        raise ExportError(f"{run_dir}: no such run folder, .gguf file or ready model")
+    folder = source_folder(run_dir, checkpoint)
+    model = load_weights(folder)
+    if fmt == "gguf":
+        return export_run_gguf(run_dir, out_dir, model, folder, gguf_type)
     if fmt == "hf":
         from modelworks.chat_template import run_chat_template
         from modelworks.models.hf import export_hf

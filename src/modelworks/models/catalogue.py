@@ -217,3 +217,13 @@ def listing() -> list[str]:
         state = "pulled" if is_pulled(r) else "not pulled"
         rows.append(f"{r.name:<24} {state:<11} {r.licence:<12} {r.description}")
     return rows
+
+
+def resolve_target(spec: str | Path) -> Path:
+    """What `serve`, `chat`, `export` and `finetune.from` are given, as a path: an existing
+    file or folder as is, a catalogue name as its cached copy (one line on how to pull it when
+    it is not there), anything else unchanged (the caller says what it expected)."""
+    path = Path(spec)
+    if path.exists() or lookup(str(spec)) is None:
+        return path
+    return resolve(str(spec))

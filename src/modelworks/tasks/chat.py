@@ -330,15 +330,24 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
     fine-tune's finetune/), any run, or a Hugging Face folder; `engine.chat_stop` lists stop
     strings that end the assistant's turn."""
     from modelworks.chat_template import run_chat_template
+    from modelworks.models.catalogue import resolve_target
+    from modelworks.models.gguf import is_gguf
     from modelworks.models.hf import is_hf_folder
     from modelworks.preprocess.tokenizer import load_tokenizer
     from modelworks.runtime import resolve_device
     from modelworks.serve.engine import Engine
     from modelworks.train.checkpoint import load_model
 
-    target = Path(target)
+    given, target = Path(target), resolve_target(target)  # a ready model: its cached file
+    if is_gguf(target):  # its own template, start and end tokens
+        engine = Engine.from_gguf(target, device, name or given.stem, **kw)
+        engine.chat_stop = [] if engine.chat_template else [DEFAULT_CHAT_STOP]
+        return engine
     if not target.is_dir():
-        raise ConfigError(f"{target}: no such folder (a run, a model or a Hugging Face folder)")
+        raise ConfigError(
+            f"{target}: no such folder (a run, a model or a Hugging Face folder), .gguf file "
+            "or ready model (`modelworks pull` lists them)"
+        )
     if is_hf_folder(target):
         engine = Engine.from_hf(target, device, name, **kw)
         engine.chat_stop = [] if engine.chat_template else [DEFAULT_CHAT_STOP]
