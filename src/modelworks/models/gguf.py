@@ -221,6 +221,7 @@ def load_gguf(path: str | Path, context_len: int | None = None, reader=None) -> 
     state = read_state(reader, cfg, path)
     with torch.device("meta"):  # no random init of weights that are overwritten next
         model = GPT(cfg)
+    model.modelworks_config = cfg  # as models.registry.build_model sets it: checkpoints need it
     expected = dict(model.named_parameters())
     for name, value in state.items():
         if tuple(value.shape) != tuple(expected[name].shape):
