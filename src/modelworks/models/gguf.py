@@ -148,12 +148,17 @@ def config_from_gguf(reader, where: str | Path, context_len: int | None = None) 
             n_kv_head=n_kv,
             d_model=d_model,
             ffn_hidden=int(need("feed_forward_length")),
-            rope_theta=float(field(reader, f"{arch}.rope.freq_base", 10000.0)),
-            norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+            # stored as float32: 1e-5 reads 9.9999997e-06; 7 digits give back the value written
+            rope_theta=_f32(field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            norm_eps=_f32(need("attention.layer_norm_rms_epsilon")),
             tie_embeddings="output.weight" not in names,
         )
     except ValueError as e:
         raise GGUFError(f"{where}: not a usable Llama config ({e})") from None
+
+
+def _f32(value) -> float:
+    return float(f"{float(value):.7g}")
 
 
 def unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
