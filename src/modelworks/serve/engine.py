@@ -137,8 +137,13 @@ class Engine:
         max_batch: int = 16,
         pack_weights: bool = True,
         add_start: bool = True,
+        quantize: str = "none",
     ) -> None:
         self.model = model.eval()
+        if quantize == "int8":  # int8 weight-only linear layers (serve/quant.py)
+            from modelworks.serve.quant import quantize_int8
+
+            quantize_int8(model)
         if pack_weights:  # CPU: large linear layers on oneDNN-packed weights (serve/packing.py)
             pack_linears(model)
         self.tokenizer = tokenizer
@@ -564,4 +569,4 @@ def _json(path: Path) -> dict:
 
 def engine_options(cfg) -> dict:
     """The Engine keyword arguments a `serve:` config (config.ServeConfig) sets."""
-    return {"max_batch": cfg.max_batch, "pack_weights": cfg.pack_weights}
+    return {"max_batch": cfg.max_batch, "pack_weights": cfg.pack_weights, "quantize": cfg.quantize}
