@@ -6,9 +6,11 @@ fp32 vs int8 weight-only (serve/quant.py), against transformers `generate` on th
     python benchmarks/smollm2.py --skip-hf       # without the transformers peer
 
 Measures: load time from the cache (first load in this process, then again), weight bytes, batch-1
-greedy decode tok/s on a chat prompt (64 new tokens after a warm-up that pays torch.compile),
-aggregate tok/s of 16 concurrent streams through the batching loop, peak RSS, and how many of the
-int8 engine's greedy tokens agree with fp32's. Writes benchmarks/results/smollm2.json.
+greedy decode tok/s on a chat prompt (64 new tokens after a warm-up that pays torch.compile; the
+median of 3 runs, fp32 / int8 / transformers taking turns so that they share the machine's load),
+paired median decode-step times, aggregate tok/s of 16 concurrent streams through the batching
+loop, peak RSS, and how many of the int8 engine's greedy tokens agree with fp32's. Writes
+benchmarks/results/smollm2.json.
 """
 
 from __future__ import annotations
@@ -33,14 +35,6 @@ def chat_ids(engine) -> list[int]:
     from modelworks.chat_template import engine_chat_text
 
     return engine.encode(engine_chat_text(engine, [{"role": "user", "content": PROMPT}]))
-
-
-def batch1(engine, n: int) -> tuple[float, list[int]]:
-    ids = chat_ids(engine)
-    engine.generate(ids, max_new_tokens=8, temperature=0)  # warm-up (compile, packing)
-    t = time.perf_counter()
-    g = engine.generate(ids, max_new_tokens=n, temperature=0)
-    return len(g.token_ids) / (time.perf_counter() - t), g.token_ids
 
 
 def paired_steps(models: dict, n: int = 40) -> dict[str, float]:
@@ -93,10 +87,22 @@ def streams(engine, k: int, n: int) -> float:
     return sum(counts) / (time.perf_counter() - t)
 
 
+def hf_generate(hf, ids: list[int], n: int) -> float:
+    kw = {"do_sample": False, "eos_token_id": None, "pad_token_id": 2}
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = hf.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)
+    return (out.shape[1] - x.shape[1]) / (time.perf_counter() - t)
+
+
 def main() -> None:
+    import statistics
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="batch-1 runs per engine, in turns")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/smollm2.json")
@@ -107,47 +113,53 @@ def main() -> None:
     from modelworks.serve.quant import weight_bytes
 
     path = resolve("smollm2-135m-instruct")
-    load0 = os.getloadavg()[0]
     res: dict = {"model": str(path), "cpu": cpu_model(), "threads": a.threads,
-                 "torch": torch.__version__, "load_before": load0, "tokens": a.tokens}  # fmt: skip
+                 "torch": torch.__version__, "load_before": os.getloadavg()[0],
+                 "tokens": a.tokens}  # fmt: skip
     t = time.perf_counter()
     Engine.from_gguf(path, "cpu", pack_weights=False).close()
     res["load_s_first"] = time.perf_counter() - t
     t = time.perf_counter()
     fp32 = Engine.from_gguf(path, "cpu", max_batch=a.streams)
     res["load_s_again"] = time.perf_counter() - t
-    res["fp32_weight_mb"] = weight_bytes(fp32.model) / 2**20
-    res["fp32_batch1_tok_s"], ref = batch1(fp32, a.tokens)
-    res[f"fp32_{a.streams}_streams_tok_s"] = streams(fp32, a.streams, a.tokens)
-    fp32.close()
-    res["rss_mb_after_fp32"] = rss_mb()
+    res["rss_mb_fp32_loaded"] = rss_mb()
     int8 = Engine.from_gguf(path, "cpu", max_batch=a.streams, quantize="int8")
+    res["fp32_weight_mb"] = weight_bytes(fp32.model) / 2**20
     res["int8_weight_mb"] = weight_bytes(int8.model) / 2**20
-    res["int8_batch1_tok_s"], got = batch1(int8, a.tokens)
-    res[f"int8_{a.streams}_streams_tok_s"] = streams(int8, a.streams, a.tokens)
-    int8.close()
-    both = {
-        "fp32": Engine.from_gguf(path, "cpu", max_batch=1).model,
-        "int8": Engine.from_gguf(path, "cpu", max_batch=1, quantize="int8").model,
-    }
-    for k, ms in paired_steps(both).items():
-        res[f"{k}_step_ms_median"] = ms
-    del both
-    same = next((i for i, (x, y) in enumerate(zip(ref, got, strict=False)) if x != y), len(ref))
-    res["int8_greedy_tokens_equal_to_fp32_prefix"] = same
+    engines = {"fp32": fp32, "int8": int8}
+    runs: dict[str, list[float]] = {k: [] for k in engines}
+    tokens = {}
+    ids = chat_ids(fp32)
+    for e in engines.values():
+        e.generate(ids, max_new_tokens=8, temperature=0)  # warm-up (compile, packing)
+    hf = None
     if not a.skip_hf:
         import transformers
 
         hf = transformers.AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32
         ).eval()
-        ids = torch.tensor([chat_ids(int8)])
-        kw = {"do_sample": False, "eos_token_id": None, "pad_token_id": 2}
-        with torch.no_grad():
-            hf.generate(ids, max_new_tokens=8, **kw)
+        hf_generate(hf, ids, 8)
+        runs["transformers"] = []
+    for _ in range(a.rounds):  # in turns, so that each sees the same machine load
+        for k, e in engines.items():
             t = time.perf_counter()
-            out = hf.generate(ids, max_new_tokens=a.tokens, min_new_tokens=a.tokens, **kw)
-        res["transformers_batch1_tok_s"] = (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t)
+            g = e.generate(ids, max_new_tokens=a.tokens, temperature=0)
+            runs[k].append(len(g.token_ids) / (time.perf_counter() - t))
+            tokens[k] = g.token_ids
+        if hf is not None:
+            runs["transformers"].append(hf_generate(hf, ids, a.tokens))
+    for k, v in runs.items():
+        res[f"{k}_batch1_tok_s"] = statistics.median(v)
+    del hf
+    ref, got = tokens["fp32"], tokens["int8"]
+    same = next((i for i, (x, y) in enumerate(zip(ref, got, strict=False)) if x != y), len(ref))
+    res["int8_greedy_tokens_equal_to_fp32_prefix"] = same
+    for k, ms in paired_steps({k: e.model for k, e in engines.items()}).items():
+        res[f"{k}_step_ms_median"] = ms
+    for k, e in engines.items():
+        res[f"{k}_{a.streams}_streams_tok_s"] = streams(e, a.streams, a.tokens)
+        e.close()
     res["peak_rss_mb"] = rss_mb()
     res["load_after"] = os.getloadavg()[0]
     for k, v in res.items():
@@ -157,6 +169,9 @@ def main() -> None:
     print(f"int8 / fp32 decode step (paired medians): {step:.2f}x faster")
     print(f"int8 / fp32 batch 1: {r['int8_batch1_tok_s'] / r['fp32_batch1_tok_s']:.2f}x; "
           f"weights {r['int8_weight_mb'] / r['fp32_weight_mb']:.2f}x")  # fmt: skip
+    for k in ("fp32", "int8"):
+        agg = r[f"{k}_{a.streams}_streams_tok_s"] / r[f"{k}_batch1_tok_s"]
+        print(f"{k}: {a.streams} streams vs 1: {agg:.2f}x aggregate")
     if "transformers_batch1_tok_s" in r:
         peer = r["transformers_batch1_tok_s"]
         print(f"vs transformers batch 1: fp32 {r['fp32_batch1_tok_s'] / peer:.2f}x, "
