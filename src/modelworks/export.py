@@ -4,14 +4,20 @@
     modelworks export runs/quickstart out/model --format safetensors --checkpoint best
     modelworks export runs/big out/step-1000 --checkpoint step_001000        # consolidates DCP
 
+Which formats apply depends on the run's model (`formats_for`): a language model (our GPT) and a
+text classifier on our encoder take all four (the classifier's `hf` folder loads with
+AutoModelForSequenceClassification, see models/hf_encoder.py); a classifier on our GPT and the
+image classifiers (vit, cnn, mlp) take safetensors, onnx and int8; other models safetensors.
+
 Sources (`--checkpoint`): `final` (default: the run's final model, `<run>/finetune/` when it
 was fine-tuned, else `<run>/pretrain/`), `best` (its `best/`), or a checkpoint folder name under
 its `checkpoints/` or a path. A
 checkpoint saved sharded by FSDP/TP (torch.distributed.checkpoint) is consolidated here, on one
 process, into a plain model; checksums are verified first. Formats: `safetensors` (our
-model.safetensors + config.json, loadable with `train.checkpoint.load_model`), `hf` (a folder
-that `transformers.AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer and
-chat template), `onnx`
+model.safetensors + config.json, loadable with `train.checkpoint.load_model`, with the run's
+tokenizer.json and labels.json when it has them), `hf` (a folder that
+`transformers.AutoModelForCausalLM.from_pretrained` loads, with the run's tokenizer and chat
+template; for a text classifier, AutoModelForSequenceClassification), `onnx`
 and `int8` (an ONNX graph, fp32 or dynamically quantised, checked against onnxruntime; see
 export_onnx.py).
 """
@@ -26,10 +32,30 @@ from torch import nn
 
 from modelworks.artifacts import final_model_dir, tokenizer_path
 from modelworks.errors import ExportError
-from modelworks.models.registry import build_model, lookup
+from modelworks.models.registry import build_model, lookup, name_of
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
 
 FORMATS = ("hf", "safetensors", "onnx", "int8", "gguf")
+
+
+def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
+    """What `model` is, in the user's words, and the --format values that apply to it."""
+    from modelworks.models.encoder import Encoder
+    from modelworks.models.gpt import GPT
+    from modelworks.models.gpt_classifier import GPTClassifier
+
+    if isinstance(model, GPTClassifier):  # before GPT: it is one
+        return "a text classifier on our GPT", ("safetensors", "onnx", "int8")
+    if isinstance(model, GPT):
+        return "a language model (our GPT)", FORMATS
+    if isinstance(model, Encoder):
+        if model.head is not None:
+            return "a text classifier (encoder)", ("hf", "safetensors", "onnx", "int8")
+        return "an encoder without a classification head", ("safetensors",)
+    name = name_of(model.modelworks_config)
+    if name in ("vit", "cnn", "mlp"):
+        return f"an image classifier ({name})", ("safetensors", "onnx", "int8")
+    return f"a {name} model", ("safetensors",)
 
 
 def source_folder(run_dir: Path, checkpoint: str = "final") -> Path:
@@ -96,13 +122,33 @@ def export(
         raise ExportError(f"{run_dir}: no such run folder, .gguf file or ready model")
     folder = source_folder(run_dir, checkpoint)
     model = load_weights(folder)
+    kind, formats = formats_for(model)
+    if fmt not in formats:
+        raise ExportError(
+            f"{run_dir}: --format {fmt} does not apply to this run's model, {kind}; its formats "
+            f"are {', '.join(formats)}"
+        )
     if fmt == "gguf":
         return export_run_gguf(run_dir, out_dir, model, folder, gguf_type)
+    tokenizer = tokenizer_path(run_dir)
+    labels = run_dir / "preprocess" / "labels.json"
+    if fmt == "hf" and kind.startswith("a text classifier"):
+        from modelworks.models.hf_encoder import export_hf_classifier
+        from modelworks.tasks.text_classification import classes_of, max_tokens
+
+        for needed in (tokenizer, labels):
+            if not needed.is_file():
+                raise ExportError(
+                    f"{needed} does not exist; the hf export of a text classifier needs the "
+                    "run's tokenizer and label names"
+                )
+        return export_hf_classifier(
+            model, out_dir, tokenizer, classes_of(run_dir), max_tokens(run_dir, model)
+        )
     if fmt == "hf":
         from modelworks.chat_template import run_chat_template
         from modelworks.models.hf import export_hf
 
-        tokenizer = tokenizer_path(run_dir)
         template = run_chat_template(run_dir)
         return export_hf(
             model, out_dir, tokenizer if tokenizer.is_file() else None, "<|endoftext|>", template
@@ -112,12 +158,19 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
-        if fmt in ("onnx", "int8"):
+        if fmt == "onnx":
             from modelworks.export_onnx import write_onnx
 
-            write_onnx(model, run_dir, tmp, int8=fmt == "int8")
+            write_onnx(model, run_dir, tmp)
+        elif fmt == "int8":
+            from modelworks.export_int8 import write_int8
+
+            write_int8(model, run_dir, tmp)
         else:
             save_model(tmp, model)
+            for extra in (tokenizer, labels):  # what it takes to use the weights: ids, names
+                if extra.is_file():
+                    shutil.copyfile(extra, tmp / extra.name)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)

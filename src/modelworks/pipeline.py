@@ -51,6 +51,9 @@ def run(cfg: Config, force: Iterable[str] = (), reporter: Reporter | None = None
     unknown = force - set(STAGES)
     if unknown:
         raise ConfigError(f"--force {sorted(unknown)[0]!r}: not a stage; stages: {list(STAGES)}")
+    from modelworks.tasks import get_task
+
+    get_task(cfg.task)  # an unknown task fails here, in one line, before any stage runs
     done = {}
     functions = stage_functions()
     for stage in active_stages(cfg):

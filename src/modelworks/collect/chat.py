@@ -78,7 +78,7 @@ def to_messages(record: object, where: str) -> list[dict]:
     return out
 
 
-def read_chats(patterns: list[str], where: str) -> Iterator[dict]:
+def read_chats(patterns: list[str], where: str, split_field: str = "") -> Iterator[dict]:
     """Conversations from .jsonl (.gz) and .parquet files, as collect rows."""
     from modelworks.collect.files import _raw, expand
 
@@ -88,10 +88,15 @@ def read_chats(patterns: list[str], where: str) -> Iterator[dict]:
             import pyarrow.parquet as pq
 
             for n, record in enumerate(pq.read_table(path).to_pylist()):
-                yield _row(to_messages(record, f"{path} row {n}"), f"{path}:{n}", path)
+                row = _row(to_messages(record, f"{path} row {n}"), f"{path}:{n}", path)
+                yield {**row, "split": record.get(split_field) if split_field else None}
         elif name.endswith((".jsonl", ".jsonl.gz")):
             for n, record in json_lines(_raw(path).decode("utf-8").splitlines(), path, DataError):
-                yield _row(to_messages(record, f"{path}:{n}"), f"{path}:{n}", path)
+                row = _row(to_messages(record, f"{path}:{n}"), f"{path}:{n}", path)
+                split = (
+                    record.get(split_field) if split_field and isinstance(record, dict) else None
+                )
+                yield {**row, "split": split}
         else:
             raise DataError(f"{where}.paths: {path}: chat data must be .jsonl or .parquet")
 

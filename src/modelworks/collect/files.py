@@ -9,7 +9,6 @@ text, a truncated gzip) is appended to `problems` and skipped: the rest of the c
 
 from __future__ import annotations
 
-import csv
 import glob
 import gzip
 import io
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modelworks.collect.html import extract_html
+from modelworks.collect.rows import BadRows, delimited
 
 SUFFIXES = {".txt", ".md", ".html", ".htm", ".jsonl", ".csv", ".parquet", ".warc"}
 
@@ -90,8 +90,17 @@ def _doc(
 
 
 def read_files(
-    patterns: list[str], text_field: str, where: str, problems: list[str]
+    patterns: list[str],
+    text_field: str,
+    where: str,
+    problems: list[str],
+    quoting: str = "auto",
+    bad: BadRows | None = None,
 ) -> Iterator[dict]:
+    """Documents of every file; rows of CSV files follow the bad-row policy (collect/rows.py)
+    through `bad` (without one, the default `max_bad_rows` is checked at the end)."""
+    own = bad is None
+    bad = BadRows(where) if bad is None else bad
     for path in expand(patterns, where):
         kind = _kind(path)
         if kind == ".warc":
@@ -110,7 +119,7 @@ def read_files(
         if kind == ".jsonl":
             yield from _jsonl(path, data, text_field, problems)
         elif kind == ".csv":
-            yield from _csv(path, data, text_field, problems)
+            yield from _csv(path, data, text_field, problems, quoting, bad)
         elif kind in (".html", ".htm"):
             html = _decode(data, str(path), problems)
             if html is None:
@@ -129,6 +138,8 @@ def read_files(
                 f"{where}.paths: {path}: unsupported file type {kind!r} "
                 "(txt, md, html, jsonl, csv, parquet, warc; optionally .gz)"
             )
+    if own:
+        bad.check()
 
 
 def _jsonl(path: Path, data: bytes, text_field: str, problems: list[str]) -> Iterator[dict]:
@@ -152,35 +163,42 @@ def _jsonl(path: Path, data: bytes, text_field: str, problems: list[str]) -> Ite
         yield _doc(doc_id, text, path, url if isinstance(url, str) else None, {"line": n, **record})
 
 
-def _csv(path: Path, data: bytes, column: str, problems: list[str]) -> Iterator[dict]:
+def _csv(
+    path: Path, data: bytes, column: str, problems: list[str], quoting: str, bad: BadRows
+) -> Iterator[dict]:
     text = _decode(data, str(path), problems)
     if text is None:
         return
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if column not in (reader.fieldnames or []):
-        cols = ", ".join(reader.fieldnames or []) or "none"
-        problems.append(f"{path}: no column {column!r} (columns: {cols}); file skipped")
+    text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the first name
+    names, rows = delimited(io.StringIO(text, newline=""), path, [], quoting, bad)
+    if column not in names:
+        problems.append(f"{path}: no column {column!r} (columns: {', '.join(names) or 'none'}); "
+                        "file skipped")  # fmt: skip
         return
-    for n, row in enumerate(reader, 1):
+    for n, row in rows:
+        bad.ok()
         value = row.pop(column)
         if not value:
             continue
         doc_id = row.pop("id", None) or f"{path}:{n}"
         url = row.pop("url", None)
-        yield _doc(doc_id, value, path, url, {"row": n, **row})
+        yield _doc(doc_id, value, path, url, {"line": n, **row})
 
 
-def read_table_column(path: Path, column: str) -> Iterator[str]:
-    """A text column of a .parquet or .csv file (for eval sets); raises when it is missing."""
+def read_table_column(path: Path, column: str, quoting: str = "auto") -> Iterator[str]:
+    """A text column of a .parquet or .csv file (for eval sets); raises when it is missing, and
+    under the bad-row policy (collect/rows.py) when too many rows are unreadable."""
     problems: list[str] = []
+    bad = BadRows(str(path), max_bad_rows=0, knob=None)  # an eval set: every row or an error
     if _kind(path) == ".parquet":
         docs = _parquet(path, column, problems)
     else:
-        docs = _csv(path, _raw(path), column, problems)
+        docs = _csv(path, _raw(path), column, problems, quoting, bad)
     for doc in docs:
         yield doc["text"]
     if problems:
         raise ValueError(problems[0])
+    bad.check()
 
 
 def _parquet(path: Path, column: str, problems: list[str]) -> Iterator[dict]:

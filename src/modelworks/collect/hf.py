@@ -9,6 +9,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelworks.collect.rows import BadRows
+
 _BUILDERS = {
     ".jsonl": "json",
     ".json": "json",
@@ -26,9 +28,12 @@ def read_hf(
     subset: str | None = None,
     where: str = "collect.sources",
     label_field: str | None = None,
+    bad: BadRows | None = None,
 ) -> Iterator[dict]:
     """Documents of a dataset split; with `label_field`, labelled rows (id, text, label, source)
-    for text classification, ClassLabel integers given as their names."""
+    for text classification, ClassLabel integers given as their names. A row without its label
+    is a bad row (collect/rows.py) listed as `<dataset>[<split>]:<row index from 0>`; without
+    `bad`, the default `max_bad_rows` is checked at the end."""
     try:
         import datasets
     except ImportError:
@@ -53,21 +58,25 @@ def read_hf(
     features = getattr(ds, "features", None) or {}
     if features and text_field not in features:
         raise ValueError(
-            f"{where}.text_field: {dataset!r} has no column {text_field!r} "
-            f"(columns: {', '.join(features)})"
+            f"{where}.text_field: {dataset!r} has no column {text_field!r}; the dataset has: "
+            f"{', '.join(features)}"
         )
     if features and label_field is not None and label_field not in features:
         raise ValueError(
-            f"{where}.label_field: {dataset!r} has no column {label_field!r} "
-            f"(columns: {', '.join(features)})"
+            f"{where}.label_field: {dataset!r} has no column {label_field!r}; the dataset has: "
+            f"{', '.join(features)}"
         )
     names = getattr(features.get(label_field), "names", None) if label_field else None
+    own = bad is None
+    bad = BadRows(where) if bad is None else bad
     for n, record in enumerate(ds):
         if text_field not in record:
             raise ValueError(f"{where}.text_field: {dataset!r} has no column {text_field!r}")
         text = record.pop(text_field)
         if label_field is not None:
-            yield _labelled(record, text, label_field, names, dataset, split, n, where)
+            row = _labelled(record, text, label_field, names, dataset, split, n, bad)
+            if row is not None:
+                yield row
             continue
         if not isinstance(text, str) or not text:
             continue
@@ -81,12 +90,16 @@ def read_hf(
             "url": url if isinstance(url, str) else None,
             "metadata": json.dumps(meta, default=str) if meta else None,
         }
+    if own and label_field is not None:
+        bad.check()
 
 
-def _labelled(record, text, label_field, names, dataset, split, n, where) -> dict:
+def _labelled(record, text, label_field, names, dataset, split, n, bad: BadRows) -> dict | None:
     label = record.get(label_field)
     if label is None or str(label).strip() == "":
-        raise ValueError(f"{where}: {dataset!r} {split} row {n}: missing label ({label_field!r})")
+        bad.skip(f"{dataset}[{split}]", n, "missing label", f"column {label_field!r} is empty")
+        return None
+    bad.ok()
     if names and isinstance(label, int) and 0 <= label < len(names):
         label = names[label]
     return {

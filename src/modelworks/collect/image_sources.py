@@ -1,10 +1,11 @@
 """Image sources from tables and arrays: each yields {"id", "image" (bytes), "label", "source"}.
 
 - `image_table`: CSV/TSV/Parquet files with an image-path column and a label column; relative
-  paths are resolved against the table file's folder. A listed file that does not exist is skipped
-  and counted (collect's `problems`); a file that is not an image is skipped and counted by
-  preprocess, as for `image_folder`. A missing column or a row without a label is an error naming
-  the file (and line).
+  paths are resolved against the table file's folder. Delimited files are read as their suffix
+  means them (collect/rows.py). A row without a label, with an empty path or naming a file that
+  does not exist is a bad row (skipped and counted; past `max_bad_rows` the stage stops); a file
+  that is not an image is skipped and counted by preprocess, as for `image_folder`. A missing
+  column is an error naming the file and the columns it has.
 - `npz`: NumPy `.npz` files holding an image array (N, H, W) or (N, H, W, C) with C in 1/3/4 and
   a label array (N,). uint8 is kept; float arrays with values in [0, 1] are scaled by 255, other
   values are clipped to 0..255. Keys: `array_keys` = [images, labels], else x/y or images/labels.
@@ -12,14 +13,14 @@
 
 from __future__ import annotations
 
-import csv
 import glob
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelworks.collect.rows import BadRows, delimited, missing_column
 from modelworks.collect.sources import _png
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 DEFAULT_ARRAY_KEYS = (("x", "y"), ("images", "labels"))
 
 
@@ -33,7 +34,9 @@ def _matches(patterns: list[str], where: str, what: str) -> Iterator[Path]:
         yield from hits
 
 
-def _table_rows(table: Path, needed: list[str], where: str) -> Iterator[tuple[int, dict]]:
+def _table_rows(
+    table: Path, needed: list[str], where: str, quoting: str, bad: BadRows
+) -> Iterator[tuple[int, dict]]:
     suffix = table.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -45,12 +48,12 @@ def _table_rows(table: Path, needed: list[str], where: str) -> Iterator[tuple[in
         _check_columns(table, names, needed, where)
         rows = pq.read_table(table, columns=needed).to_pylist()
         yield from enumerate(rows, 1)
-    elif suffix in (".csv", ".tsv"):
+    elif suffix in (".csv", ".tsv", ".txt"):
         try:
-            with open(table, encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f, delimiter="," if suffix == ".csv" else "\t")
-                _check_columns(table, reader.fieldnames or [], needed, where)
-                yield from enumerate(reader, 2)  # line 1 is the header
+            with open(table, encoding="utf-8-sig", newline="") as f:
+                names, rows = delimited(f, table, [], quoting, bad)
+                _check_columns(table, names, needed, where)
+                yield from rows
         except UnicodeDecodeError:
             raise ValueError(f"{table}: not UTF-8 text") from None
     else:
@@ -60,39 +63,53 @@ def _table_rows(table: Path, needed: list[str], where: str) -> Iterator[tuple[in
 
 
 def _check_columns(table: Path, names: list[str], needed: list[str], where: str) -> None:
-    fields = {needed[0]: "path_field", needed[1]: "label_field"}
+    fields = dict(zip(needed, ("path_field", "label_field", "split_field"), strict=False))
     for col in needed:
         if col not in names:
-            raise ValueError(
-                f"{table}: no column {col!r} ({where}.{fields[col]}); columns are {list(names)}"
-            )
+            raise missing_column(table, col, f"{where}.{fields[col]}", names)
 
 
 def image_table(
-    patterns: list[str], path_field: str, label_field: str, where: str, problems: list[str]
+    patterns: list[str],
+    path_field: str,
+    label_field: str,
+    where: str,
+    quoting: str = "auto",
+    bad: BadRows | None = None,
+    split_field: str = "",
 ) -> Iterator[dict]:
-    """Rows of (image path, label) from CSV/TSV/Parquet tables; paths relative to the table."""
+    """Rows of (image path, label) from CSV/TSV/Parquet tables; paths relative to the table.
+    Rows without a label, with an empty path or naming a file that does not exist are bad rows
+    (`bad`; without one, the default `max_bad_rows` is checked when the tables are read)."""
+    own = bad is None
+    bad = BadRows(where) if bad is None else bad
     what = "CSV/TSV/Parquet files with an image-path and a label column"
     for table in _matches(patterns, where, what):
-        for line, row in _table_rows(table, [path_field, label_field], where):
+        needed = [path_field, label_field] + ([split_field] if split_field else [])
+        for line, row in _table_rows(table, needed, where, quoting, bad):
             label = row.get(label_field)
             if label is None or str(label).strip() == "":
-                raise ValueError(f"{table} line {line}: missing label (column {label_field!r})")
+                bad.skip(table, line, "missing label", f"column {label_field!r} is empty")
+                continue
             rel = row.get(path_field)
             if rel is None or str(rel).strip() == "":
-                problems.append(f"{table} line {line}: empty path (column {path_field!r})")
+                bad.skip(table, line, "empty image path", f"column {path_field!r} is empty")
                 continue
             path = Path(str(rel).strip())
             path = path if path.is_absolute() else table.parent / path
             if not path.is_file():
-                problems.append(f"{table} line {line}: {path} does not exist")
+                bad.skip(table, line, "image file missing", f"{path} does not exist")
                 continue
+            bad.ok()
             yield {
                 "id": str(path),
                 "image": path.read_bytes(),
                 "label": str(label).strip(),
                 "source": str(table),
+                "split": row.get(split_field) if split_field else None,
             }
+    if own:
+        bad.check()
 
 
 def _to_uint8(images, path: Path):

@@ -3,10 +3,13 @@
 Sources yield dicts with `user`, `item`, `timestamp` (a float that orders a user's items),
 `rating` (float or None) and `source`:
 
-- `interactions`: CSV or Parquet files with a user, an item and a time column (names set by
-  `user_field`, `item_field`, `time_field`; `time_field: ''` orders by row). Times may be numbers,
-  dates or ISO date-times (as seconds since the epoch). A missing column is a one-line error
-  naming the file and the column.
+- `interactions`: CSV, TSV or Parquet files with a user, an item and a time column (names set
+  by `user_field`, `item_field`, `time_field`; `time_field: ''` orders by row; `columns` names
+  the columns of a file without a header, such as MovieLens' u.data). Times may be numbers, or
+  dates and ISO 8601 date-times (as seconds since the epoch), not both in one file. A missing
+  column is a one-line error naming the file, the column and the columns it has; a row with an
+  empty user or item or a time that is neither is a bad row (collect/rows.py: skipped, counted,
+  and past `max_bad_rows` the stage stops).
 - `stdlib_calls` (the built-in default, every install has it): the Python standard library's
   functions as users and the names they call as items. See `stdlib_calls`.
 - `stdlib_imports`: the stdlib's modules as users and the top-level modules they import as
@@ -19,12 +22,15 @@ folders as `python_docs` (tests, demos, site-packages). They vary slightly with 
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import glob
+import math
 import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelworks.collect.rows import BadRows, delimited, missing_column
 from modelworks.collect.sources import _SKIP_DIRS
 
 
@@ -141,7 +147,7 @@ def _called_name(func: ast.expr) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Files
 
-TABLE_SUFFIXES = (".csv", ".parquet")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 
 
 def read_interactions(
@@ -151,83 +157,134 @@ def read_interactions(
     time_field: str,
     rating_field: str,
     where: str,
+    columns: list[str] | None = None,
+    quoting: str = "auto",
+    bad: BadRows | None = None,
 ) -> Iterator[dict]:
-    """Rows of CSV/Parquet interaction logs; see the module docstring."""
+    """Rows of CSV/TSV/Parquet interaction logs; see the module docstring. `bad` collects
+    skipped rows (without one, the default `max_bad_rows` is checked when the files are read)."""
+    own = bad is None
+    bad = BadRows(where) if bad is None else bad
     if not patterns:
-        raise FileNotFoundError(f"{where}.paths: empty; give at least one csv or parquet file")
+        raise FileNotFoundError(f"{where}.paths: empty; give at least one csv, tsv or parquet file")
+    fields = {"user_field": user_field, "item_field": item_field}
+    if time_field:
+        fields["time_field"] = time_field
     for pattern in patterns:
         hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
         if not hits:
             raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
         for path in hits:
-            yield from _read_file(path, user_field, item_field, time_field, rating_field, where)
+            rows = _file_rows(path, fields, where, columns or [], quoting, bad)
+            yield from _records(path, rows, fields, rating_field, bad)
+    if own:
+        bad.check()
 
 
-def _read_file(
-    path: Path, user_field: str, item_field: str, time_field: str, rating_field: str, where: str
-) -> Iterator[dict]:
-    import pandas as pd
-
+def _file_rows(path: Path, fields: dict[str, str], where: str, columns: list[str], quoting: str,
+               bad: BadRows) -> list[tuple[int, dict]]:  # fmt: skip
+    """(line or row number, record) for every readable row, after the columns are checked."""
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            df = pd.read_parquet(path)
-        elif suffix == ".csv":
-            df = pd.read_csv(path, dtype={user_field: str, item_field: str}, keep_default_na=False)
-        else:
-            raise ValueError(
-                f"{path}: unsupported file type {suffix!r} (interactions: csv, parquet)"
-            )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
-    wanted = [("user_field", user_field), ("item_field", item_field)]
-    if time_field:
-        wanted.append(("time_field", time_field))
-    for key, column in wanted:
-        if column not in df.columns:
-            have = ", ".join(map(str, df.columns)) or "none"
-            raise ValueError(
-                f"{path}: no column {column!r} ({where}.{key}); the file has columns: {have}"
-            )
-    for key, column in (("user_field", user_field), ("item_field", item_field)):
-        values = df[column]
-        empty = values.isna() | (values.astype(str).str.strip() == "")
-        if empty.any():
-            row = int(empty.to_numpy().argmax()) + (2 if suffix == ".csv" else 1)
-            raise ValueError(f"{path} row {row}: empty {column!r} ({where}.{key})")
-    times = _times(df[time_field], path, time_field) if time_field else range(len(df))
-    ratings = None
-    if rating_field and rating_field in df.columns:
-        ratings = pd.to_numeric(df[rating_field], errors="coerce")
-    source = str(path)
-    users, items = df[user_field].astype(str), df[item_field].astype(str)
-    for i, (u, it, t) in enumerate(zip(users, items, times, strict=True)):
-        r = None if ratings is None or pd.isna(ratings.iat[i]) else float(ratings.iat[i])
-        yield {"user": u, "item": it, "timestamp": float(t), "rating": r, "source": source}
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
 
-
-def _times(col, path: Path, column: str):
-    """Numbers as they are; dates and date-times as seconds since the epoch."""
-    import pandas as pd
-
-    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        values = col.astype(float)
-    elif pd.api.types.is_datetime64_any_dtype(col):
-        values = (col - pd.Timestamp(0, tz=col.dt.tz)) / pd.Timedelta(seconds=1)
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise ValueError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
+        names, rows = table.column_names, enumerate(table.to_pylist(), 1)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                names, it = delimited(f, path, columns, quoting, bad)
+                _check(path, names, fields, where)
+                return list(it)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
     else:
-        values = pd.to_numeric(col, errors="coerce")
-        if values.isna().any():
-            try:
-                stamps = pd.to_datetime(col, utc=True, format="ISO8601")
-            except (ValueError, TypeError):
-                stamps = None
-            if stamps is None or stamps.isna().any():
-                bad = col[values.isna()].iloc[0]
-                raise ValueError(
-                    f"{path}: column {column!r} has {bad!r}, neither a number nor a date"
-                )
-            values = (stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-    if values.isna().any():
-        row = int(values.isna().to_numpy().argmax()) + 1
-        raise ValueError(f"{path}: column {column!r} is empty at data row {row}")
-    return values.to_numpy()
+        raise ValueError(
+            f"{path}: unsupported file type {suffix!r} (interactions: csv, tsv, txt, parquet)"
+        )
+    _check(path, names, fields, where)
+    return list(rows)
+
+
+def _check(path: Path, names: list[str], fields: dict[str, str], where: str) -> None:
+    for key, column in fields.items():
+        if column not in names:
+            raise missing_column(path, column, f"{where}.{key}", names)
+
+
+def _records(path: Path, rows: list[tuple[int, dict]], fields: dict[str, str], rating_field: str,
+             bad: BadRows) -> Iterator[dict]:  # fmt: skip
+    """The interactions of one file; bad rows skipped, and a time column that mixes epoch
+    numbers with dates refused (their orders cannot be compared with confidence)."""
+    time_field = fields.get("time_field")
+    out, kinds = [], {}
+    for i, (line, row) in enumerate(rows):
+        user, item = _text(row.get(fields["user_field"])), _text(row.get(fields["item_field"]))
+        if not user:
+            bad.skip(path, line, "empty user", f"column {fields['user_field']!r}")
+            continue
+        if not item:
+            bad.skip(path, line, "empty item", f"column {fields['item_field']!r}")
+            continue
+        if time_field:
+            value = row.get(time_field)
+            t, kind = _time(value)
+            if t is None:
+                reason = "empty time" if kind == "empty" else "time neither a number nor a date"
+                bad.skip(path, line, reason, f"{value!r} in column {time_field!r}")
+                continue
+            kinds.setdefault(kind, (line, value))
+        else:
+            t = float(i)
+        bad.ok()
+        out.append({"user": user, "item": item, "timestamp": t,
+                    "rating": _rating(row.get(rating_field)), "source": str(path)})  # fmt: skip
+    if len(kinds) == 2:
+        (ln, num), (ld, date) = kinds["number"], kinds["date"]
+        raise ValueError(
+            f"{path}: column {time_field!r} mixes epoch numbers (line {ln}: {num!r}) and dates "
+            f"(line {ld}: {date!r}); write every time one way"
+        )
+    yield from out
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _rating(value) -> float | None:
+    try:
+        r = float(value)
+    except (TypeError, ValueError):
+        return None
+    return r if math.isfinite(r) else None
+
+
+def _time(value) -> tuple[float | None, str]:
+    """(seconds, 'number' | 'date'): numbers as they are; dates and ISO 8601 date-times as
+    seconds since the epoch (UTC when they carry no zone). (None, why) when it is neither."""
+    if isinstance(value, bool):
+        return None, "bad"
+    if isinstance(value, int | float):
+        return (float(value), "number") if math.isfinite(value) else (None, "empty")
+    if isinstance(value, dt.datetime):
+        stamp = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return stamp.timestamp(), "date"
+    if isinstance(value, dt.date):
+        return _time(dt.datetime(value.year, value.month, value.day))
+    text = _text(value)
+    if not text:
+        return None, "empty"
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return (number, "number") if math.isfinite(number) else (None, "bad")
+    try:
+        return _time(dt.datetime.fromisoformat(text))
+    except ValueError:
+        return None, "bad"

@@ -11,17 +11,20 @@ in digits ("4 0 7 2", one token per digit) and in English words ("four thousand 
 Its mapping is compositional, so a word-by-word dictionary gets the digits' words but not the
 "thousand"/"hundred"/"-ty" structure, and a model that learns it generalises to held-out numbers.
 
+Delimited files are read as their suffix means them (collect/rows.py: `.tsv`/`.txt` without
+quoting, `.csv` RFC 4180; `quoting` overrides); unreadable rows (more fields than the header,
+broken quoting, bad JSON) are skipped and counted under the bad-row policy (`max_bad_rows`).
 Empty sources or targets are kept here; the task's preprocessing drops and counts them. A field
 that no row of a file has is an error naming the file and the field (a typo, or the wrong file).
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelworks.collect.rows import BadRows, delimited
 from modelworks.jsonl import json_lines
 
 SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")
@@ -34,7 +37,12 @@ def read_parallel(
     columns: list[str],
     where: str,
     dataset: str = "",
+    quoting: str = "auto",
+    bad: BadRows | None = None,
+    split_field: str = "",
 ) -> Iterator[dict]:
+    """Pairs from the files (or the built-in `dataset`); `bad` collects skipped rows (without
+    one, the default `max_bad_rows` is checked when the files are read)."""
     if dataset:
         if dataset != "numbers":
             raise ValueError(f"{where}.dataset: {dataset!r} is not built in (only: numbers)")
@@ -44,30 +52,40 @@ def read_parallel(
         raise FileNotFoundError(
             f"{where}.paths: empty; give at least one file or glob (or dataset: numbers)"
         )
+    own = bad is None
+    bad = BadRows(where) if bad is None else bad
     for pattern in patterns:
         hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
         if not hits:
             raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
         for path in hits:
-            yield from _read(path, source_field, target_field, columns, where)
+            yield from _read(
+                path, source_field, target_field, columns, where, quoting, bad, split_field
+            )
+    if own:
+        bad.check()
 
 
-def _read(path: Path, source_field: str, target_field: str, columns: list[str], where: str):
+def _read(path: Path, source_field: str, target_field: str, columns: list[str], where: str,
+          quoting: str, bad: BadRows, split_field: str = ""):  # fmt: skip
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(
             f"{path}: unsupported parallel-text type {suffix!r} ({', '.join(SUFFIXES)})"
         )
     seen = {source_field: False, target_field: False}
+    fields = (source_field, target_field)
     try:
-        for line, row in _rows(path, suffix, columns, (source_field, target_field), where):
+        for line, row in _rows(path, suffix, columns, fields, where, quoting, bad):
             for f in seen:
                 seen[f] = seen[f] or row.get(f) is not None
+            bad.ok()
             yield {
                 "id": f"{path}:{line}",
                 "text": _str(row.get(source_field)),
                 "target": _str(row.get(target_field)),
                 "source": str(path),
+                "split": row.get(split_field) if split_field else None,
             }
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
@@ -81,28 +99,28 @@ def _str(value) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _rows(path: Path, suffix: str, columns: list[str], fields: tuple[str, str], where: str):
+def _rows(path: Path, suffix: str, columns: list[str], fields: tuple[str, str], where: str,
+          quoting: str, bad: BadRows):  # fmt: skip
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
-            for i, row in json_lines(f, path):
+            for i, row in json_lines(f, path, skip=lambda n, e: bad.skip(path, n, "not JSON", e)):
                 if not isinstance(row, dict):
-                    raise ValueError(f"{path} line {i}: not a JSON object")
+                    bad.skip(path, i, "not a JSON object")
+                    continue
                 yield i, row
         return
-    delimiter = "," if suffix == ".csv" else "\t"
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE)
-        names, first = (list(columns), 1) if columns else (next(reader, []), 2)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        names, rows = delimited(f, path, columns, quoting, bad)
         missing = [x for x in fields if x not in names]
         if missing:
+            key = "source_field" if missing[0] == fields[0] else "target_field"
             given = f"{where}.columns" if columns else "its header line"
             raise ValueError(
-                f"{path}: no column {missing[0]!r} in {given} ({names}); set {where}.columns "
-                "for a file without a header, and source_field/target_field to column names"
+                f"{path}: no column {missing[0]!r} in {given} ({where}.{key}); the file has: "
+                f"{', '.join(names) or 'no columns'}; set {where}.columns for a file without a "
+                "header, and source_field/target_field to column names"
             )
-        for i, values in enumerate(reader, first):
-            if values:
-                yield i, dict(zip(names, values, strict=False))
+        yield from rows
 
 
 _ONES = [

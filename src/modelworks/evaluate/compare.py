@@ -3,9 +3,11 @@
     modelworks compare runs/a runs/b [runs/c ...] [--out compare/]
 
 Prints one Markdown table (config keys whose values differ, then every scalar metric of
-evaluate/metrics.json, with its 95% interval when there is one). With --out, also writes
-`compare.md`, `compare.json` and `loss_curves.png` (training and validation loss of every run,
-overlaid) into that folder.
+evaluate/metrics.json, with its 95% interval when there is one). A section counts only for runs
+that ran its stage (have its manifest): runs of different tasks show what each ran and set, not
+the defaults of stages it never ran; keys are spelled as in a config file (`finetune.from`).
+With --out, also writes `compare.md`, `compare.json` and `loss_curves.png` (training and
+validation loss of every run, overlaid) into that folder.
 """
 
 from __future__ import annotations
@@ -32,13 +34,65 @@ def _flatten(d, prefix: str = "") -> dict:
     return out
 
 
+# the stages whose manifest says a config section was used; other sections are every run's
+_SECTION_STAGES = {
+    "collect": ("collect",),
+    "preprocess": ("preprocess",),
+    "model": ("pretrain",),  # a run fine-tuning another model does not build this one
+    "pretrain": ("pretrain",),
+    "parallel": ("pretrain", "finetune"),
+    "finetune": ("finetune",),
+    "evaluate": ("evaluate",),
+}
+_NOT_COMPARED = ("name", "runs_dir", "serve")  # where a run lives, how it is served
+
+
+def _defaults() -> dict:
+    """Every key's built-in default, flattened (the finetune section's too)."""
+    from modelworks.config import FinetuneConfig, load_config
+
+    data = load_config(None).model_dump(mode="json", by_alias=True)
+    data["finetune"] = FinetuneConfig().model_dump(mode="json", by_alias=True)
+    return _flatten(data)
+
+
+def _user_keys(config: dict) -> dict:
+    """A stored config.yaml with its keys as a user writes them: finetune.from, not from_."""
+    finetune = config.get("finetune")
+    if isinstance(finetune, dict) and "from_" in finetune:
+        config["finetune"] = {("from" if k == "from_" else k): v for k, v in finetune.items()}
+    return config
+
+
+def _config_rows(configs: list[dict], ran: list[set[str]]) -> dict:
+    """{key: [value per run, None where the run did not run the key's stage]} for the keys that
+    differ between the runs that ran their stage, or, when not every run ran it, that a run set
+    away from its default."""
+    flat = [_flatten(c) for c in configs]
+    defaults = _defaults()
+    rows = {}
+    for key in sorted(set().union(*flat)):
+        top = key.split(".")[0]
+        if top in _NOT_COMPARED:
+            continue
+        stages = _SECTION_STAGES.get(top)
+        used = [stages is None or any(s in r for s in stages) for r in ran]
+        values = [f.get(key) if u else None for f, u in zip(flat, used, strict=True)]
+        seen = [json.dumps(v) for v, u in zip(values, used, strict=True) if u]
+        differ = len(set(seen)) > 1
+        default = json.dumps(defaults.get(key))
+        if differ or (seen and not all(used) and any(v != default for v in seen)):
+            rows[key] = values
+    return rows
+
+
 def _load_run(run: Path) -> tuple[dict, dict, list[dict]]:
     if not run.is_dir():
         raise EvaluateError(f"{run}: no such run folder")
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
         raise EvaluateError(f"{cfg_path} does not exist: not a modelworks run")
-    config = yaml.safe_load(cfg_path.read_text()) or {}
+    config = _user_keys(yaml.safe_load(cfg_path.read_text()) or {})
     metrics_path = run / "evaluate" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     stage = "finetune" if (run / "finetune" / "metrics.jsonl").is_file() else "pretrain"
@@ -65,13 +119,8 @@ def compare(runs: list[str | Path]) -> dict:
     if len(runs) < 2:
         raise EvaluateError("compare: give two runs or more")
     loaded = [_load_run(r) for r in runs]
-    flat = [_flatten(c) for c, _, _ in loaded]
-    keys = sorted(set().union(*flat))
-    differ = {
-        k: [f.get(k) for f in flat]
-        for k in keys
-        if k not in ("name",) and len({json.dumps(f.get(k)) for f in flat}) > 1
-    }
+    ran = [{s.parent.name for s in r.glob("*/manifest.json")} for r in runs]
+    differ = _config_rows([c for c, _, _ in loaded], ran)
     metric_names: list[str] = []
     for _, m, _ in loaded:
         for k, v in m.items():
@@ -91,6 +140,7 @@ def compare(runs: list[str | Path]) -> dict:
     return {
         "runs": [r.name for r in runs],
         "paths": [str(r) for r in runs],
+        "stages": [sorted(r) for r in ran],
         "config": differ,
         "metrics": metrics,
         "curves": [
@@ -106,7 +156,8 @@ def compare(runs: list[str | Path]) -> dict:
 def to_markdown(result: dict) -> str:
     head = "| | " + " | ".join(result["runs"]) + " |"
     sep = "|---" * (len(result["runs"]) + 1) + "|"
-    lines = ["### Config (keys that differ)", "", head, sep]
+    lines = ["### Config (keys that differ or were set; — : a stage that run did not run)", ""]
+    lines += [head, sep]
     if not result["config"]:
         lines.append("| (identical but for the name) |" + " |" * len(result["runs"]))
     for k, vals in result["config"].items():

@@ -8,7 +8,7 @@
   recomputed from each attention module's input: softmax(q k^T / sqrt(d)) with the same RoPE,
   key/value-head sharing and masks as the forward pass.
 - Token attributions: for a classifier (an encoder with a head), integrated gradients (captum's
-  LayerIntegratedGradients over the token embeddings, from an all-padding baseline) of the
+  LayerIntegratedGradients over the token embeddings, from an all-id-0 baseline) of the
   predicted class; for a language model, gradient x input of the greedy next token's logit (the
   logit rather than its log-probability, which saturates once the model is sure). Each token's
   score is the sum over the embedding dimension; positive scores support the prediction.
@@ -44,9 +44,12 @@ def _is_vit(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def attention_maps(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
+def attention_maps(
+    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> np.ndarray:
     """(layers, heads, T, T) attention weights for one input (1, T) ids, or (1, C, H, W) image
-    for a ViT (T = class token + patches)."""
+    for a ViT (T = class token + patches). An encoder's `attention_mask` (1, T) masks keys as
+    its forward does."""
     from modelworks.models.gpt import apply_rope
 
     inputs: list[tuple] = []
@@ -58,7 +61,7 @@ def attention_maps(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
         raise EvaluateError(f"attention maps: {type(model).__name__} is not supported")
     hooks = [m.register_forward_pre_hook(lambda _m, a: inputs.append(a)) for m in modules]
     try:
-        model(ids)
+        model(ids) if attention_mask is None else model(ids, attention_mask)
     finally:
         for h in hooks:
             h.remove()
@@ -82,20 +85,34 @@ def attention_maps(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
             q = m.query(x).view(B, T, m.n_head, hd).transpose(1, 2)
             k = m.key(x).view(B, T, m.n_head, hd).transpose(1, 2)
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device)
+            if attention_mask is not None:
+                causal = causal & attention_mask[0].bool()[None, :]
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         maps.append(scores.masked_fill(~causal, float("-inf")).softmax(-1)[0])
     return torch.stack(maps).cpu().numpy()
 
 
 def integrated_gradients(
-    model: nn.Module, ids: torch.Tensor, target: int, steps: int = 32
+    model: nn.Module,
+    ids: torch.Tensor,
+    target: int,
+    steps: int = 32,
+    attention_mask: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Per-token integrated-gradients attribution (T,) of class `target` for a classifier."""
+    """Per-token integrated-gradients attribution (T,) of class `target` for a classifier, whose
+    forward gets `attention_mask` (1, T) as classification gives it."""
     from captum.attr import LayerIntegratedGradients
 
     model.eval()
-    lig = LayerIntegratedGradients(lambda x: model(x), model.tok_emb)
-    attr = lig.attribute(ids, baselines=torch.zeros_like(ids), target=target, n_steps=steps)
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+    lig = LayerIntegratedGradients(lambda x, m: model(x, m), model.tok_emb)
+    attr = lig.attribute(
+        ids,
+        baselines=torch.zeros_like(ids),
+        target=target,
+        n_steps=steps,
+        additional_forward_args=(mask,),
+    )
     return attr.sum(-1)[0].detach().float().cpu().numpy()
 
 
@@ -140,20 +157,27 @@ def explain(
      "attributions": [float] (one per token), "method": "gradient_x_input" |
      "integrated_gradients", "target": {"id": int, "text" | "label": ...},
      "top_tokens": [{"token", "position", "score"}] (most supporting first, 5 at most)}
-    A language model gets its start token prepended (`start_id`, its end-of-text token);
-    the text is cut to its last `max_tokens` tokens.
+    A classifier sees exactly what classification gives it (tasks/text_encoding's
+    `classify_texts`: the tokenizer's own special tokens, no padding, the first `max_tokens`
+    tokens, the same mask and forward), so "probability" is what /v1/classify answers. A
+    language model gets its start token prepended (`start_id`, its end-of-text token), as the
+    server does; the text is cut to its last `max_tokens` tokens.
     """
     if not text:
         raise EvaluateError("explain: the text is empty")
     device = next(model.parameters()).device
     model.eval()
+    mask = None
     if _is_classifier(model):
-        ids = tokenizer.encode(text).ids[: min(max_tokens, model.cfg.context_len)]
-        x = torch.tensor([ids], device=device)
-        with torch.no_grad():
-            probs = model(x).float().softmax(-1)[0]
+        from modelworks.tasks.text_encoding import classify_texts
+
+        max_len = min(max_tokens, model.cfg.context_len)
+        probs, x, mask, _ = classify_texts(model, tokenizer, [text], max_len, device)
+        probs = probs[0]
+        ids = x[0].tolist()
+        x, mask = x.to(device), mask.to(device)
         target = int(probs.argmax())
-        attr = integrated_gradients(model, x, target, ig_steps)
+        attr = integrated_gradients(model, x, target, ig_steps, mask)
         kind, method = "classifier", "integrated_gradients"
         tgt = {"id": target, "probability": float(probs[target])}
     elif _is_gpt(model):
@@ -174,7 +198,7 @@ def explain(
         }
     else:
         raise EvaluateError(f"explain: {type(model).__name__} is not a supported model")
-    maps = attention_maps(model, x)
+    maps = attention_maps(model, x, mask)
     tokens = _token_texts(tokenizer, ids)
     order = np.argsort(-attr, kind="stable")[:5]
     return {

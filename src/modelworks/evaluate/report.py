@@ -132,11 +132,32 @@ def training_table(trained: dict) -> str:
     return md_table(rows)
 
 
+def bad_rows_section(bad_rows: dict) -> str:
+    """collect's skipped rows (its summary's `bad_rows`) as a table: source, reason, count and
+    the first rows as file:line."""
+    lines = ["| source | reason | rows | first |", "|---|---|---|---|"]
+    for where, b in bad_rows.items():
+        for reason, r in b["reasons"].items():
+            lines.append(
+                f"| {where} | {reason} | {r['count']:,} | {md_cell('; '.join(r['first']), 600)} |"
+            )
+    total = sum(b["bad"] for b in bad_rows.values())
+    rows = sum(b["rows"] for b in bad_rows.values())
+    return f"{total:,} of {rows:,} rows were skipped when the data was collected.\n\n" + "\n".join(
+        lines
+    )
+
+
 def write_report(
-    out_dir: Path, title: str, sections: list[tuple[str, str]], images: list[tuple[str, str]]
+    out_dir: Path,
+    title: str,
+    sections: list[tuple[str, str]],
+    images: list[tuple[str, str]],
+    opening: list[str] = (),
 ) -> None:
-    """`sections` are (heading, markdown body); `images` are (PNG file in out_dir, caption)."""
-    md = [f"# {title}", ""]
+    """`sections` are (heading, markdown body); `images` are (PNG file in out_dir, caption);
+    `opening` are lines right under the title (`**bold**` paragraphs or `- ` list items)."""
+    md = [f"# {title}", *opening, ""]
     for heading, body in sections:
         md += [f"## {heading}", "", body, ""]
     for image, caption in images:
@@ -152,6 +173,12 @@ def write_report(
         "white-space:pre-wrap}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
+    items = [html.escape(line[2:]) for line in opening if line.startswith("- ")]
+    for line in opening:
+        if not line.startswith("- "):
+            parts.append(f"<p><strong>{html.escape(line.strip('*'))}</strong></p>")
+    if items:
+        parts.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{_md_to_html(body)}")
     for image, caption in images:

@@ -36,6 +36,7 @@ from modelworks.progress import Reporter
 from modelworks.runtime import resolve_device, setup
 from modelworks.tasks import get_task
 from modelworks.train.lora import LoRALinear, adapter_state
+from modelworks.train.tracking import open_tracker, track_stage
 
 
 def apply_method(model: nn.Module, cfg: Config) -> dict:
@@ -87,7 +88,7 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
         raise ConfigError("the config has no finetune: section (set at least finetune.from)")
     ft = cfg.finetune
     task = get_task(cfg.task)
-    if not hasattr(task, "setup_finetune"):
+    if not task.can_finetune:
         raise ConfigError(f"task {cfg.task!r} cannot be fine-tuned yet (no setup_finetune)")
     if ft.dp and ft.grad_accum != 1:
         raise ConfigError("finetune.dp=true needs finetune.grad_accum=1")
@@ -130,6 +131,9 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
                     f"{info['max_tokens']} tokens were truncated"
                 )
         trainer = Trainer(train, ft, writer.dir, device, reporter)
+        tracker = open_tracker(cfg)
+        if tracker is not None:
+            trainer.on_log = lambda record: tracker.log_metrics(record, "finetune")
         summary = trainer.fit(resume=resume)
         if hasattr(trainer.train_model, "_close"):  # Opacus: drop its hooks and per-sample grads
             trainer.train_model._close()
@@ -140,7 +144,7 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
             _merge_best(writer.dir / "best", model)
             merge_lora(model)
         _save_with_tokenizer(writer.dir, model, base)
-        if hasattr(task, "save_finetuned"):  # files that go with the weights (chat template...)
+        if task.save_finetuned is not None:  # files that go with the weights (chat template...)
             task.save_finetuned(cfg, writer.dir, base)
         summary.update(
             {
@@ -169,7 +173,11 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
             writer.discard()
         raise
     writer.summary = summary
-    return writer.commit()
+    manifest = writer.commit()
+    if tracker is not None:
+        track_stage(cfg, "finetune", tracker)
+        tracker.close()
+    return manifest
 
 
 def _save_with_tokenizer(out: Path, model: nn.Module, base: Base) -> None:

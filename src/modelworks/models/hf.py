@@ -3,7 +3,9 @@
 `import_hf(folder)` reads config.json and safetensors (one file or an index of shards) directly:
 no transformers import, no pickle, no remote code. `export_hf(model, out_dir)` writes a folder that
 `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads as `LlamaForCausalLM`, plus
-`AutoTokenizer` files when given our tokenizer.json.
+`AutoTokenizer` files when given our tokenizer.json; `tokenizer(text)` on them starts with the start
+token, as our engine starts every prompt (`with_start_token`). Text classifiers on our encoder
+export through hf_encoder.py.
 
 Our GPT is Llama's architecture (rotate-half RoPE, RMSNorm, SwiGLU, GQA, no biases), so weights
 map 1:1, no permutation. Name map, ours <- Hugging Face ({i} is the layer):
@@ -292,12 +294,16 @@ def export_hf(
         generation = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
         atomic_write_json(tmp / "generation_config.json", generation)
         if tok_bytes is not None:
-            (tmp / "tokenizer.json").write_bytes(tok_bytes)
+            (tmp / "tokenizer.json").write_bytes(with_start_token(tok_bytes, eos_token))
             atomic_write_json(
                 tmp / "tokenizer_config.json",
                 {
                     "tokenizer_class": "PreTrainedTokenizerFast",
                     **{f"{k}_token": eos_token for k in ("bos", "eos", "unk", "pad")},
+                    # our engine starts every prompt with the start token (end-of-text, as
+                    # documents were separated in training); so does tokenizer(text) here
+                    "add_bos_token": True,
+                    "add_eos_token": False,
                     "model_max_length": cfg.context_len,
                     # our byte-level BPE decodes exactly; HF's clean-up would alter spaces
                     "clean_up_tokenization_spaces": False,
@@ -340,6 +346,27 @@ def _hf_config(cfg: GPTConfig, dtype: str, eos_id: int | None) -> dict[str, Any]
         "torch_dtype": dtype,  # transformers 4.x
         "dtype": dtype,  # transformers 5
     }
+
+
+def with_start_token(tokenizer_json: bytes, bos_token: str) -> bytes:
+    """tokenizer.json whose encode() (HF: `tokenizer(text)`, add_special_tokens=True) puts
+    `bos_token` first, as our engine does for every prompt, with the template transformers itself
+    builds for add_bos_token (so both read the same); add_special_tokens=False stays plain."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+    bos_id = tok.token_to_id(bos_token)
+    special, plain = tok.encode("a").ids, tok.encode("a", add_special_tokens=False).ids
+    if special[:1] == [bos_id] and plain[:1] != [bos_id]:
+        return tokenizer_json  # already adds it (a Llama-style tokenizer)
+    template = processors.TemplateProcessing(
+        single=f"{bos_token}:0 $A:0",
+        pair=f"{bos_token}:0 $A:0 {bos_token}:1 $B:1",
+        special_tokens=[(bos_token, bos_id)],
+    )
+    old = tok.post_processor
+    tok.post_processor = template if old is None else processors.Sequence([old, template])
+    return tok.to_str().encode("utf-8")
 
 
 def _read_tokenizer(path: Path, eos_token: str, vocab_size: int) -> tuple[bytes, int]:

@@ -68,8 +68,14 @@ def _field_type(f: dataclasses.Field) -> type:
     return type(f.default_factory())  # type: ignore[misc]
 
 
-def model_config_from(section: Any, source: str = "config"):
-    """Build the architecture's config dataclass from the `model:` section (name + fields)."""
+def model_config_from(section: Any, source: str | Callable[[str], str] = "config"):
+    """Build the architecture's config dataclass from the `model:` section (name + fields).
+    Errors open with `source`, or `source(key)` (where that model key was set)."""
+    import difflib
+
+    def where(key: str) -> str:
+        return source(key) if callable(source) else source
+
     fields = section.model_dump() if hasattr(section, "model_dump") else dict(section)
     name = fields.pop("name", "gpt")
     if "class" in fields:
@@ -79,21 +85,23 @@ def model_config_from(section: Any, source: str = "config"):
     try:
         _, config_cls = lookup(name)
     except ModelError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(f"{where('name')}: {e}") from None
     known = {f.name: f for f in dataclasses.fields(config_cls)}
     for key, value in fields.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown key 'model.{key}' for model {name!r}")
+            match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean 'model.{match[0]}'?" if match else ""
+            raise ConfigError(f"{where(key)}: unknown key 'model.{key}' for model {name!r}{hint}")
         expected = _field_type(known[key])
         ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
         if not ok or isinstance(value, bool) != (expected is bool):
             raise ConfigError(
-                f"{source}: model.{key} (got {value!r}): expected {expected.__name__}"
+                f"{where(key)}: model.{key} (got {value!r}): expected {expected.__name__}"
             )
     try:
         return config_cls(**fields)
     except ValueError as e:
-        raise ConfigError(f"{source}: model: {e}") from None
+        raise ConfigError(f"{where('')}: model: {e}") from None
 
 
 def build_model(model_config) -> nn.Module:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from modelworks.preprocess.minhash import words_of
@@ -95,3 +95,22 @@ class Decontaminate(Filter):
                 self.examples["flagged"].append({"id": doc["id"]})
             return True
         return False, "contaminated"
+
+
+def test_overlap(train: Iterable[str], test: Iterable[str], n: int = 13, shown: int = 3) -> dict:
+    """How many test texts share a word n-gram (a test text shorter than n words: all of its
+    words, in order) with the training texts: the check a predefined test split gets against
+    train. Reported, not removed: the split is the user's own."""
+    tests = [t for t in test]
+    lengths = {n} | {len(w) for w in map(words_of, tests) if 0 < len(w) < n}
+    index: set[int] = set()
+    for text in train:
+        for m in lengths:
+            index.update(ngram_hashes(text, m))
+    hits, examples = 0, []
+    for text in tests:
+        if any(h in index for h in ngram_hashes(text, n)):
+            hits += 1
+            if len(examples) < shown:
+                examples.append(text[:120])
+    return {"n": n, "test_rows": len(tests), "sharing_ngram_with_train": hits, "examples": examples}

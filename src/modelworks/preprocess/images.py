@@ -22,8 +22,7 @@ from modelworks.artifacts import atomic_write_text
 from modelworks.config import Config
 from modelworks.errors import ImageDataError
 from modelworks.progress import Reporter
-
-SPLITS = ("train", "val", "test")
+from modelworks.splits import SPLITS, describe, drawn_fractions, read_given, split_stats
 
 
 def split_of(item_id: str, val_fraction: float, test_fraction: float, seed: int) -> str:
@@ -50,15 +49,23 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
     xs: dict[str, list] = {s: [] for s in SPLITS}
     labels: dict[str, list[str]] = {s: [] for s in SPLITS}
     skipped: Counter = Counter()
-    table = pq.ParquetFile(run_dir / "collect" / "images.parquet")
-    for batch in table.iter_batches(batch_size=1024):
+    path = run_dir / "collect" / "images.parquet"
+    val_f, test_f = drawn_fractions(read_given(path), p.val_fraction, p.test_fraction)
+    given, sources, parts = [], [], {s: [] for s in SPLITS}  # per kept image, for the stats
+    first_source: dict[tuple[str, str], str] = {}
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             try:
                 x = decode(row["image"], p.image_size, p.channels)
             except Exception as e:  # Pillow raises many types for corrupt input
                 skipped[type(e).__name__] += 1
                 continue
-            split = split_of(row["id"], p.val_fraction, p.test_fraction, cfg.seed)
+            g = row.get("split")
+            split = g if g in ("val", "test") else split_of(row["id"], val_f, test_f, cfg.seed)
+            parts[split].append(len(given))
+            given.append(g)
+            sources.append(row["source"])
+            first_source.setdefault((split, row["label"]), row["source"])
             xs[split].append(x)
             labels[split].append(row["label"])
     classes = sorted(set(labels["train"]))
@@ -68,9 +75,15 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
             f"class(es) {classes}; classification needs 2+ (check collect.sources' labels)"
         )
     index = {c: i for i, c in enumerate(classes)}
-    unseen = {c for s in ("val", "test") for c in labels[s]} - set(classes)
-    if unseen:
-        raise ImageDataError(f"labels {sorted(unseen)} appear outside the training split only")
+    for s in ("val", "test"):
+        unseen = sorted(set(labels[s]) - set(classes))
+        if unseen:
+            n = labels[s].count(unseen[0])
+            raise ImageDataError(
+                f"{first_source[(s, unseen[0])]}: label {unseen[0]!r} ({n} image(s)) is in the "
+                f"{s} split but never in train, so the model cannot predict it; check the "
+                f"sources' split and label_field (unseen: {unseen})"
+            )
     tensors = {}
     for s in SPLITS:
         shape = (0, p.channels, p.image_size, p.image_size)
@@ -95,8 +108,17 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
         f"images, {len(classes)} classes, {p.channels}x{p.image_size}x{p.image_size}; "
         f"skipped {sum(skipped.values())} unreadable"
     )
+    split_info = split_stats(parts, given, sources, val_f, test_f)
+    train_hashes = {hashlib.blake2b(x.tobytes(), digest_size=8).digest() for x in xs["train"]}
+    dupes = sum(hashlib.blake2b(x.tobytes(), digest_size=8).digest() in train_hashes
+                for x in xs["test"])  # fmt: skip
+    reporter.info(f"[preprocess] decontamination: {dupes} test image(s) identical to a train one")
+    for line in describe(split_info):
+        reporter.info(f"[preprocess] {line}")
     return {
         "images": counts,
+        "splits": split_info,
+        "test_overlap": {"test_rows": counts["test"], "identical_to_train": dupes},
         "classes": len(classes),
         "skipped": dict(skipped),
         "per_class_train": dict(Counter(labels["train"])),

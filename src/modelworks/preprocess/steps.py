@@ -238,8 +238,13 @@ class ExactDedup(Filter):
         return True
 
 
+def split_score(doc_id: str, seed: int) -> float:
+    """A document's place in [0, 1) for the deterministic split: below the fraction is val."""
+    h = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
 def is_validation(doc_id: str, fraction: float, seed: int) -> bool:
     """Deterministic split by document id: the same document lands in the same split every run,
     whatever the order or the rest of the corpus."""
-    h = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+    return split_score(doc_id, seed) < fraction

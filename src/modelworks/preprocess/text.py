@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from modelworks.config import Config
 from modelworks.errors import PreprocessError
 from modelworks.preprocess import executor, runner
 from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
-from modelworks.preprocess.steps import Step, is_validation
+from modelworks.preprocess.steps import Step, split_score
 from modelworks.preprocess.tokenizer import eot_id, find_tokenizer, load_tokenizer, train_bpe
 from modelworks.progress import Reporter
+from modelworks.splits import drawn_fractions, read_given
 
 CLEAN_SCHEMA = pa.schema(
     [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("split", pa.string())]
@@ -78,11 +80,27 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
         )
     steps = build_steps(cfg, specs)
     docs = runner.run_steps(steps, source, out, out / "_work", start=len(done_rows))
-    split_docs = {"train": 0, "val": 0}
+    split_docs = {"train": 0, "val": 0, "test": 0}
+    val_f, _ = drawn_fractions(read_given(src), p.val_fraction, 0.0)
+    origin: dict[str, Counter] = {s: Counter() for s in split_docs}
+    nearest: tuple[float, str, str] | None = None  # the drawn train document closest to val
     with pq.ParquetWriter(out / "documents.parquet", CLEAN_SCHEMA) as pw:
         batch = []
         for doc in docs:
-            doc["split"] = "val" if is_validation(doc["id"], p.val_fraction, cfg.seed) else "train"
+            given = doc.get("split")
+            if given in ("val", "test"):
+                doc["split"] = given
+                origin[given][f"{doc['source']} (split: {given})"] += 1
+            else:
+                score = split_score(doc["id"], cfg.seed)
+                drawn = score < val_f
+                doc["split"] = "val" if drawn else "train"
+                how = f"random draw (val_fraction={val_f})" if drawn else "unassigned records"
+                if not drawn and given == "train":
+                    how = f"{doc['source']} (split: train)"
+                if not drawn and (nearest is None or score < nearest[0]):
+                    nearest = (score, doc["id"], how)
+                origin[doc["split"]][how] += 1
             split_docs[doc["split"]] += 1
             batch.append(doc)
             if len(batch) == 1024:
@@ -94,12 +112,20 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     for row in funnel:
         n_in, n_out = row.get("in", 0), row.get("out", 0)
         reporter.info(f"[preprocess] {row['step']:<12} {n_in:>7} in {n_out:>7} out")
-    kept = split_docs["train"] + split_docs["val"]
+    kept = sum(split_docs.values())
     if kept == 0:
         raise PreprocessError(
             "preprocess: no documents left after filtering "
             f"(min_chars={p.min_chars}); lower preprocess.min_chars or add data"
         )
+    if split_docs["val"] == 0 and val_f > 0 and split_docs["train"] >= 2 and nearest:
+        # a small corpus can draw no val document at all (23 documents at 0.2: 0.6% of seeds);
+        # the train document nearest the cut goes to val instead, still deterministically
+        _move_to_val(out / "documents.parquet", nearest[1])
+        split_docs["train"] -= 1
+        split_docs["val"] += 1
+        origin["train"][nearest[2]] -= 1
+        origin["val"][f"nearest to the random draw (val_fraction={val_f})"] += 1
     if split_docs["train"] == 0 or split_docs["val"] == 0:
         empty = "train" if not split_docs["train"] else "val"
         raise PreprocessError(
@@ -121,7 +147,7 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     dtype = token_dtype(tok.get_vocab_size())
     (out / "tokens").mkdir()
     splits = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test")[: 3 if split_docs["test"] else 2]:
         sw = ShardWriter(out / "tokens", split, dtype, p.shard_tokens)
         texts = _texts(docs_path, split)  # streamed: memory stays flat as the corpus grows
         while batch := list(itertools.islice(texts, 256)):
@@ -133,6 +159,7 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
     stats = {
         "funnel": funnel,
         "documents": split_docs,
+        "splits": {s: {"rows": n, "from": dict(origin[s])} for s, n in split_docs.items()},
         "tokens": tokens,
         "vocab_size": tok.get_vocab_size(),
     }
@@ -141,6 +168,22 @@ def prepare_text(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> d
         f"{tokens['train']:,} train / {tokens['val']:,} val tokens; "
         f"vocab {tok.get_vocab_size()}"
     )
+    if split_docs["test"]:  # a test split named by a source: check it against train
+        from modelworks.preprocess.decontaminate import test_overlap
+
+        stats["test_overlap"] = test_overlap(_texts(docs_path, "train"), _texts(docs_path, "test"))
     if work is not None:  # the stage is complete: the shards' resume state is not needed
         executor.cleanup(work)
     return stats
+
+
+def _move_to_val(path: Path, doc_id: str) -> None:
+    """Rewrite the cleaned documents with `doc_id` in the val split (atomically)."""
+    import pyarrow.compute as pc
+
+    table = pq.read_table(path)
+    split = pc.if_else(pc.equal(table["id"], doc_id), "val", table["split"])
+    table = table.set_column(table.schema.get_field_index("split"), "split", split)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from modelworks.chat_template import run_chat_template
 from modelworks.config import ServeConfig
+from modelworks.errors import ModelworksError
 from modelworks.models.hf import is_hf_folder
 from modelworks.serve.engine import engine_options
 
@@ -33,16 +34,17 @@ def build_app(
     """The FastAPI app for a run folder (of `task`) or a Hugging Face folder; models load in the
     background once the app exists (/health is 503 until then).
 
-    Task hook: a task module (tasks/<task>.py) may define
-        serve_routes(app, run_dir: Path, cfg: ServeConfig, device: str) -> None
-    which adds its endpoints to `app` (FastAPI). Use `serve.app.start_loading(app, what, fn)` to
-    load models in the background, `serve.app.register_model(app, name)` to list them in
-    /v1/models, and raise `serve.app.APIError(status, message, param)` for OpenAI-shaped errors.
+    A run's endpoints come from its task's `serve_routes(app, run_dir, cfg, device)` (the Task
+    contract, tasks/base.py), language models included (tasks/language_modeling.py). Use
+    `serve.app.start_loading(app, what, fn)` to load models in the background,
+    `serve.app.register_model(app, name)` to list them in /v1/models, and raise
+    `serve.app.APIError(status, message, param)` for OpenAI-shaped errors.
     Paths under /v1/ get API keys, body limits and the concurrency cap for free."""
     from modelworks.models.catalogue import resolve_target
     from modelworks.models.gguf import is_gguf
-    from modelworks.serve.app import add_lm_routes, create_app
+    from modelworks.serve.app import create_app
     from modelworks.serve.engine import Engine
+    from modelworks.serve.lm_routes import add_lm_routes
     from modelworks.tasks import get_task
 
     cfg = cfg or ServeConfig()
@@ -63,21 +65,10 @@ def build_app(
             app, lambda: Engine.from_hf(target, device, cfg.model_name, **engine_options(cfg))
         )
         return app
-    hook = getattr(get_task(task), "serve_routes", None)
-    if task == "language_modeling":
-
-        def load():
-            engine = Engine.from_run(target, device, cfg.model_name, **engine_options(cfg))
-            engine.chat_template = run_chat_template(target)
-            return engine
-
-        add_lm_routes(app, load)
-    elif hook is None:
-        from modelworks.errors import ModelworksError
-
-        raise ModelworksError(f"{target}: serving {task} runs is not supported yet")
-    if hook is not None:
-        hook(app, target, cfg, device)
+    spec = get_task(task)
+    if not spec.can_serve:
+        raise ModelworksError(f"{target}: task {task!r} defines no endpoints (no serve_routes)")
+    spec.serve_routes(app, target, cfg, device)
     return app
 
 

@@ -165,11 +165,20 @@ class Engine:
         self._closing = False
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", name: str | None = None, **kw):
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        device: str = "auto",
+        name: str | None = None,
+        weights: str | Path | None = None,
+        **kw,
+    ):
+        """A run's model (its fine-tuned one when it has one, else its pretrained one), or the
+        checkpoint folder `weights` of that run, with the run's tokenizer."""
         from modelworks.artifacts import final_model_dir, tokenizer_path
 
-        run_dir = Path(run_dir)  # its fine-tuned model when it has one, else its pretrained one
-        model = load_model(final_model_dir(run_dir), resolve_device(device))
+        run_dir = Path(run_dir)
+        model = load_model(weights or final_model_dir(run_dir), resolve_device(device))
         tok_file = tokenizer_path(run_dir)
         tok = load_tokenizer(tok_file)
         return cls(model, tok, name or run_dir.name, eot_id(tok, tok_file.parent), **kw)

@@ -23,30 +23,30 @@ from fastapi import FastAPI, Request
 
 from modelworks.artifacts import final_model_dir
 from modelworks.config import ServeConfig
-from modelworks.serve.app import APIError, check_model, register_model, start_loading
+from modelworks.serve.app import APIError, serve_model
 
 
 def add_routes(app: FastAPI, run_dir: Path, cfg: ServeConfig, device: str) -> None:
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
-    state: dict = {}
-    name = cfg.model_name or Path(run_dir).name
-
-    def load():
+    def load() -> dict:
         meta = json.loads((Path(run_dir) / "preprocess" / "labels.json").read_text())
         dev = resolve_device(device)
-        state.update(model=load_model(final_model_dir(run_dir), dev).eval(), meta=meta, dev=dev)
-        register_model(app, name, task="image_classification", classes=meta["classes"])
+        return {"model": load_model(final_model_dir(run_dir), dev).eval(), "meta": meta, "dev": dev}
 
-    start_loading(app, "classifier", load)
+    ready = serve_model(
+        app,
+        "classifier",
+        load,
+        info=lambda st: {"task": "image_classification", "classes": st["meta"]["classes"]},
+    )
 
     @app.post("/v1/images/classify")
     async def classify(request: Request):
-        if "model" not in state:
-            raise APIError(503, "the model is still loading; retry when /health is 200")
+        ready()  # 503 while loading, before the body is read
         images, top_k, model = await _read(request)
-        check_model(app, model)
+        state = ready(model)
         meta = state["meta"]
         n_classes = len(meta["classes"])
         if not images:
@@ -68,7 +68,7 @@ def add_routes(app: FastAPI, run_dir: Path, cfg: ServeConfig, device: str) -> No
             }
             for i in range(len(images))
         ]
-        return {"object": "list", "model": name, "data": data}
+        return {"object": "list", "model": state["name"], "data": data}
 
 
 async def _read(request: Request) -> tuple[list[bytes], object, str | None]:

@@ -33,11 +33,40 @@ def chat_repl(
     from modelworks.tasks.chat import load_chat_engine
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    _refuse_non_generative(Path(target))
     engine = load_chat_engine(target, device)
     try:
         return _converse(engine, system, max_tokens, temperature, stdin, stdout)
     finally:
         engine.close()
+
+
+# tasks whose model predicts something other than the next token, in the user's words
+_NOT_GENERATIVE = {
+    "text_classification": "a text classifier",
+    "image_classification": "an image classifier",
+    "recommendation": "a recommender",
+}
+
+
+def _refuse_non_generative(run_dir: Path) -> None:
+    """One line naming the run's task where its model cannot write text (rather than what
+    loading it as a language model trips over first: a tokenizer without an end token)."""
+    import yaml
+
+    from modelworks.config import ConfigError
+
+    try:
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return  # not a run: a model or Hugging Face folder, checked as it loads
+    task = stored.get("task") if isinstance(stored, dict) else None
+    if task in _NOT_GENERATIVE:
+        raise ConfigError(
+            f"{run_dir} is a {task} run ({_NOT_GENERATIVE[task]}: it predicts labels, it does "
+            "not write text); chat needs a language-model or chat run (task: language_modeling "
+            "or chat, e.g. `modelworks run configs/chat.yaml`), or a Hugging Face Llama folder"
+        )
 
 
 def _converse(engine, system, max_tokens, temperature, stdin: TextIO, stdout: TextIO) -> int:

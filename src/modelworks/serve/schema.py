@@ -7,7 +7,7 @@ request is a 400 in the OpenAI error shape). The response models here are docume
 `document_errors` rewrites the generated schema once: the 422s become 400s, and the answers the
 guard gives before any route runs (401 without a key, 413, 429) are added where they can happen,
 with 404 and 503 on every POST (task routes too: each checks the model name and that it loaded).
-tests/test_schemathesis.py holds the server to this schema with generated requests.
+tests/serve/test_schemathesis.py holds the server to this schema with generated requests.
 """
 
 from __future__ import annotations

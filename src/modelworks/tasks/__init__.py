@@ -1,23 +1,16 @@
-"""Tasks: each module owns its data -> batches, head, loss, metrics and report for one problem.
+"""Tasks: each module owns its data -> batches, head, loss, metrics, report and endpoints for one
+problem, and declares them as `TASK = Task(...)` (the contract: tasks/base.py).
 
-A task module provides three functions the stages call:
-    prepare(cfg, run_dir, out_dir, reporter) -> stats          (preprocess stage)
-    setup_training(cfg, run_dir, device, rank=0, world=1) -> TrainSetup   (pretrain stage;
-        rank/world: this process's data-parallel shard)
-    evaluate(cfg, run_dir, out_dir, reporter) -> (metrics, sections, images)   (evaluate stage)
-and optionally, for `modelworks serve`, one that adds its HTTP endpoints (serve/__init__.py):
-    serve_routes(app, run_dir, serve_cfg, device) -> None
-and, to be fine-tuned, optionally:
-    setup_finetune(cfg, run_dir, device, base) -> (TrainSetup, info)   (finetune stage)
-Adding a task means adding a module here and its name below.
+Adding a task: a module here that defines `TASK`, and its name below. A project's own task needs
+neither: `task: my_package.my_task` names any importable module that defines `TASK`.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 from modelworks.errors import ConfigError
+from modelworks.tasks.base import Task
 
 TASKS = {
     "language_modeling": "modelworks.tasks.language_modeling",
@@ -29,7 +22,23 @@ TASKS = {
 }
 
 
-def get_task(name: str) -> ModuleType:
-    if name not in TASKS:
-        raise ConfigError(f"task {name!r} is not a known task; known: {sorted(TASKS)}")
-    return importlib.import_module(TASKS[name])
+def get_task(name: str) -> Task:
+    """The Task registered as `name`, or defined as `TASK` by the module `name` names."""
+    path = TASKS.get(name) or (name if "." in name else None)
+    if path is None:
+        raise ConfigError(
+            f"task {name!r} is not a known task; known: {', '.join(sorted(TASKS))} "
+            "(or the import path of a module that defines TASK = Task(...))"
+        )
+    try:
+        module = importlib.import_module(path)
+    except ModuleNotFoundError as e:
+        if e.name is None or not path.startswith(e.name):
+            raise  # the task module exists but something it imports does not
+        raise ConfigError(f"task {name!r}: no module {path!r} can be imported") from None
+    task = getattr(module, "TASK", None)
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {name!r}: module {path} defines no TASK = Task(...)")
+    if name in TASKS and task.name != name:
+        raise ConfigError(f"task {name!r}: {path} declares itself as {task.name!r}")
+    return task

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -44,6 +45,8 @@ from modelworks.chat_template import DEFAULT_CHAT_STOP, render_chat
 from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
+from modelworks.splits import assign, read_given, split_stats
+from modelworks.tasks.base import Task
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
     IGNORE,
@@ -54,6 +57,9 @@ from modelworks.train.sft import (
     validation_loss,
 )
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -78,11 +84,15 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
         )
     rows = pq.read_table(path).to_pylist()
     convs = [to_messages(r, f"{path} row {i} ({r['id']})") for i, r in enumerate(rows)]
-    order = np.random.default_rng(cfg.seed).permutation(len(convs))
-    n_val = max(1, int(round(len(convs) * cfg.preprocess.val_fraction)))
-    if len(convs) - n_val < 1:
+    given = read_given(path)
+    parts = assign(given, cfg.preprocess.val_fraction, 0.0, cfg.seed)
+    if not parts["train"] or not parts["val"]:
         raise DataError(f"{path}: {len(convs)} conversation(s) are too few to split train/val")
-    parts = {"val": order[:n_val], "train": order[n_val:]}
+    splits = split_stats(
+        parts, given, [r["source"] for r in rows], cfg.preprocess.val_fraction, 0.0
+    )
+    if not parts["test"]:  # a test split only when a source names one
+        del parts["test"], splits["test"]
     for split, idx in parts.items():
         lines = (json.dumps({"id": rows[i]["id"], "messages": convs[i]}) for i in idx)
         (out / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
@@ -95,6 +105,7 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     stats = {
         "conversations": len(convs),
         "split_sizes": {s: len(i) for s, i in parts.items()},
+        "splits": splits,
         "chat_template": origin,
     }
     if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # the run trains its own model
@@ -344,10 +355,17 @@ def save_finetuned(cfg: Config, out: Path, base) -> None:
     )
 
 
-def load_chat_engine(target: str | Path, device: str = "auto", name: str | None = None, **kw):
+def load_chat_engine(
+    target: str | Path,
+    device: str = "auto",
+    name: str | None = None,
+    weights: str | Path | None = None,
+    **kw,
+):
     """A serve.engine.Engine with its chat template for a chat run, a chat model folder (a
     fine-tune's finetune/), any run, or a Hugging Face folder; `engine.chat_stop` lists stop
-    strings that end the assistant's turn."""
+    strings that end the assistant's turn. `weights`: a checkpoint folder of the run to load
+    instead of its final model (evaluate's choice)."""
     from modelworks.chat_template import run_chat_template
     from modelworks.models.catalogue import resolve_target
     from modelworks.models.gguf import is_gguf
@@ -377,7 +395,7 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
         specials = json.loads((model_dir / "chat.json").read_text())
         tok = load_tokenizer(model_dir / "tokenizer.json" if is_model else tokenizer_path(target))
         engine = Engine(
-            load_model(model_dir, resolve_device(device)),
+            load_model(weights or model_dir, resolve_device(device)),
             tok,
             name or (target.parent.name if is_model else target.name),
             specials["bos_id"],
@@ -387,7 +405,7 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
         )
         engine.chat_stop = specials["stop"]
         return engine
-    engine = Engine.from_run(target, device, name, **kw)  # a run without a chat fine-tune
+    engine = Engine.from_run(target, device, name, weights, **kw)  # a run without chat SFT
     engine.chat_template = run_chat_template(target)
     engine.chat_stop = [DEFAULT_CHAT_STOP] if engine.chat_template in (None, CHAT_TEMPLATE) else []
     return engine
@@ -395,8 +413,8 @@ def load_chat_engine(target: str | Path, device: str = "auto", name: str | None 
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI endpoints (chat included, with the run's template)."""
-    from modelworks.serve.app import add_lm_routes
     from modelworks.serve.engine import engine_options
+    from modelworks.serve.lm_routes import add_lm_routes
 
     add_lm_routes(
         app, lambda: load_chat_engine(run_dir, device, cfg.model_name, **engine_options(cfg))
@@ -407,18 +425,26 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
 # evaluate
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
     """Assistant-token loss / perplexity on val (95% bootstrap CI over conversations) and greedy
-    answers to val prompts, for the fine-tuned model and for its base before SFT."""
+    answers to val prompts, for `ckpt` (evaluate/checkpoint.py; default: the one it chooses)
+    and for its base before SFT."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.metrics import fmt_ci, perplexity, ratio_ci
     from modelworks.evaluate.report import EvaluateError, md_cell, md_table, training_table
-    from modelworks.lifecycle import model_stage
 
-    stage = model_stage(cfg)
-    convs = load_conversations(run_dir, "val")
+    ckpt = ckpt or choose_checkpoint(cfg)
+    stage = ckpt.stage_dir.name
+    has_test = (Path(run_dir) / "preprocess" / "test.jsonl").is_file()  # a source named one
+    split = cfg.evaluate.split or ("test" if has_test else "val")
+    if not (Path(run_dir) / "preprocess" / f"{split}.jsonl").is_file():
+        raise EvaluateError(f"evaluate.split={split!r}: the run has no such split (val, test)")
+    convs = load_conversations(run_dir, split)
     if not convs:
-        raise EvaluateError(f"{run_dir}/preprocess/val.jsonl: no conversations to evaluate on")
-    engine = load_chat_engine(run_dir, cfg.device, cfg.name)
+        raise EvaluateError(f"{run_dir}/preprocess/{split}.jsonl: no conversations to evaluate on")
+    engine = load_chat_engine(run_dir, cfg.device, cfg.name, weights=ckpt.folder)
     fmt = ChatFormat(engine.tokenizer, engine.chat_template, engine.eot, engine.eos)
     train_cfg = cfg.finetune if stage == "finetune" else cfg.pretrain
     max_len = min(train_cfg.seq_len, engine.context_len)
@@ -437,7 +463,12 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         )
         base_engine.chat_template, base_engine.chat_stop = engine.chat_template, engine.chat_stop
         results["base"] = _score(base_engine, fmt, examples, convs[:n_gen], e.max_new_tokens)
-    metrics: dict = {"split": "val", "conversations": len(convs), "truncated": n_trunc}
+    metrics: dict = {
+        "split": split,
+        "rows": len(convs),
+        "conversations": len(convs),
+        "truncated": n_trunc,
+    }
     for who, r in results.items():
         pre = "" if who == "tuned" else "base_"
         nats, counts = r["nats"], r["counts"]
@@ -480,7 +511,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         ]
     )
     sections = [
-        ("Results (val split; [95% bootstrap CI over conversations])", md_table(rows)),
+        (f"Results ({split} split; [95% bootstrap CI over conversations])", md_table(rows)),
         ("Sample answers (greedy, last user turn of val conversations)", samples),
         (f"Training ({stage})", training_table(trained)),
     ]
@@ -510,3 +541,14 @@ def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dic
         "exact_match": hits / max(len(answers), 1),
         "answers": answers,
     }
+
+
+TASK = Task(
+    name="chat",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    save_finetuned=save_finetuned,
+    serve_routes=serve_routes,
+)

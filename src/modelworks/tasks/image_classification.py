@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,15 +20,23 @@ from safetensors.torch import load_file
 from torch import nn
 
 from modelworks.config import Config, ConfigError
+from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
+    classification_metrics,
+    plot_confusion,
+)
 from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import EvaluateError, md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.preprocess.images import prepare_images
 from modelworks.progress import Reporter
 from modelworks.tasks.augment import AugmentedLoader, make_augment
+from modelworks.tasks.base import Task
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 prepare = prepare_images
 
@@ -61,23 +70,6 @@ def predict(model: nn.Module, x: torch.Tensor, device, batch_size: int = 512) ->
         model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
     ]
     return torch.cat(outs) if outs else torch.zeros(0)
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    tp = np.diag(cm).astype(float)
-    precision = np.divide(tp, cm.sum(0), out=np.zeros(n_classes), where=cm.sum(0) > 0)
-    recall = np.divide(tp, cm.sum(1), out=np.zeros(n_classes), where=cm.sum(1) > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n_classes), where=denom > 0)
-    return {
-        "accuracy": float(tp.sum() / max(1, len(y_true))),
-        "macro_f1": float(f1.mean()),
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
-        "confusion_matrix": cm.tolist(),
-    }
 
 
 def setup_training(
@@ -160,14 +152,16 @@ def _setup(cfg, run_dir, device, model, p, rank: int, world: int) -> TrainSetup:
     return TrainSetup(model, ce_loss, loader, validate, p.batch_size // world, "ex", None)
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device
 
     device = resolve_device(cfg.device)
-    from modelworks.lifecycle import model_stage
-
-    stage = model_stage(cfg)
-    model = load_model(run_dir / stage, device).eval()
+    ckpt = ckpt or choose_checkpoint(cfg)
+    model = load_model(ckpt.folder, device).eval()
     from modelworks.evaluate.metrics import classification_cis
 
     split = cfg.evaluate.split or "test"
@@ -188,6 +182,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     majority = int(torch.bincount(train_y).argmax())
     metrics = {
         "split": split,
+        "rows": len(y),
         "examples": len(y),
         "loss": F.cross_entropy(logits, y).item(),
         **m,
@@ -199,7 +194,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         f"{len(y)} images (majority-class baseline {metrics['majority_baseline_accuracy']:.4f})"
     )
     plot_confusion(np.array(m["confusion_matrix"]), classes, out / "confusion.png")
-    trained = json.loads((run_dir / stage / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     results = md_table(
         [
             (f"{split} images", str(len(y))),
@@ -287,35 +282,18 @@ def plot_misclassified(
     return len(wrong)
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 10 else 0)
-    ax.set_yticks(range(len(classes)), classes)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            if cm[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(cm[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black",
-                )
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("Confusion matrix (counts)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: POST /v1/images/classify (serve/images.py)."""
     from modelworks.serve.images import add_routes
 
     add_routes(app, run_dir, cfg, device)
+
+
+TASK = Task(
+    name="image_classification",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)

@@ -7,24 +7,29 @@ split, next to a unigram baseline on the same tokens; sample generations from fi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelworks.artifacts import atomic_write_json, final_model_dir
+from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.metrics import fmt_ci, perplexity, unigram_cross_entropy
 from modelworks.evaluate.report import funnel_section, md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
-from modelworks.preprocess.pack import TokenShards
+from modelworks.preprocess.pack import ShardError, TokenShards
 from modelworks.preprocess.text import prepare_text
 from modelworks.preprocess.tokenizer import load_tokenizer
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype
+from modelworks.tasks.base import Task
 from modelworks.train.data import WindowLoader, sequential_batches
 from modelworks.train.trainer import TrainSetup
+
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 prepare = prepare_text
 
@@ -116,21 +121,27 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
     return setup, {"base_val_loss": base_val, "base_val_perplexity": perplexity(base_val)}
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
-    """Loss, perplexity and bits-per-byte on `evaluate.split` (default val) with bootstrap CIs over
-    documents, next to a unigram baseline; harness tasks; sample generations; attention maps."""
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Loss, perplexity and bits-per-byte of `ckpt` (evaluate/checkpoint.py; default: the one it
+    chooses) on `evaluate.split` (default test when the run has one, else val) with bootstrap
+    CIs over documents, next to a unigram baseline; harness tasks; sample generations;
+    attention maps."""
     import json
 
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.harness import run_tasks, tasks_section
     from modelworks.evaluate.lm import LMScorer, document_scores
     from modelworks.evaluate.metrics import bits_per_byte, ratio_ci
     from modelworks.evaluate.report import EvaluateError
     from modelworks.serve.engine import Engine
 
-    engine = Engine.from_run(run_dir, cfg.device, cfg.name)
+    ckpt = ckpt or choose_checkpoint(cfg)
+    engine = Engine.from_run(run_dir, cfg.device, cfg.name, weights=ckpt.folder)
     model = engine.model
     data = run_dir / "preprocess" / "tokens"
-    split = cfg.evaluate.split or "val"
+    split = cfg.evaluate.split or ("test" if _has_tokens(data, "test") else "val")
     train, held = TokenShards(data, "train"), TokenShards(data, split)
     if len(held) == 0:
         raise EvaluateError(f"{data}: the {split!r} split is empty; nothing to evaluate on")
@@ -155,6 +166,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     base = unigram_cross_entropy(train.tokens(), targets, train.vocab_size)
     metrics = {
         "split": split,
+        "rows": len(nats),
         "documents": len(nats),
         "tokens": int(n_tok.sum()),
         "bytes": int(n_bytes.sum()),
@@ -189,7 +201,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     atomic_write_json(out / "generations.json", generations)
 
     pre = json.loads((run_dir / "preprocess" / "stats.json").read_text())
-    trained = json.loads((final_model_dir(run_dir) / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     if "base_val_loss" in trained:  # a fine-tune: how the base did on this data before it
         metrics["base_val_loss"] = trained["base_val_loss"]
         metrics["base_val_perplexity"] = trained["base_val_perplexity"]
@@ -201,6 +213,13 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         section, images = report_section(model, engine.tokenizer, e.prompts[0], out, engine.eot)
         sections.append(section)
     return metrics, sections, images
+
+
+def _has_tokens(data: Path, split: str) -> bool:
+    try:
+        return len(TokenShards(data, split)) > 0
+    except ShardError:  # the run has no such split
+        return False
 
 
 def _sections(metrics: dict, pre: dict, trained: dict, generations: list[dict]):
@@ -236,3 +255,28 @@ def _sections(metrics: dict, pre: dict, trained: dict, generations: list[dict]):
         ("Training", training_table(trained)),
         ("Sample generations", samples),
     ]
+
+
+def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
+    """The OpenAI endpoints (completions, chat, embeddings, tokenize...) for the run's model,
+    with the chat template stored with it."""
+    from modelworks.chat_template import run_chat_template
+    from modelworks.serve.engine import Engine, engine_options
+    from modelworks.serve.lm_routes import add_lm_routes
+
+    def load():
+        engine = Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))
+        engine.chat_template = run_chat_template(run_dir)
+        return engine
+
+    add_lm_routes(app, load)
+
+
+TASK = Task(
+    name="language_modeling",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)

@@ -25,129 +25,32 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modelworks.artifacts import atomic_write_text
 from modelworks.config import Config
-from modelworks.errors import RecommendationDataError
 from modelworks.evaluate import ranking
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.progress import Reporter
+from modelworks.tasks.base import Task
+from modelworks.tasks.recommendation_data import (  # noqa: F401  (public here too)
+    build_sequences,
+    load_sequences,
+    prepare,
+    split,
+)
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
 
-# ---------------------------------------------------------------------------------------------
-# Preprocess
-
-
-def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
-    import pandas as pd
-
-    path = run_dir / "collect" / "interactions.parquet"
-    if not path.is_file():
-        raise RecommendationDataError(
-            f"{path} does not exist: task recommendation needs an interactions source "
-            "(collect.sources type: interactions, stdlib_calls or stdlib_imports)"
-        )
-    df = pd.read_parquet(path, columns=["user", "item", "timestamp"])
-    sequences, items, users, stats = build_sequences(
-        df,
-        cfg.preprocess.min_user_interactions,
-        cfg.preprocess.min_item_interactions,
-        where=str(path),
-    )
-    flat = np.concatenate(sequences)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
-    save_file(
-        {"items": torch.from_numpy(flat), "offsets": torch.from_numpy(offsets)},
-        str(out / "sequences.safetensors"),
-    )
-    counts = np.bincount(flat, minlength=len(items) + 1)[1:].tolist()
-    atomic_write_text(out / "items.json", json.dumps({"items": items, "counts": counts}))
-    atomic_write_text(out / "users.json", json.dumps(users))
-    reporter.info(
-        f"[preprocess] {stats['users']} users, {stats['items']} items, "
-        f"{stats['interactions']} interactions kept of {stats['interactions_raw']}; dropped "
-        f"{stats['users_one_interaction']} users with one interaction, "
-        f"{stats['users_below_k_core']} more users and {stats['items_below_k_core']} items by "
-        f"the k-core, {stats['duplicates']} repeated (user, item) pairs"
-    )
-    return stats
-
-
-def build_sequences(df, min_user: int, min_item: int, where: str = "interactions"):
-    """(per-user item-id arrays in time order, item names by id - 1, user names, stats)."""
-    raw = len(df)
-    df = df.assign(_row=np.arange(raw)).sort_values(["user", "timestamp", "_row"], kind="stable")
-    deduped = df.drop_duplicates(["user", "item"], keep="first")
-    per_user = deduped.groupby("user")["item"].transform("size")
-    one = int((per_user == 1).groupby(deduped["user"]).first().sum())
-    kept = deduped[per_user > 1]
-    users_before, items_before = kept["user"].nunique(), kept["item"].nunique()
-    rounds = 0
-    while True:
-        rounds += 1
-        item_n = kept.groupby("item")["user"].transform("size")
-        kept = kept[item_n >= min_item]
-        user_n = kept.groupby("user")["item"].transform("size")
-        kept = kept[user_n >= min_user]
-        if len(kept) == 0 or (
-            kept.groupby("item")["user"].size().min() >= min_item
-            and kept.groupby("user")["item"].size().min() >= min_user
-        ):
-            break
-    if len(kept) == 0:
-        raise RecommendationDataError(
-            f"{where}: no user has {min_user}+ items among items with {min_item}+ users; "
-            "lower preprocess.min_user_interactions / min_item_interactions or add data"
-        )
-    counts = kept["item"].value_counts()
-    # id 1 = the most frequent item; ties by name, so ids do not depend on row order
-    order = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    items = [str(name) for name, _ in order]
-    index = {name: i + 1 for i, name in enumerate(items)}
-    users, sequences = [], []
-    for user, group in kept.groupby("user", sort=True):
-        users.append(str(user))
-        sequences.append(np.array([index[str(i)] for i in group["item"]], dtype=np.int64))
-    lengths = np.array([len(s) for s in sequences])
-    stats = {
-        "interactions_raw": raw,
-        "duplicates": raw - len(deduped),
-        "users_one_interaction": one,
-        "users_below_k_core": int(users_before - len(users)),
-        "items_below_k_core": int(items_before - len(items)),
-        "k_core_rounds": rounds,
-        "users": len(users),
-        "items": len(items),
-        "interactions": int(lengths.sum()),
-        "mean_history": round(float(lengths.mean()), 2),
-        "split": "leave-one-out: per user, last item test, second to last validation",
-        "train_interactions": int((lengths - 2).sum()),
-    }
-    return sequences, items, users, stats
-
-
-def load_sequences(run_dir: Path) -> tuple[list[np.ndarray], list[str]]:
-    pre = run_dir / "preprocess"
-    data = load_file(str(pre / "sequences.safetensors"))
-    flat, offsets = data["items"].numpy(), data["offsets"].numpy()
-    seqs = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-    return seqs, json.loads((pre / "items.json").read_text())["items"]
-
-
-def split(sequences: list[np.ndarray], which: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """(histories, targets) of the leave-one-out split: 'val' reads all but the last two items
-    and predicts the second to last; 'test' reads all but the last and predicts the last."""
-    cut = {"val": 2, "test": 1}[which]
-    return [s[:-cut] for s in sequences], np.array([s[-cut] for s in sequences])
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,13 +204,17 @@ def compare(
     }
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses) on the test split."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
     device = resolve_device(cfg.device)
-    mdir = model_dir(run_dir)
-    model = load_model(mdir, device).eval()
+    ckpt = ckpt or choose_checkpoint(cfg)
+    model = load_model(ckpt.folder, device).eval()
     seqs, items = load_sequences(run_dir)
     ks = sorted(set(cfg.evaluate.ks))
     n_neg = cfg.evaluate.sampled_negatives
@@ -320,9 +227,9 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     beats = all(ours > r["full"][key] for m, r in results.items() if m != "sasrec")
     metrics = {
         "split": "test",
+        "rows": len(seqs),
         "users": len(seqs),
         "items": len(items),
-        "checkpoint": str(mdir.relative_to(run_dir)),
         "protocols": {
             "full": "target ranked against every item not in the user's history",
             "sampled": f"target ranked against {n_neg} sampled items the user never had",
@@ -336,7 +243,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         f"[evaluate] test {key}: SASRec {ours:.4f}, popularity {pop:.4f}, item-kNN {knn:.4f} "
         f"(full ranking over {len(items)} items, {len(seqs)} users)"
     )
-    trained = json.loads((run_dir / "pretrain" / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     stats = json.loads((run_dir / "preprocess" / "stats.json").read_text())
     data = md_table(
         [
@@ -458,23 +365,28 @@ def serve_routes(app, run_dir: Path, cfg, device: str = "auto") -> None:
     from fastapi.concurrency import run_in_threadpool
 
     from modelworks.runtime import resolve_device
-    from modelworks.serve.app import APIError, check_model, register_model, start_loading
+    from modelworks.serve.app import serve_model
 
     name = cfg.model_name or Path(run_dir).name
-    state: dict[str, Recommender] = {}
-
-    def load() -> None:
-        state["rec"] = load_recommender(run_dir, resolve_device(device))
-        register_model(app, name, task="recommendation", items=len(state["rec"].items))
-
-    start_loading(app, name, load)
+    ready = serve_model(
+        app,
+        name,
+        lambda: {"rec": load_recommender(run_dir, resolve_device(device))},
+        name,
+        info=lambda st: {"task": "recommendation", "items": len(st["rec"].items)},
+    )
 
     @app.post("/v1/recommend")
     async def recommend_route(req: RecommendRequest):
-        if "rec" not in state:
-            raise APIError(503, "the model is still loading; retry shortly")
-        check_model(app, req.model)
-        result = await run_in_threadpool(
-            recommend, state["rec"], req.items, req.k, req.exclude_seen
-        )
+        rec = ready(req.model)["rec"]
+        result = await run_in_threadpool(recommend, rec, req.items, req.k, req.exclude_seen)
         return {"object": "recommendation", "model": name, **result}
+
+
+TASK = Task(
+    name="recommendation",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    serve_routes=serve_routes,
+)

@@ -19,11 +19,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,127 +30,30 @@ from torch import nn
 
 from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_path
 from modelworks.config import Config, ConfigError
+from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
+    classification_metrics,
+    plot_confusion,
+)
 from modelworks.evaluate.metrics import classification_cis, fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
+from modelworks.tasks.base import Task
+from modelworks.tasks.text_classification_data import (  # noqa: F401  (public here too)
+    classes_of,
+    load_split,
+    prepare,
+)
+from modelworks.tasks.text_encoding import _trim, classify_texts, encode, max_tokens, predict
 from modelworks.train.data import DataError, EpochSampler, _Sampled
 from modelworks.train.trainer import TrainSetup
 
-SPLITS = ("train", "val", "test")
-
-
-# ---------------------------------------------------------------------------------------------
-# preprocess
-
-
-def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
-    docs_path = run_dir / "collect" / "documents.parquet"
-    table = pq.read_table(docs_path)
-    if "label" not in table.column_names:
-        raise ConfigError(
-            f"{docs_path} has no labels: task text_classification needs a collect source of "
-            "type: table (with text_field and label_field)"
-        )
-    texts = [t.strip() for t in table.column("text").to_pylist()]
-    labels = table.column("label").to_pylist()
-    keep = [i for i, t in enumerate(texts) if t]
-    n_empty = len(texts) - len(keep)
-    if n_empty:
-        reporter.info(f"[preprocess] dropped {n_empty} empty text(s)")
-    order = np.random.default_rng(cfg.seed).permutation(keep)
-    n = len(order)
-    n_test = int(round(n * cfg.preprocess.test_fraction))
-    n_val = max(1, int(round(n * cfg.preprocess.val_fraction)))
-    if n - n_val - n_test < 2:
-        raise DataError(
-            f"{docs_path}: {n} non-empty texts are too few to split into train/val/test"
-        )
-    parts = {
-        "test": order[:n_test],
-        "val": order[n_test : n_test + n_val],
-        "train": order[n_test + n_val :],
-    }
-    classes = sorted({labels[i] for i in parts["train"]}, key=_label_key)
-    index = {c: i for i, c in enumerate(classes)}
-    for split in ("val", "test"):
-        unseen = sorted({labels[i] for i in parts[split]} - set(classes), key=_label_key)
-        if unseen:
-            count = sum(labels[i] == unseen[0] for i in order)
-            raise DataError(
-                f"{docs_path}: label {unseen[0]!r} ({count} example(s)) falls only in the {split} "
-                "split, so the model never sees it in training; add examples of it or remove it"
-            )
-    if len(classes) < 2:
-        raise DataError(f"{docs_path}: the training split has one label ({classes}); need >= 2")
-    for split, idx in parts.items():
-        pq.write_table(
-            pa.table(
-                {
-                    "text": [texts[i] for i in idx],
-                    "label": pa.array([index[labels[i]] for i in idx], pa.int64()),
-                }
-            ),
-            out / f"{split}.parquet",
-        )
-    atomic_write_json(out / "labels.json", {"classes": classes})
-    if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # a from-scratch model
-        from modelworks.preprocess.tokenizer import train_bpe
-
-        tok = train_bpe((texts[i] for i in parts["train"]), cfg.preprocess.vocab_size)
-        tok.save(str(out / "tokenizer.json"))
-    counts = {s: len(i) for s, i in parts.items()}
-    reporter.info(
-        f"[preprocess] {n} texts, {len(classes)} labels; train/val/test {counts['train']}/"
-        f"{counts['val']}/{counts['test']}"
-    )
-    return {"texts": n, "empty_dropped": n_empty, "classes": classes, "split_sizes": counts}
-
-
-def _label_key(label: str):
-    """Numeric labels sort as numbers ('2' before '10'), others as text."""
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
-
-
-def load_split(run_dir: Path, split: str) -> tuple[list[str], torch.Tensor]:
-    table = pq.read_table(run_dir / "preprocess" / f"{split}.parquet")
-    return table.column("text").to_pylist(), torch.tensor(table.column("label").to_pylist())
-
-
-def classes_of(run_dir: Path) -> list[str]:
-    return json.loads((run_dir / "preprocess" / "labels.json").read_text())["classes"]
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
 # tokens and batches
-
-
-def encode(
-    tok: Tokenizer, texts: list[str], max_len: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Token ids and a 1/0 mask (N, L), right-padded to the longest (<= max_len); and how many
-    texts were longer than max_len and were truncated."""
-    tok = Tokenizer.from_str(tok.to_str())  # a copy: leave the caller's settings alone
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_len)
-    encs = tok.encode_batch(texts)
-    n_truncated = sum(1 for e in encs if e.overflowing)
-    width = max((len(e.ids) for e in encs), default=1)
-    ids = torch.zeros(len(encs), width, dtype=torch.long)
-    mask = torch.zeros(len(encs), width, dtype=torch.long)
-    for i, e in enumerate(encs):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-        mask[i, : len(e.ids)] = 1
-    return ids, mask, n_truncated
-
-
-def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the padding columns no row of this batch uses (short sentences train much faster)."""
-    width = max(1, int(mask.sum(1).max()))
-    return ids[:, :width], mask[:, :width]
 
 
 class TextLoader(_Sampled):
@@ -176,16 +77,6 @@ class TextLoader(_Sampled):
 def ce_loss(model: nn.Module, batch) -> torch.Tensor:
     ids, mask, y = batch
     return F.cross_entropy(model(ids, mask).float(), y)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, ids, mask, device, batch_size: int = 256) -> torch.Tensor:
-    """Logits (N, n_classes), float32 on the CPU."""
-    outs = []
-    for i in range(0, len(ids), batch_size):
-        b_ids, b_mask = _trim(ids[i : i + batch_size], mask[i : i + batch_size])
-        outs.append(model(b_ids.to(device), b_mask.to(device)).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0)
 
 
 def _setup(cfg: Config, run_dir: Path, device, model, tok: Tokenizer, train_cfg, rank, world):
@@ -269,42 +160,19 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
 # evaluate
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
-    try:
-        from sklearn.metrics import (
-            accuracy_score,
-            confusion_matrix,
-            precision_recall_fscore_support,
-        )
-    except ImportError:
-        raise ConfigError(
-            "task text_classification needs scikit-learn for its metrics: pip install scikit-learn"
-        ) from None
-
-    labels = list(range(n_classes))
-    p, r, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(np.mean(f1)),
-        "precision": p.tolist(),
-        "recall": r.tolist(),
-        "support": support.tolist(),
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
-    from modelworks.lifecycle import model_stage
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
     device = resolve_device(cfg.device)
-    stage = model_stage(cfg)
-    model_dir = run_dir / stage
+    ckpt = ckpt or choose_checkpoint(cfg)
+    stage, model_dir = ckpt.stage_dir.name, ckpt.folder
     model = load_model(model_dir, device).eval()
-    tok = _tokenizer(tokenizer_path(run_dir, model_dir))
+    tok = _tokenizer(tokenizer_path(run_dir, ckpt.stage_dir))
     classes = classes_of(run_dir)
     if getattr(model.cfg, "n_classes", 0) != len(classes):
         raise DataError(
@@ -328,9 +196,10 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
         m["ci_level"] = 0.95
     _, train_y = load_split(run_dir, "train")
     majority = int(torch.bincount(train_y).argmax())
-    trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
+    trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     metrics = {
         "split": split,
+        "rows": len(y),
         "examples": len(y),
         "loss": F.cross_entropy(logits, y).item(),
         **m,
@@ -428,26 +297,6 @@ def attribution_section(model, tok, texts, y, pred, classes, e, max_len: int, ou
     return ("Sample predictions and attributions", body), heat
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0)
-    ax.set_yticks(range(len(classes)), classes)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            dark = cm[i, j] > cm.max() / 2
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if dark else "k")
-    ax.set(xlabel="predicted label", ylabel="true label", title="Confusion matrix (counts)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------------------------
 # serve
 
@@ -481,46 +330,41 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: POST /v1/classify ({"input": text or [texts], "top_k"}) returns
     the top-k labels with probabilities; POST /v1/explain ({"input": text}) the attention maps
     and integrated-gradients token attributions of the predicted class (evaluate/explain.py)."""
-    import yaml
-
     from modelworks.runtime import resolve_device
-    from modelworks.serve.app import APIError, check_model, register_model, start_loading
+    from modelworks.serve.app import APIError, serve_model
     from modelworks.serve.schema import Explanation, answers
     from modelworks.train.checkpoint import load_model
 
-    state: dict = {}
-    name = cfg.model_name or Path(run_dir).name
-
-    def load():
+    def load() -> dict:
         model_dir = final_model_dir(run_dir)
-        stage = model_dir.name
         dev = resolve_device(device)
         model = load_model(model_dir, dev).eval()
         tok = _tokenizer(tokenizer_path(run_dir, model_dir))
-        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        seq_len = (run_cfg.get(stage) or {}).get("seq_len") or model.cfg.context_len
         classes = classes_of(run_dir)
-        state.update(model=model, tok=tok, dev=dev, classes=classes)
-        state["max_len"] = min(int(seq_len), model.cfg.context_len)
-        register_model(app, name, task="text_classification", classes=classes)
+        max_len = max_tokens(run_dir, model)
+        return {"model": model, "tok": tok, "dev": dev, "classes": classes, "max_len": max_len}
 
-    start_loading(app, "classifier", load)
+    ready = serve_model(
+        app,
+        "classifier",
+        load,
+        info=lambda st: {"task": "text_classification", "classes": st["classes"]},
+    )
 
-    def _texts(req: ClassifyRequest) -> list[str]:
-        if "model" not in state:
-            raise APIError(503, "the model is still loading; retry when /health is 200")
-        check_model(app, req.model)
+    def _texts(req: ClassifyRequest) -> tuple[dict, list[str]]:
+        state = ready(req.model)
         texts = [req.input] if isinstance(req.input, str) else req.input
         if not texts or not all(t.strip() for t in texts):
             raise APIError(400, "input: a non-empty string or list of non-empty strings", "input")
-        return texts
+        return state, texts
 
     @app.post("/v1/classify", responses=answers(Classification))
     def classify(req: ClassifyRequest):  # sync: FastAPI runs it in a worker thread
-        texts = _texts(req)
+        state, texts = _texts(req)
         top_k = req.top_k or len(state["classes"])
-        ids, mask, n_trunc = encode(state["tok"], texts, state["max_len"])
-        probs = torch.softmax(predict(state["model"], ids, mask, state["dev"]), dim=-1)
+        probs, _, _, n_trunc = classify_texts(
+            state["model"], state["tok"], texts, state["max_len"], state["dev"]
+        )
         top = torch.topk(probs, min(top_k, len(state["classes"])), dim=-1)
         data = [
             {
@@ -533,14 +377,24 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
             }
             for i in range(len(texts))
         ]
-        return {"object": "list", "model": name, "data": data, "truncated": n_trunc}
+        return {"object": "list", "model": state["name"], "data": data, "truncated": n_trunc}
 
     @app.post("/v1/explain", responses=answers(Explanation))
     def explain_text(req: ClassifyRequest):
         from modelworks.evaluate.explain import explain
 
-        texts = _texts(req)
+        state, texts = _texts(req)
         if len(texts) != 1:
             raise APIError(400, "input: explain takes one text", "input")
-        result = explain(state["model"], state["tok"], texts[0])
-        return {"object": "explanation", "model": name, **result}
+        result = explain(state["model"], state["tok"], texts[0], max_tokens=state["max_len"])
+        return {"object": "explanation", "model": state["name"], **result}
+
+
+TASK = Task(
+    name="text_classification",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)

@@ -34,126 +34,34 @@ context minus `evaluate.max_new_tokens` keeps its last tokens and is counted. Wr
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 from torch import nn
 
-from modelworks.artifacts import atomic_write_json, atomic_write_text, tokenizer_path
+from modelworks.artifacts import atomic_write_text, tokenizer_path
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.report import md_cell, md_table, training_table
 from modelworks.preprocess.tokenizer import eot_id
 from modelworks.progress import Reporter
+from modelworks.tasks.base import Task
+from modelworks.tasks.translation_data import (  # noqa: F401  (public here too)
+    format_prompt,
+    load_split,
+    prepare,
+    prompt_template,
+)
 from modelworks.train.data import DataError
 from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
 from modelworks.train.trainer import TrainSetup
 
-SPLITS = ("train", "val", "test")
-
-
-# ---------------------------------------------------------------------------------------------
-# preprocess
-
-
-def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
-    docs_path = run_dir / "collect" / "documents.parquet"
-    table = pq.read_table(docs_path)
-    if "target" not in table.column_names:
-        raise ConfigError(
-            f"{docs_path} has no targets: task translation needs a collect source of "
-            "type: parallel (with source_field and target_field)"
-        )
-    template = cfg.preprocess.prompt_template
-    if template.count("{source}") != 1:
-        raise ConfigError(
-            f"preprocess.prompt_template={template!r} must contain {{source}} exactly once"
-        )
-    sources = [t.strip() for t in table.column("text").to_pylist()]
-    targets = [t.strip() for t in table.column("target").to_pylist()]
-    empty_source = sum(1 for s in sources if not s)
-    empty_target = sum(1 for s, t in zip(sources, targets, strict=True) if s and not t)
-    keep = [i for i, (s, t) in enumerate(zip(sources, targets, strict=True)) if s and t]
-    if empty_source or empty_target:
-        reporter.info(
-            f"[preprocess] dropped {empty_source} pair(s) with an empty source and "
-            f"{empty_target} with an empty target"
-        )
-    # split by distinct source sentence: its translations all go to one split
-    groups: dict[str, list[int]] = {}
-    for i in keep:
-        groups.setdefault(sources[i], []).append(i)
-    names = list(groups)
-    order = np.random.default_rng(cfg.seed).permutation(len(names))
-    n = len(names)
-    n_test = int(round(n * cfg.preprocess.test_fraction))
-    n_val = max(1, int(round(n * cfg.preprocess.val_fraction)))
-    if n - n_val - n_test < 2:
-        raise DataError(
-            f"{docs_path}: {len(keep)} non-empty pairs ({n} distinct sources) are too few to "
-            "split into train/val/test"
-        )
-    cut = {"test": order[:n_test], "val": order[n_test : n_test + n_val]}
-    cut["train"] = order[n_test + n_val :]
-    parts = {s: [i for g in cut[s] for i in groups[names[g]]] for s in SPLITS}
-    for split, idx in parts.items():
-        pq.write_table(
-            pa.table({"source": [sources[i] for i in idx], "target": [targets[i] for i in idx]}),
-            out / f"{split}.parquet",
-        )
-    atomic_write_json(out / "format.json", {"prompt_template": template})
-    stats = {
-        "pairs": len(table),
-        "empty_source_dropped": empty_source,
-        "empty_target_dropped": empty_target,
-        "distinct_sources": n,
-        "split_sizes": {s: len(i) for s, i in parts.items()},
-    }
-    if cfg.finetune is None or cfg.finetune.from_ == "pretrain":  # a model trained here
-        from modelworks.preprocess.tokenizer import find_tokenizer, load_tokenizer, train_bpe
-
-        train_text = [sources[i] for i in parts["train"]] + [targets[i] for i in parts["train"]]
-        reuse = getattr(cfg.preprocess, "tokenizer", "train")
-        if reuse == "train":
-            tok = train_bpe(train_text, cfg.preprocess.vocab_size)
-        else:  # a base's tokenizer (its folder's tokenizer_config.json names its end token)
-            tok_file = find_tokenizer(reuse)
-            tok = load_tokenizer(tok_file)
-            if (tok_file.parent / "tokenizer_config.json").is_file():
-                shutil.copy2(tok_file.parent / "tokenizer_config.json", out)
-        tok.save(str(out / "tokenizer.json"))
-        sample = train_text[:: max(1, len(train_text) // 2000)]
-        stats["tokenizer_roundtrip_failures"] = sum(
-            tok.decode(tok.encode(t).ids) != t for t in sample
-        )
-        stats["tokenizer_roundtrip_checked"] = len(sample)
-    sizes = stats["split_sizes"]
-    reporter.info(
-        f"[preprocess] {len(keep)} pairs ({n} distinct sources); train/val/test "
-        f"{sizes['train']}/{sizes['val']}/{sizes['test']}"
-    )
-    return stats
-
-
-def load_split(run_dir: Path, split: str) -> tuple[list[str], list[str]]:
-    path = run_dir / "preprocess" / f"{split}.parquet"
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; run `modelworks preprocess` first")
-    table = pq.read_table(path)
-    return table.column("source").to_pylist(), table.column("target").to_pylist()
-
-
-def prompt_template(run_dir: Path) -> str:
-    return json.loads((run_dir / "preprocess" / "format.json").read_text())["prompt_template"]
-
-
-def format_prompt(template: str, source: str) -> str:
-    return template.replace("{source}", source)
+if TYPE_CHECKING:
+    from modelworks.evaluate.checkpoint import Checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,24 +208,27 @@ def translate(
     return out, n_cut
 
 
-def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
+def evaluate(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt: Checkpoint | None = None
+):
+    """Scores `ckpt` (evaluate/checkpoint.py; default: the one it chooses)."""
+    from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.report import EvaluateError
     from modelworks.evaluate.translation_metrics import (
         DictionaryBaseline,
         bleu_tokenize,
         corpus_scores,
     )
-    from modelworks.lifecycle import model_stage
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
     e = cfg.evaluate
     device = resolve_device(cfg.device)
-    stage = model_stage(cfg)
-    model_dir = run_dir / stage
-    model = load_model(model_dir, device).eval()
+    ckpt = ckpt or choose_checkpoint(cfg)
+    stage, model_dir = ckpt.stage_dir.name, ckpt.stage_dir
+    model = load_model(ckpt.folder, device).eval()
     if not hasattr(model, "new_cache"):
-        raise EvaluateError(f"{model_dir}: a {type(model).__name__} cannot generate text")
+        raise EvaluateError(f"{ckpt.folder}: a {type(model).__name__} cannot generate text")
     tok = _tokenizer(tokenizer_path(run_dir, model_dir))
     eot = eot_id(tok, model_dir)
     template = prompt_template(run_dir)
@@ -366,6 +277,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter):
     trained = json.loads((model_dir / "manifest.json").read_text())["summary"]
     metrics = {
         "split": split,
+        "rows": len(sources),
         "examples": len(sources),
         "bleu_tokenize": tokenize,
         "beam_size": e.beam_size,
@@ -446,42 +358,36 @@ def _sections(m, results, hyps, sources, refs, trained, stage):
 # serve
 
 
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    input: str | list[str] = Field(..., description="a text, or a list of texts")
+    beam_size: int = Field(1, ge=1, le=16, description="1: greedy; more: beam search")
+    max_tokens: int | None = Field(None, ge=1, description="default: min(64, context / 2)")
+    model: str | None = Field(None, description="served model name (optional)")
+
+
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     """`modelworks serve` hook: the OpenAI completion endpoints over the run's decoder, and
     POST /v1/translate ({"input": text or [texts], "beam_size": 1, "max_tokens": 64}) which
     formats each text with the run's prompt template and returns its translation."""
-    from modelworks.serve.app import APIError, add_lm_routes, check_model
+    from modelworks.serve.app import APIError
     from modelworks.serve.engine import Engine, engine_options
+    from modelworks.serve.lm_routes import add_lm_routes
 
-    state: dict = {}
     run_dir = Path(run_dir)
-
-    def load() -> Engine:
-        engine = Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))
-        state.update(engine=engine, template=prompt_template(run_dir))
-        return engine
-
-    add_lm_routes(app, load)
+    template = prompt_template(run_dir)
+    ready = add_lm_routes(
+        app, lambda: Engine.from_run(run_dir, device, cfg.model_name, **engine_options(cfg))
+    )
 
     @app.post("/v1/translate")
-    def translate_route(body: dict):  # sync: FastAPI runs it in a worker thread
-        if "engine" not in state:
-            raise APIError(503, "the model is still loading; retry when /health is 200")
-        if not isinstance(body, dict):
-            raise APIError(400, "the body must be a JSON object", None)
-        check_model(app, body.get("model"))
-        texts = body.get("input")
-        texts = [texts] if isinstance(texts, str) else texts
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+    def translate_route(req: TranslateRequest):  # sync: FastAPI runs it in a worker thread
+        engine = ready(req.model)["engine"]
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or not all(t.strip() for t in texts):
             raise APIError(400, "input: a non-empty string or list of non-empty strings", "input")
-        engine = state["engine"]
-        beam = body.get("beam_size", 1)
-        max_tokens = body.get("max_tokens", min(64, engine.context_len // 2))
-        for key, value, top in (("beam_size", beam, 16), ("max_tokens", max_tokens, None)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise APIError(400, f"{key}: must be a positive integer (got {value!r})", key)
-            if top and value > top:
-                raise APIError(400, f"{key}: at most {top} (got {value})", key)
+        beam = req.beam_size
+        max_tokens = req.max_tokens or min(64, engine.context_len // 2)
         if max_tokens >= engine.context_len - 1:
             raise APIError(
                 400, f"max_tokens: must be below the context of {engine.context_len}", "max_tokens"
@@ -489,7 +395,17 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
         with engine._lock:  # one forward pass at a time on the model
             out, n_cut = translate(
                 engine.model, engine.tokenizer, engine.eot, [t.strip() for t in texts],
-                state["template"], max_tokens, beam,
+                template, max_tokens, beam,
             )  # fmt: skip
         data = [{"index": i, "translation": t} for i, t in enumerate(out)]
         return {"object": "list", "model": engine.name, "data": data, "truncated": n_cut}
+
+
+TASK = Task(
+    name="translation",
+    prepare=prepare,
+    setup_training=setup_training,
+    evaluate=evaluate,
+    setup_finetune=setup_finetune,
+    serve_routes=serve_routes,
+)

@@ -25,6 +25,7 @@ from modelworks.runtime import resolve_device, setup
 from modelworks.tasks import get_task
 from modelworks.train.checkpoint import save_full_model
 from modelworks.train.parallel import barrier, init_distributed, rank
+from modelworks.train.tracking import open_tracker, track_stage
 from modelworks.train.trainer import Trainer
 
 
@@ -60,6 +61,9 @@ def pretrain(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
         trainer = Trainer(
             train, cfg.pretrain, writer.dir, device, reporter, cfg.parallel, dims, mesh
         )
+        tracker = open_tracker(cfg) if rank() == 0 else None
+        if tracker is not None:
+            trainer.on_log = lambda record: tracker.log_metrics(record, "pretrain")
         summary = trainer.fit(resume=resume)
         summary["parameters"] = n_params
         summary["processes"] = dims.world_size
@@ -75,6 +79,9 @@ def pretrain(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
         )
         writer.summary = summary
         manifest = writer.commit()
+        if tracker is not None:
+            track_stage(cfg, "pretrain", tracker)
+            tracker.close()
         barrier()
         return manifest
     finally:

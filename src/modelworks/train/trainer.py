@@ -1,6 +1,7 @@
 """The one training loop: every training stage runs through `Trainer.fit`.
 
-It owns: learning-rate schedule, gradient accumulation, clipping, autocast, periodic validation,
+It owns: learning-rate schedule, gradient accumulation, clipping, autocast (bfloat16 falls back to
+float16 on GPUs without it), TF32 for float32 on CUDA (pretrain.tf32), periodic validation,
 early stopping and the best checkpoint, checkpointing with exact resume (model, optimizer, RNG,
 data position), metrics JSONL (and TensorBoard), progress with tokens/s, MFU and ETA, and a final
 summary. A task plugs in as a `TrainSetup`: model, loss function, loader and validation function.
@@ -26,7 +27,13 @@ from modelworks.artifacts import atomic_write_text
 from modelworks.config import PretrainConfig
 from modelworks.errors import TrainingError
 from modelworks.progress import Reporter
-from modelworks.runtime import autocast_dtype, peak_flops
+from modelworks.runtime import (
+    MfuMeter,
+    autocast_dtype,
+    matmul_precision,
+    set_tf32,
+    training_dtype,
+)
 from modelworks.train.checkpoint import (
     latest_good,
     load_checkpoint,
@@ -81,7 +88,20 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
         if setup.wrap is not None:
             self.train_model, self.optimizer = setup.wrap(self.train_model, self.optimizer)
-        self.dtype = autocast_dtype(cfg.dtype)
+        # bfloat16 where the GPU has it (compute capability 8+), else float16 with loss scaling
+        cuda = device.type == "cuda"
+        has_bf16 = not cuda or torch.cuda.get_device_capability(device)[0] >= 8
+        self.dtype_name = training_dtype(cfg.dtype, has_bf16)
+        if self.dtype_name != cfg.dtype:
+            self.reporter.info(
+                "[train] this GPU has no bfloat16: training in float16 with loss scaling "
+                "(set pretrain.dtype=float16 to say so)"
+            )
+        self.dtype = autocast_dtype(self.dtype_name)
+        # what the planner assumes too: float32 matmuls on TF32 tensor cores unless tf32=false
+        self.precision = matmul_precision(device.type, self.dtype_name, cfg.tf32)
+        if cuda:
+            set_tf32(cfg.tf32)
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=self.dtype == torch.float16 and device.type == "cuda"
         )
@@ -91,6 +111,7 @@ class Trainer:
         self.units_seen = 0
         self.best: float | None = None
         self.bad_checks = 0
+        self.on_log = None  # called with every metrics line written (experiment tracking)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -144,6 +165,8 @@ class Trainer:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.on_log is not None:
+            self.on_log(record)
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, int | float):
@@ -214,7 +237,8 @@ class Trainer:
             self.reporter.info(f"[train] resumed from {ckpt} at step {self.step}")
         self.train_model.train()
         units_per_step = setup.units_per_batch * cfg.grad_accum * self.dims.dp
-        peak = peak_flops(self.device, self.dtype, cfg.peak_tflops)
+        meter = MfuMeter(self.device, self.dtype, cfg.peak_tflops, cfg.tf32)
+        warned = False
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.reporter.start(cfg.steps, "train", initial=self.step, unit="step")
@@ -253,7 +277,12 @@ class Trainer:
             self.units_seen += units_per_step
             dt = time.perf_counter() - t0
             rate = units_per_step / dt
-            mfu = rate * setup.flops_per_unit / peak if setup.flops_per_unit and peak else None
+            mfu, warning = (
+                meter(rate * setup.flops_per_unit) if setup.flops_per_unit else (None, "")
+            )
+            if warning and not warned:  # over 100%: the peak is wrong, and the user is told
+                self.reporter.info(f"[train] warning: {warning}")
+                warned = True
             last = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or last:
                 record = {
@@ -266,6 +295,8 @@ class Trainer:
                 }
                 if mfu is not None:
                     record["mfu"] = round(mfu, 4)
+                    if mfu > 1:
+                        record["mfu_above_peak"] = True  # see the warning: the peak is too low
                 self._log(record)
             if self.step % cfg.eval_every == 0 or last:
                 stopped_early = self._check(last_ckpt)
@@ -281,7 +312,7 @@ class Trainer:
                 )
             postfix = {"loss": f"{loss_sum:.3f}", f"{setup.unit}/s": f"{rate:,.0f}"}
             if mfu is not None:
-                postfix["mfu"] = f"{100 * mfu:.1f}%"
+                postfix["mfu"] = f"{100 * mfu:.1f}%" + (" (above peak!)" if mfu > 1 else "")
             self.reporter.update(1, **postfix)
             if stopped_early:
                 self.reporter.info(

@@ -1,0 +1,59 @@
+"""Each collected record's split, as its source names it (see modelworks/splits.py for the rule
+preprocessing applies): `split: train|val|test` on a source puts all its records there,
+`split_field` reads a column per record, a Hugging Face source keeps the split it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from modelworks.splits import hf_split_name, read_given, split_name
+
+SPLIT_FIELD_TYPES = ("table", "image_table", "files", "parallel", "chat")
+
+
+def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str]) -> Iterator[dict]:
+    """The source's records with `split` set (or left None: drawn at random later)."""
+    if src.type in no_split_types:
+        if src.split or src.split_field:
+            key = "split" if src.split else "split_field"
+            value = src.split or src.split_field
+            raise ValueError(
+                f"{where}.{key}: {value!r}: recommendation keeps its chronological "
+                "leave-one-out split; remove the key"
+            )
+        yield from docs
+        return
+    if src.type == "hf":
+        fixed = hf_split_name(src.split or "train", where)
+    else:
+        fixed = split_name(src.split, where)
+    if src.split_field and src.type not in SPLIT_FIELD_TYPES:
+        raise ValueError(
+            f"{where}.split_field: {src.split_field!r}: type {src.type} has no split column; "
+            f"give the source a `split:` instead ({', '.join(SPLIT_FIELD_TYPES)} read split_field)"
+        )
+    for doc in docs:
+        raw = doc.pop("split", None)
+        if src.split_field:
+            if raw is None and doc.get("metadata"):  # files: the record's other fields
+                raw = json.loads(doc["metadata"]).get(src.split_field)
+            value = split_name(raw, f"{where}.split_field {src.split_field!r} at {doc['id']}", "")
+            if fixed is not None and value is not None and value != fixed:
+                raise ValueError(
+                    f"{where}.split_field {src.split_field!r}: {doc['id']} says {value!r} but "
+                    f"the source's split is {fixed!r}; give one or the other"
+                )
+            doc["split"] = value or fixed
+        else:
+            doc["split"] = fixed
+        yield doc
+
+
+def split_counts(path: Path) -> dict[str, int]:
+    """Records per named split in a collection ('unassigned': drawn at random later)."""
+    counts = Counter(g or "unassigned" for g in read_given(path))
+    return dict(sorted(counts.items()))

@@ -1,0 +1,344 @@
+"""Score a finished run on new data, given as collect sources, without touching the run.
+
+    modelworks evaluate runs/mlp-digits --data t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+    modelworks evaluate runs/sentiment --data new_reviews.tsv --name reviews-2026
+    modelworks evaluate runs/sentiment --data '{type: table, paths: [a.csv], label_field: y}'
+
+`--data PATH...` is one source: the run's first collect source that reads files, with these
+paths (so its type, text/label fields and columns carry over); a `{...}` value is a whole
+source. `evaluate.data` in a config lists sources the same way, each scored under its own name.
+
+The sources are collected and prepared in a scratch folder the way the run prepared its own test
+split, reusing the run's pieces: its tokenizer, label map, image size and channels. Labels the run
+never saw are counted and named, and their rows left out (the model cannot predict them). Then
+the task's own evaluate scores the run's model on them, so `--data` given the run's test files
+gives the run's own test metrics. The output is `<run>/evaluate_data/<name>/` (metrics.json,
+report.md, report.html, plots): outside `evaluate/`, whose manifest lists its files and which a
+re-run of the evaluate stage replaces whole. Nothing under the run's stage folders is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from modelworks.artifacts import atomic_write_json
+from modelworks.config import Config, SourceConfig, validate_config
+from modelworks.errors import ConfigError, EvaluateError, ModelworksError
+from modelworks.progress import Reporter
+
+KIND_OF_TASK = {  # the collection each task's data comes in (collect/__init__.py)
+    "language_modeling": "documents",
+    "image_classification": "images",
+    "text_classification": "documents",
+    "translation": "documents",
+    "chat": "chats",
+}
+NEEDS = {
+    "images": "an image source (idx, image_folder, image_table, npz)",
+    "documents": "a text or labelled table source (files, table, parallel...)",
+    "chats": "a chat source (jsonl/parquet conversations)",
+}
+
+
+def load_run(run_dir: str | Path) -> Config:
+    run_dir = Path(run_dir)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise EvaluateError(f"{run_dir}: not a run folder (no config.yaml)")
+    data = yaml.safe_load(stored.read_text())
+    data["runs_dir"], data["name"] = str(run_dir.parent), run_dir.name
+    return validate_config(data, source=str(stored))
+
+
+def data_source(cfg: Config, values: list[str]) -> SourceConfig:
+    """`--data` values as one source: `{...}` YAML is a whole source, else paths for a copy of
+    the run's first source."""
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            return SourceConfig.model_validate(yaml.safe_load(values[0]))
+        except Exception as e:  # yaml or pydantic: one line naming the value
+            first = str(e).splitlines()[0]
+            raise ConfigError(f"--data {values[0]!r}: not a collect source ({first})") from None
+    with_paths = [s for s in cfg.collect.sources if s.paths]
+    if not with_paths:
+        kinds = ", ".join(s.type for s in cfg.collect.sources)
+        raise ConfigError(
+            f"--data {' '.join(values)}: the run's sources ({kinds}) read no files to copy; give a "
+            "whole source, e.g. --data '{type: files, paths: [a.txt]}'"
+        )
+    base = with_paths[0].model_dump()
+    base.update(paths=list(values), split=None, split_field="", dataset="", limit=None)
+    return SourceConfig.model_validate(base)
+
+
+def default_name(src: SourceConfig) -> str:
+    first = Path(src.paths[0]).name if src.paths else src.dataset or src.type
+    stem = re.sub(r"(\.gz)?$", "", first).split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "data"
+
+
+def score_data(
+    run_dir: str | Path,
+    src: SourceConfig,
+    name: str | None = None,
+    reporter: Reporter | None = None,
+    overrides: dict | None = None,
+) -> Path:
+    """Collect `src`, prepare it as the run's test split, score the run's model on it; returns
+    `<run>/evaluate_data/<name>/`."""
+    from modelworks.collect import collect
+    from modelworks.evaluate.checkpoint import choose_checkpoint, scored
+    from modelworks.evaluate.report import config_section, write_report
+    from modelworks.lifecycle import model_stage
+    from modelworks.runtime import setup
+    from modelworks.tasks import get_task
+
+    reporter = reporter or Reporter()
+    run = load_run(run_dir)
+    run_dir = run.run_dir
+    weights = run_dir / model_stage(run) / "model.safetensors"
+    if not weights.is_file():
+        raise EvaluateError(f"{weights.parent}: no checkpoint (model.safetensors); train it first")
+    if run.task not in KIND_OF_TASK:
+        raise EvaluateError(
+            f"evaluate --data: task {run.task!r} is not supported yet; "
+            f"supported: {', '.join(KIND_OF_TASK)}"
+        )
+    cfg = run.model_copy(deep=True)
+    for k, v in (overrides or {}).items():
+        try:
+            setattr(cfg.evaluate, k, v)
+        except (ValueError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
+            first = str(e).splitlines()[-1].strip() if str(e) else type(e).__name__
+            raise ConfigError(f"evaluate.{k}={v!r}: {first}") from None
+    ckpt = choose_checkpoint(cfg)  # in the run itself (its paths are the ones reported); first
+    name = name or default_name(src)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise ConfigError(f"--data-name {name!r}: use letters, digits, '-', '_' and '.'")
+    root = run_dir / "evaluate_data"
+    work = root / f".{name}.work"
+    out = root / f".{name}.partial"
+    for d in (work, out):
+        shutil.rmtree(d, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        shadow = work / run.name  # a scratch run: the new data as its collection
+        scratch = run.model_copy(deep=True)
+        scratch.runs_dir, scratch.collect.sources = str(work), [src]
+        try:
+            collect(scratch, reporter)
+        except ModelworksError as e:  # the source's own error, said of --data
+            where = f"--data ({src.type}: {', '.join(src.paths) or src.dataset})"
+            raise EvaluateError(f"{where}: {e}") from None
+        kind = KIND_OF_TASK[run.task]
+        if not (shadow / "collect" / f"{kind}.parquet").is_file():
+            raise EvaluateError(
+                f"--data collect.sources.0 (type {src.type}): gives no {kind} for run "
+                f"{run_dir} (task {run.task}); it needs {NEEDS[kind]}"
+            )
+        stage = model_stage(run)
+        os.symlink((run_dir / stage).resolve(), shadow / stage, target_is_directory=True)
+        unknown = _prepare(run, run_dir, shadow, src)
+        cfg.runs_dir, cfg.evaluate.split = str(work), "test"
+        setup(run.threads, run.seed)
+        task = get_task(run.task)
+        metrics, sections, images = task.evaluate(cfg, shadow, out, reporter, ckpt=ckpt)
+        metrics, opening = scored(run, metrics, ckpt)  # the run's own config hash
+        metrics = {
+            "data": src.model_dump(mode="json", exclude_defaults=True),
+            "run": str(run_dir),
+            "unknown_labels": unknown,
+            **metrics,
+        }
+        atomic_write_json(out / "metrics.json", metrics)
+        lines = [f"- source: `{json.dumps(metrics['data'])}`", f"- run: `{run_dir}`"]
+        if unknown["rows"]:
+            named = ", ".join(f"{k!r} ({n})" for k, n in unknown["labels"].items())
+            lines.append(
+                f"- left out: {unknown['rows']} row(s) with labels the run never saw: {named}"
+            )
+        sections = [("Data", "\n".join(lines)), *sections]
+        sections.append(("Run config", config_section(run.model_dump(mode="json"))))
+        title = f"modelworks evaluate --data: {name} on {run.name}"
+        write_report(out, title, sections, images, opening)
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        out.rename(final)
+        if run.track != "none":
+            from modelworks.train.tracking import track_data
+
+            track_data(run, name, final)
+        reporter.info(f"[evaluate] {name}: report at {final / 'report.html'}")
+        return final
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare(run: Config, run_dir: Path, shadow: Path, src: SourceConfig) -> dict:
+    """The scratch run's preprocess/: the run's own files, with `test` made of the new data."""
+    pre, own = shadow / "preprocess", run_dir / "preprocess"
+    pre.mkdir()
+    for f in own.iterdir():  # read-only links; the test split is written fresh below
+        if f.is_file() and not f.name.startswith("test."):
+            os.symlink(f.resolve(), pre / f.name)
+    if run.task == "language_modeling":
+        return _tokens(run, run_dir, shadow, pre)
+    if run.task == "image_classification":
+        return _images(run_dir, shadow, pre)
+    if run.task == "text_classification":
+        return _texts(run_dir, shadow, pre)
+    if run.task == "chat":
+        return _chats(shadow, pre)
+    return _pairs(shadow, pre)
+
+
+def _tokens(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
+    """Language models: the run's cleaning steps, then its tokenizer, into `test` shards."""
+    import pyarrow.parquet as pq
+
+    from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
+    from modelworks.preprocess.runner import finish, run_steps
+    from modelworks.preprocess.text import build_steps
+    from modelworks.preprocess.tokenizer import load_tokenizer
+
+    own = run_dir / "preprocess" / "tokens"
+    meta = json.loads((own / "meta.json").read_text())
+    tokens = pre / "tokens"
+    tokens.mkdir()
+    for f in own.iterdir():  # the train (baseline) and val shards, read-only
+        if f.name != "meta.json" and not f.name.startswith("test_"):
+            os.symlink(f.resolve(), tokens / f.name)
+    steps = [s for s in build_steps(run) if s.name != "decontaminate"]
+    source = shadow / "collect" / "documents.parquet"
+
+    def docs():
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+
+    work = shadow / "steps"
+    work.mkdir()
+    kept = list(run_steps(steps, docs, work, work / "_work"))
+    funnel = finish(steps, work / "_work")
+    tok = load_tokenizer(pre / "tokenizer.json")
+    eot = meta["eot_id"]
+    sw = ShardWriter(tokens, "test", token_dtype(tok.get_vocab_size()), run.preprocess.shard_tokens)
+    for enc in tok.encode_batch([d["text"] for d in kept], add_special_tokens=False):
+        sw.add([*enc.ids, eot])
+    splits = {**{k: v for k, v in meta["splits"].items() if k != "test"}, "test": sw.close()}
+    write_meta(tokens, token_dtype(tok.get_vocab_size()), meta["vocab_size"], eot, splits)
+    if not kept:
+        raise EvaluateError(f"--data: no document is left after the run's cleaning steps {funnel}")
+    return {"rows": 0, "labels": {}, "documents": len(kept), "funnel": funnel}
+
+
+def _unknown(labels: list[str], classes: list[str]) -> tuple[list[int], dict]:
+    index = {c: i for i, c in enumerate(classes)}
+    missing = Counter(label for label in labels if label not in index)
+    keep = [i for i, label in enumerate(labels) if label in index]
+    return keep, {"rows": sum(missing.values()), "labels": dict(missing.most_common())}
+
+
+def _images(run_dir: Path, shadow: Path, pre: Path) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from modelworks.preprocess.images import decode
+
+    meta = json.loads((run_dir / "preprocess" / "labels.json").read_text())
+    rows = pq.read_table(shadow / "collect" / "images.parquet").to_pylist()
+    size, channels = meta["image_size"], meta["channels"]
+    xs, labels, bad = [], [], 0
+    for row in rows:
+        try:
+            xs.append(decode(row["image"], size, channels))
+            labels.append(row["label"])
+        except Exception:  # Pillow raises many types for corrupt input; counted as in preprocess
+            bad += 1
+    keep, unknown = _unknown(labels, meta["classes"])
+    index = {c: i for i, c in enumerate(meta["classes"])}
+    data = load_file(str(run_dir / "preprocess" / "data.safetensors"))
+    shape = (0, channels, size, size)
+    x = np.stack([xs[i] for i in keep]) if keep else np.zeros(shape, np.uint8)
+    data["test_x"] = torch.from_numpy(x)
+    data["test_y"] = torch.tensor([index[labels[i]] for i in keep], dtype=torch.int64)
+    (pre / "data.safetensors").unlink()
+    save_file(data, str(pre / "data.safetensors"))
+    if not keep:
+        raise EvaluateError(_none_left(unknown, meta["classes"]))
+    return {**unknown, "unreadable": bad}
+
+
+def _texts(run_dir: Path, shadow: Path, pre: Path) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    classes = json.loads((run_dir / "preprocess" / "labels.json").read_text())["classes"]
+    table = pq.read_table(shadow / "collect" / "documents.parquet")
+    if "label" not in table.column_names:
+        raise EvaluateError("--data: the source has no label column; it needs text and label")
+    texts = [t.strip() for t in table.column("text").to_pylist()]
+    labels = table.column("label").to_pylist()
+    keep, unknown = _unknown(labels, classes)
+    keep = [i for i in keep if texts[i]]
+    index = {c: i for i, c in enumerate(classes)}
+    out = {"text": [texts[i] for i in keep], "label": [index[labels[i]] for i in keep]}
+    pq.write_table(pa.table({"text": out["text"], "label": pa.array(out["label"], pa.int64())}),
+                   pre / "test.parquet")  # fmt: skip
+    if not keep:
+        raise EvaluateError(_none_left(unknown, classes))
+    return unknown
+
+
+def _pairs(shadow: Path, pre: Path) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shadow / "collect" / "documents.parquet")
+    if "target" not in table.column_names:
+        raise EvaluateError("--data: the source has no target column; it needs type: parallel")
+    pairs = [
+        (s.strip(), t.strip())
+        for s, t in zip(table["text"].to_pylist(), table["target"].to_pylist(), strict=True)
+        if s.strip() and t.strip()
+    ]
+    pq.write_table(
+        pa.table({"source": [s for s, _ in pairs], "target": [t for _, t in pairs]}),
+        pre / "test.parquet",
+    )
+    return {"rows": 0, "labels": {}}
+
+
+def _chats(shadow: Path, pre: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from modelworks.collect.chat import to_messages
+
+    path = shadow / "collect" / "chats.parquet"
+    rows = pq.read_table(path).to_pylist()
+    lines = [
+        json.dumps({"id": r["id"], "messages": to_messages(r, f"--data {r['id']}")}) + "\n"
+        for r in rows
+    ]
+    (pre / "test.jsonl").write_text("".join(lines))
+    return {"rows": 0, "labels": {}}
+
+
+def _none_left(unknown: dict, classes: list[str]) -> str:
+    named = ", ".join(repr(k) for k in list(unknown["labels"])[:5])
+    return (
+        f"--data: none of its {unknown['rows']} row(s) has a label the run knows ({named} ...); "
+        f"the run's labels are {classes}"
+    )
