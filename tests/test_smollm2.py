@@ -92,6 +92,23 @@ def test_greedy_answer_is_real_and_matches_transformers(engine, hf):
     assert "Paris" in engine.decode(ours)
 
 
+def test_hf_export_loads_in_transformers_with_the_same_logits(engine, tmp_path):
+    import transformers
+
+    from modelworks.export import export
+    from modelworks.serve.engine import hf_chat_tokens
+
+    out = export("smollm2-135m-instruct", tmp_path / "hf", "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.tensor([chat_ids(engine, PROMPTS[3])])
+    with torch.no_grad():
+        diff = (model(ids).logits - engine.model(ids)).abs().max().item()
+    assert diff < 1e-4, diff
+    assert hf_chat_tokens(out)[:2] == (1, {2})  # <|im_start|>, <|im_end|>, as in the GGUF
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok(PROMPTS[3], add_special_tokens=False)["input_ids"] == engine.encode(PROMPTS[3])
+
+
 @pytest.mark.slow
 def test_greedy_64_tokens_on_5_prompts_match_transformers(engine, hf):
     for prompt in PROMPTS:
