@@ -1,8 +1,9 @@
 """The model a fine-tune (or a chat/SFT task) starts from, named by `finetune.from`: this run's
 pretrain, another run folder (its finetune/ or else pretrain/ model), a modelworks model folder
 (config.json + model.safetensors), a local Hugging Face folder (BERT family: models/encoder.py;
-Llama family: models/hf.py), or `minilm`. Read only, never written. Shared by finetune/ and
-tasks/, so it lives in neither.
+Llama family: models/hf.py), `minilm`, or a Llama GGUF: a .gguf file or a ready model's name
+(`smollm2-135m-instruct`, models/catalogue.py), dequantized to float32 (models/gguf.py). Read
+only, never written. Shared by finetune/ and tasks/, so it lives in neither.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from modelworks.errors import ConfigError
 class Base:
     model: nn.Module
     tokenizer: object | None  # a tokenizers.Tokenizer, when the base comes with one
-    folder: Path  # where it was read from (never written)
-    kind: str  # modelworks, bert or llama
+    folder: Path  # where it was read from (never written; a GGUF base: the .gguf file)
+    kind: str  # modelworks, bert, llama or gguf
+    # a GGUF base's (start token id, end token ids, chat template); None otherwise
+    chat: tuple[int, set[int], str | None] | None = None
 
 
 def resolve_base_folder(cfg: Config) -> Path:
@@ -32,15 +35,19 @@ def resolve_base_folder(cfg: Config) -> Path:
     if spec == "pretrain":
         require_stage(run_dir, "pretrain", "finetune")
         return run_dir / "pretrain"
+    from modelworks.models.catalogue import resolve_target
     from modelworks.models.encoder import MINILM_NAMES, minilm_path
+    from modelworks.models.gguf import is_gguf
 
     if spec.lower() in MINILM_NAMES:
         return minilm_path()
-    folder = Path(spec)
+    folder = resolve_target(spec)  # a ready model's name: its file in the cache
+    if is_gguf(folder):
+        return folder
     if not folder.is_dir():
         raise ConfigError(
             f"finetune.from={spec!r}: not a folder; use pretrain, minilm, a run folder, a model "
-            "folder or a local Hugging Face folder"
+            "folder, a local Hugging Face folder, a .gguf file or a ready model's name"
         )
     for stage in ("finetune", "pretrain"):  # a run folder: its latest model
         if (folder / stage / "manifest.json").is_file():
@@ -61,6 +68,16 @@ def load_base(cfg: Config) -> Base:
     from modelworks.models.encoder import import_bert, is_bert_folder
 
     folder = resolve_base_folder(cfg)
+    if folder.suffix.lower() == ".gguf":  # dequantized to float32 (models/gguf.py)
+        from modelworks.models.gguf import chat_tokens, load_gguf, open_gguf
+        from modelworks.models.gguf_tokenizer import tokenizer_from_gguf
+
+        reader = open_gguf(folder)
+        bos, eos, template, _ = chat_tokens(reader)
+        model = load_gguf(folder, cfg.finetune.seq_len, reader)
+        bos = bos if bos is not None else min(eos or {0})
+        chat = (bos, eos or {bos}, template)
+        return Base(model, tokenizer_from_gguf(reader, folder), folder, "gguf", chat)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"finetune.from: {folder} has no config.json; it is not a model folder")

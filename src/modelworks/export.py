@@ -35,7 +35,7 @@ from modelworks.errors import ExportError
 from modelworks.models.registry import build_model, lookup, name_of
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
 
-FORMATS = ("hf", "safetensors", "onnx", "int8")
+FORMATS = ("hf", "safetensors", "onnx", "int8", "gguf")
 
 
 def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
@@ -50,7 +50,7 @@ def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
         return "a language model (our GPT)", FORMATS
     if isinstance(model, Encoder):
         if model.head is not None:
-            return "a text classifier (encoder)", FORMATS
+            return "a text classifier (encoder)", ("hf", "safetensors", "onnx", "int8")
         return "an encoder without a classification head", ("safetensors",)
     name = name_of(model.modelworks_config)
     if name in ("vit", "cnn", "mlp"):
@@ -101,21 +101,35 @@ def load_weights(folder: Path) -> nn.Module:
 
 
 def export(
-    run_dir: str | Path, out_dir: str | Path, fmt: str = "hf", checkpoint: str = "final"
+    run_dir: str | Path,
+    out_dir: str | Path,
+    fmt: str = "hf",
+    checkpoint: str = "final",
+    gguf_type: str = "f16",
 ) -> Path:
-    """Write the run's model to `out_dir` in `fmt`; returns `out_dir`."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    """Write the run's model (or a .gguf file's, or a ready model's) to `out_dir` in `fmt`;
+    returns what was written (`gguf`: the file; see export_gguf.py)."""
+    from modelworks.export_gguf import export_from_gguf, export_run_gguf
+    from modelworks.models.catalogue import resolve_target
+    from modelworks.models.gguf import is_gguf
+
+    run_dir, out_dir = resolve_target(run_dir), Path(out_dir)
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if is_gguf(run_dir):
+        return export_from_gguf(run_dir, out_dir, fmt, gguf_type)
     if not run_dir.is_dir():
-        raise ExportError(f"{run_dir}: no such run folder")
-    model = load_weights(source_folder(run_dir, checkpoint))
+        raise ExportError(f"{run_dir}: no such run folder, .gguf file or ready model")
+    folder = source_folder(run_dir, checkpoint)
+    model = load_weights(folder)
     kind, formats = formats_for(model)
     if fmt not in formats:
         raise ExportError(
             f"{run_dir}: --format {fmt} does not apply to this run's model, {kind}; its formats "
             f"are {', '.join(formats)}"
         )
+    if fmt == "gguf":
+        return export_run_gguf(run_dir, out_dir, model, folder, gguf_type)
     tokenizer = tokenizer_path(run_dir)
     labels = run_dir / "preprocess" / "labels.json"
     if fmt == "hf" and kind.startswith("a text classifier"):

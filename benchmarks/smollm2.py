@@ -1,0 +1,184 @@
+"""SmolLM2-135M-Instruct (the ready model `smollm2-135m-instruct`, GGUF Q4_1) served by our engine:
+fp32 vs int8 weight-only (serve/quant.py), against transformers `generate` on the same weights.
+
+    modelworks pull smollm2-135m-instruct
+    python benchmarks/smollm2.py                 # all parts, ~5 min on 2 cores
+    python benchmarks/smollm2.py --skip-hf       # without the transformers peer
+
+Measures: load time from the cache (first load in this process, then again), weight bytes, batch-1
+greedy decode tok/s on a chat prompt (64 new tokens after a warm-up that pays torch.compile; the
+median and best of 5 runs, fp32 / int8 / transformers taking turns so that they share the load),
+paired median decode-step times, aggregate tok/s of 16 concurrent streams through the batching
+loop, peak RSS, and how many of the int8 engine's greedy tokens agree with fp32's. Writes
+benchmarks/results/smollm2.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import threading
+import time
+
+import torch
+from _common import cpu_model, write_json
+
+PROMPT = "Explain in a few sentences what a Python list comprehension is."
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def chat_ids(engine) -> list[int]:
+    from modelworks.chat_template import engine_chat_text
+
+    return engine.encode(engine_chat_text(engine, [{"role": "user", "content": PROMPT}]))
+
+
+def paired_steps(models: dict, n: int = 40) -> dict[str, float]:
+    """Median ms of one batch-1 decode step (KV cache at ~60 positions) for each model, the
+    models taking turns step by step so that they see the same machine load."""
+    import statistics
+
+    ids = torch.tensor([[1] + list(range(1000, 1059))])
+    caches = {k: m.new_cache(1, 60 + n + 8) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.no_grad():
+        for k, m in models.items():
+            m(ids, cache=caches[k], start_pos=0, last_only=True)
+            m(torch.tensor([[5]]), cache=caches[k], start_pos=60)  # warm-up (compile)
+        for i in range(n):
+            for k, m in models.items():
+                t = time.perf_counter()
+                m(torch.tensor([[7]]), cache=caches[k], start_pos=61 + i)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def streams(engine, k: int, n: int) -> float:
+    """Aggregate tok/s of `k` greedy streams of `n` tokens submitted together."""
+    from modelworks.serve.engine import SamplingParams
+
+    ids = chat_ids(engine)
+    lock, all_done = threading.Lock(), threading.Event()
+    counts, finished = [0] * k, [0]
+
+    def on_event(i):  # runs on the engine's thread: never block here
+        def cb(event):
+            if event.token_id is not None:
+                counts[i] += 1
+            if event.finish_reason is not None:
+                with lock:
+                    finished[0] += 1
+                    if finished[0] == k:
+                        all_done.set()
+
+        return cb
+
+    params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+    engine.generate(ids, max_new_tokens=4, temperature=0)  # warm-up
+    t = time.perf_counter()
+    for i in range(k):
+        engine.submit(ids, params, on_event(i))
+    if not all_done.wait(timeout=1800):
+        raise RuntimeError(f"{k} streams did not finish in 30 minutes")
+    return sum(counts) / (time.perf_counter() - t)
+
+
+def hf_generate(hf, ids: list[int], n: int) -> float:
+    kw = {"do_sample": False, "eos_token_id": None, "pad_token_id": 2}
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = hf.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)
+    return (out.shape[1] - x.shape[1]) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    import statistics
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5, help="batch-1 runs per engine, in turns")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/smollm2.json")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from modelworks.models.catalogue import resolve
+    from modelworks.serve.engine import Engine
+    from modelworks.serve.quant import weight_bytes
+
+    path = resolve("smollm2-135m-instruct")
+    res: dict = {"model": str(path), "cpu": cpu_model(), "threads": a.threads,
+                 "torch": torch.__version__, "load_before": os.getloadavg()[0],
+                 "tokens": a.tokens}  # fmt: skip
+    t = time.perf_counter()
+    Engine.from_gguf(path, "cpu", pack_weights=False).close()
+    res["load_s_first"] = time.perf_counter() - t
+    t = time.perf_counter()
+    fp32 = Engine.from_gguf(path, "cpu", max_batch=a.streams)
+    res["load_s_again"] = time.perf_counter() - t
+    res["rss_mb_fp32_loaded"] = rss_mb()
+    int8 = Engine.from_gguf(path, "cpu", max_batch=a.streams, quantize="int8")
+    res["fp32_weight_mb"] = weight_bytes(fp32.model) / 2**20
+    res["int8_weight_mb"] = weight_bytes(int8.model) / 2**20
+    engines = {"fp32": fp32, "int8": int8}
+    runs: dict[str, list[float]] = {k: [] for k in engines}
+    tokens = {}
+    ids = chat_ids(fp32)
+    for e in engines.values():
+        e.generate(ids, max_new_tokens=8, temperature=0)  # warm-up (compile, packing)
+    hf = None
+    if not a.skip_hf:
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        ).eval()
+        hf_generate(hf, ids, 8)
+        runs["transformers"] = []
+    for _ in range(a.rounds):  # in turns, so that each sees the same machine load
+        for k, e in engines.items():
+            t = time.perf_counter()
+            g = e.generate(ids, max_new_tokens=a.tokens, temperature=0)
+            runs[k].append(len(g.token_ids) / (time.perf_counter() - t))
+            tokens[k] = g.token_ids
+        if hf is not None:
+            runs["transformers"].append(hf_generate(hf, ids, a.tokens))
+    for k, v in runs.items():  # the median, and the best run (the least disturbed by load)
+        res[f"{k}_batch1_tok_s"] = statistics.median(v)
+        res[f"{k}_batch1_tok_s_best"] = max(v)
+    del hf
+    ref, got = tokens["fp32"], tokens["int8"]
+    same = next((i for i, (x, y) in enumerate(zip(ref, got, strict=False)) if x != y), len(ref))
+    res["int8_greedy_tokens_equal_to_fp32_prefix"] = same
+    for k, ms in paired_steps({k: e.model for k, e in engines.items()}).items():
+        res[f"{k}_step_ms_median"] = ms
+    for k, e in engines.items():
+        res[f"{k}_{a.streams}_streams_tok_s"] = streams(e, a.streams, a.tokens)
+        e.close()
+    res["peak_rss_mb"] = rss_mb()
+    res["load_after"] = os.getloadavg()[0]
+    for k, v in res.items():
+        print(f"{k:<40} {v:.2f}" if isinstance(v, float) else f"{k:<40} {v}")
+    r = res
+    step = r["fp32_step_ms_median"] / r["int8_step_ms_median"]
+    print(f"int8 / fp32 decode step (paired medians): {step:.2f}x faster")
+    print(f"int8 / fp32 batch 1: {r['int8_batch1_tok_s'] / r['fp32_batch1_tok_s']:.2f}x; "
+          f"weights {r['int8_weight_mb'] / r['fp32_weight_mb']:.2f}x")  # fmt: skip
+    for k in ("fp32", "int8"):
+        agg = r[f"{k}_{a.streams}_streams_tok_s"] / r[f"{k}_batch1_tok_s"]
+        print(f"{k}: {a.streams} streams vs 1: {agg:.2f}x aggregate")
+    if "transformers_batch1_tok_s" in r:
+        peer = r["transformers_batch1_tok_s"]
+        print(f"vs transformers batch 1: fp32 {r['fp32_batch1_tok_s'] / peer:.2f}x, "
+              f"int8 {r['int8_batch1_tok_s'] / peer:.2f}x")  # fmt: skip
+    write_json(a.out, res)
+
+
+if __name__ == "__main__":
+    main()
