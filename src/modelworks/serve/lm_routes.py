@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from modelworks.config import ServeConfig
 from modelworks.serve import schema as docs
 from modelworks.serve.app import APIError, serve_model
-from modelworks.serve.engine import Engine, PromptTooLong, SamplingParams
+from modelworks.serve.engine import Engine, PromptTooLong
 from modelworks.serve.openai import (
     DEFAULT_CHAT_STOP,
     ChatRequest,
@@ -31,6 +31,7 @@ from modelworks.serve.openai import (
     TokenizeRequest,
     engine_chat_text,
 )
+from modelworks.serve.sampling import SamplingParams
 from modelworks.serve.streaming import (
     Choice,
     chat_stream,

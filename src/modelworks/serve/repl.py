@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from modelworks.serve.engine import Event, SamplingParams
 from modelworks.serve.openai import DEFAULT_CHAT_STOP, engine_chat_text
+from modelworks.serve.sampling import Event, SamplingParams
 
 
 def chat_repl(

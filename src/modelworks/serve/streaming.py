@@ -13,10 +13,11 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from modelworks.serve.app import APIError
-from modelworks.serve.engine import Engine, Event, PromptTooLong
+from modelworks.serve.engine import Engine, PromptTooLong
 from modelworks.serve.openai import (
     error_body,
 )
+from modelworks.serve.sampling import Event
 
 
 def usage(n_prompt: int, n_out: int) -> dict:
