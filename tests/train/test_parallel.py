@@ -199,3 +199,20 @@ def test_bad_mesh_is_one_line_before_any_process_starts(tmp_path, bad, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
+
+def test_tensor_parallel_plans_are_keyed_by_architecture():
+    from modelworks.models.gpt import GPTConfig
+    from modelworks.models.mlp import MLPConfig
+    from modelworks.train.parallel import TP_PLANS, tp_plan_for
+
+    dims = ParallelDims(dp=1, tp=2, world_size=2)
+    assert tp_plan_for(GPTConfig())[0] == "gpt" and "gpt" in TP_PLANS
+    dims.check_arch(GPTConfig(n_head=4, n_kv_head=2))
+    with pytest.raises(ParallelError, match="must divide model.n_head=4 and model.n_kv_head=1"):
+        dims.check_arch(GPTConfig(n_head=4, n_kv_head=1))
+    with pytest.raises(
+        ParallelError, match="has plans for gpt, not mlp .add one to train/parallel"
+    ):
+        dims.check_arch(MLPConfig(in_features=4, n_classes=2))
+    ParallelDims(dp=2, tp=1, world_size=2).check_arch(MLPConfig())  # no tp: nothing to plan

@@ -29,17 +29,8 @@ def relaunch(nproc: int, argv: list[str]) -> int:
 def check_mesh(cfg, nproc: int) -> None:
     """Validate the mesh against the process count and the model before starting processes."""
     from modelworks.models.registry import model_config_from
-    from modelworks.train.parallel import ParallelDims, ParallelError
+    from modelworks.train.parallel import ParallelDims
 
     dims = ParallelDims.from_config(cfg.parallel, nproc)
     dims.local_batch(cfg.pretrain.batch_size)
-    arch = model_config_from(cfg.model)
-    if (
-        dims.tp > 1
-        and hasattr(arch, "n_kv_head")
-        and (arch.n_head % dims.tp or arch.n_kv_head % dims.tp)
-    ):
-        raise ParallelError(
-            f"parallel.tp={dims.tp} must divide model.n_head={arch.n_head} and "
-            f"model.n_kv_head={arch.n_kv_head}"
-        )
+    dims.check_arch(model_config_from(cfg.model))

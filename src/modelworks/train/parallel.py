@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -65,16 +66,18 @@ class ParallelDims:
         return self.world_size > 1
 
     def check_model(self, model: nn.Module) -> None:
-        cfg = getattr(model, "cfg", None)
+        self.check_arch(getattr(model, "cfg", None))
+
+    def check_arch(self, arch_cfg) -> None:
+        """The architecture (its config dataclass) has a tensor-parallel plan whose sizes the
+        degree divides; checked before any process starts and again on the built model."""
         if self.tp == 1:
             return
-        if not hasattr(cfg, "n_kv_head"):
-            raise ParallelError(f"tensor parallelism needs a gpt model, not {type(model).__name__}")
-        if cfg.n_head % self.tp or cfg.n_kv_head % self.tp:
-            raise ParallelError(
-                f"parallel.tp={self.tp} must divide model.n_head={cfg.n_head} and "
-                f"model.n_kv_head={cfg.n_kv_head}"
-            )
+        _, plan = tp_plan_for(arch_cfg)
+        sizes = plan.divisible(arch_cfg)
+        if any(v % self.tp for v in sizes.values()):
+            parts = " and ".join(f"{k}={v}" for k, v in sizes.items())
+            raise ParallelError(f"parallel.tp={self.tp} must divide {parts}")
 
 
 def init_distributed(parallel_cfg) -> tuple[ParallelDims, object | None]:
@@ -126,16 +129,22 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
     return len(blocks)
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
-    """Megatron-style plan: each rank holds n_head/tp query heads, n_kv_head/tp KV heads and
-    ffn_hidden/tp of the MLP; one all-reduce after attention and one after the MLP."""
-    from torch.distributed.tensor.parallel import (
-        ColwiseParallel,
-        RowwiseParallel,
-        parallelize_module,
-    )
+@dataclass(frozen=True)
+class TPPlan:
+    """How one architecture splits over a tensor-parallel mesh: the styles for each block's
+    submodules (built when used: they import torch.distributed), and the config fields the
+    degree must divide."""
 
-    plan = {
+    styles: Callable[[], dict]
+    divisible: Callable[[object], dict[str, int]]
+
+
+def _llama_styles() -> dict:
+    """Megatron-style: each rank holds n_head/tp query heads, n_kv_head/tp KV heads and
+    ffn_hidden/tp of the MLP; one all-reduce after attention and one after the MLP."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    return {
         "attn.wq": ColwiseParallel(),
         "attn.wk": ColwiseParallel(),
         "attn.wv": ColwiseParallel(),
@@ -144,8 +153,41 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
         "mlp.w_up": ColwiseParallel(),
         "mlp.w_down": RowwiseParallel(),
     }
+
+
+# registered architecture name (models/registry.py) -> its plan; a new architecture adds a line
+TP_PLANS: dict[str, TPPlan] = {
+    "gpt": TPPlan(
+        _llama_styles,
+        lambda c: {"model.n_head": c.n_head, "model.n_kv_head": c.n_kv_head},
+    ),
+}
+
+
+def tp_plan_for(arch_cfg) -> tuple[str, TPPlan]:
+    """(registered name, plan) for a model's config dataclass; one line when there is none."""
+    from modelworks.models.registry import ModelError, name_of
+
+    try:
+        arch = name_of(arch_cfg)
+    except ModelError:
+        arch = type(arch_cfg).__name__
+    if arch not in TP_PLANS:
+        raise ParallelError(
+            f"tensor parallelism has plans for {', '.join(sorted(TP_PLANS))}, not {arch} "
+            "(add one to train/parallel.TP_PLANS)"
+        )
+    return arch, TP_PLANS[arch]
+
+
+def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
+    """Each block of `model` split by its architecture's plan (TP_PLANS)."""
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    _, plan = tp_plan_for(getattr(model, "cfg", None))
+    styles = plan.styles()
     for block in model.blocks:
-        parallelize_module(block, tp_mesh, plan)
+        parallelize_module(block, tp_mesh, styles)
 
 
 def apply_fsdp(model: nn.Module, dp_mesh, cfg) -> None:
