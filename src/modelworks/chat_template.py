@@ -1,6 +1,7 @@
-"""Chat templates: the default one for our own runs, rendering a conversation in Jinja's sandbox
-as Hugging Face does, and finding the template stored with a run. One module for the trainer
-(tasks/chat.py), the server (serve/openai.py, serve/engine.py) and the exports.
+"""Chat templates: the default one for our own runs and its SFT form, rendering a conversation in
+Jinja's sandbox as Hugging Face does, and finding the template (and start/end tokens) stored
+with a run or a Hugging Face folder. One module for the trainer (tasks/chat.py), the server
+(serve/openai.py, serve/engine.py) and the exports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 DEFAULT_CHAT_STOP = "\n\nUser:"
+# The same turns for chat SFT of our own models: each assistant turn ends with the end token,
+# so a fine-tuned model learns to stop (tasks/chat.py)
+SFT_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'system' or m.role == 'developer' %}{{ m.content }}\n\n"
+    "{% elif m.role == 'user' %}User: {{ m.content }}\n\n"
+    "{% else %}Assistant: {{ m.content }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 def render_chat(
@@ -79,3 +90,25 @@ def run_chat_template(run_dir: str | Path) -> str | None:
                 if isinstance(template, str):
                     return template
     return None
+
+
+def hf_chat_tokens(folder: str | Path) -> tuple[int, set[int], str | None]:
+    """A Hugging Face folder's start token id, end token ids and chat template (or None)."""
+    folder = Path(folder)
+    cfg = _json(folder / "config.json")
+    gen = _json(folder / "generation_config.json")
+    tcfg = _json(folder / "tokenizer_config.json")
+    eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
+    eos = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+    bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
+    if bos is None:
+        bos = min(eos) if eos else 0
+    template = tcfg.get("chat_template") if isinstance(tcfg.get("chat_template"), str) else None
+    return bos, eos, template
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}

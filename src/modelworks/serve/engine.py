@@ -17,7 +17,6 @@ One `Engine` serves both the evaluate stage's sample generations and the HTTP se
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
+from modelworks.chat_template import hf_chat_tokens  # noqa: F401  (public here too)
 from modelworks.errors import PromptTooLong
 from modelworks.models.gpt import KVCache, apply_rope, grouped_attention
 from modelworks.preprocess.tokenizer import eot_id, load_tokenizer
@@ -497,28 +497,6 @@ class Engine:
             x = m.norm(x)[0]
         n_start = T - len(ids)  # the start token is not part of the input
         return x[n_start:].float().mean(0).cpu().tolist() if ids else x[0].float().tolist()
-
-
-def hf_chat_tokens(folder: str | Path) -> tuple[int, set[int], str | None]:
-    """A Hugging Face folder's start token id, end token ids and chat template (or None)."""
-    folder = Path(folder)
-    cfg = _json(folder / "config.json")
-    gen = _json(folder / "generation_config.json")
-    tcfg = _json(folder / "tokenizer_config.json")
-    eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
-    eos = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
-    bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
-    if bos is None:
-        bos = min(eos) if eos else 0
-    template = tcfg.get("chat_template") if isinstance(tcfg.get("chat_template"), str) else None
-    return bos, eos, template
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def engine_options(cfg) -> dict:

@@ -8,10 +8,11 @@ Data: a `chat` collect source (`messages` with system/user/assistant roles, or i
 input / output, or prompt / completion records; collect/chat.py) or `synthetic_chat`. Preprocess
 splits the conversations into `train.jsonl` / `val.jsonl` (`preprocess.val_fraction`) and stores
 the chat template as `chat_template.jinja`: `preprocess.chat_template` when set, else a Hugging
-Face base's own (its tokenizer_config.json), else CHAT_TEMPLATE below (the serving default with
-the end-of-text token closing each assistant turn, so the model learns to stop). When the run
-trains its own model (`finetune.from: pretrain`) preprocess also trains a BPE tokenizer on the
-rendered train conversations and packs them as token shards, which pretrain models as plain text.
+Face base's own (its tokenizer_config.json), else chat_template.SFT_CHAT_TEMPLATE (the serving
+default with the end-of-text token closing each assistant turn, so the model learns to stop).
+When the run trains its own model (`finetune.from: pretrain`) preprocess also trains a BPE
+tokenizer on the rendered train conversations and packs them as token shards, which pretrain
+models as plain text.
 
 Fine-tuning renders each conversation with the template, tokenises the whole text once with the
 base's tokenizer and finds the assistant spans by rendering prefixes (messages[:i] with the
@@ -41,7 +42,13 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from modelworks.artifacts import atomic_write_json, final_model_dir, tokenizer_path
-from modelworks.chat_template import DEFAULT_CHAT_STOP, render_chat
+from modelworks.chat_template import (  # noqa: F401  (CHAT_TEMPLATE: public here too)
+    DEFAULT_CHAT_STOP,
+    render_chat,
+)
+from modelworks.chat_template import (
+    SFT_CHAT_TEMPLATE as CHAT_TEMPLATE,
+)
 from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
@@ -60,15 +67,6 @@ from modelworks.train.trainer import TrainSetup
 
 if TYPE_CHECKING:
     from modelworks.evaluate.checkpoint import Checkpoint
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m.role == 'system' or m.role == 'developer' %}{{ m.content }}\n\n"
-    "{% elif m.role == 'user' %}User: {{ m.content }}\n\n"
-    "{% else %}Assistant: {{ m.content }}{{ eos_token }}\n\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,9 +261,9 @@ class ChatFormat:
 
 def chat_format_for_base(cfg: Config, run_dir: Path, base) -> ChatFormat:
     """The format a fine-tune of `base` (finetune.Base) trains with."""
+    from modelworks.chat_template import hf_chat_tokens
     from modelworks.models.gpt import GPT
     from modelworks.preprocess.tokenizer import eot_id
-    from modelworks.serve.engine import hf_chat_tokens
 
     if not isinstance(base.model, GPT) or getattr(base.model.cfg, "n_classes", 0):
         raise ConfigError(
