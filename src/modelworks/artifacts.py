@@ -98,6 +98,26 @@ def final_model_dir(run_dir: str | Path) -> Path:
     return tuned if (tuned / "model.safetensors").is_file() else run_dir / "pretrain"
 
 
+def checkpoint_folder(stage_dir: str | Path, name: str) -> Path:
+    """Where the weights `name` names in a trained stage folder: `final` the stage itself, `best`
+    its best-validation copy, a path (with a '/') itself, else a `checkpoints/` entry (step_000200).
+    The one way evaluate, serve and export find a run's model."""
+    stage_dir = Path(stage_dir)
+    if name == "final":
+        return stage_dir
+    if name == "best":
+        return stage_dir / "best"
+    if "/" in name or Path(name).is_absolute():  # a path, never a bare name found in the cwd
+        return Path(name)
+    return stage_dir / "checkpoints" / name
+
+
+def best_or_final(stage_dir: str | Path) -> Path:
+    """The best-validation weights when training kept them, else the final ones."""
+    best = checkpoint_folder(stage_dir, "best")
+    return best if (best / "model.safetensors").is_file() else Path(stage_dir)
+
+
 def tokenizer_path(run_dir: str | Path, model_dir: str | Path | None = None) -> Path:
     """The tokenizer that goes with a run's model: saved next to the weights (a fine-tune keeps
     its base's), else the run's own from preprocess."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from torch import nn
 
-from modelworks.artifacts import final_model_dir, tokenizer_path
+from modelworks.artifacts import checkpoint_folder, final_model_dir, tokenizer_path
 from modelworks.errors import ExportError
 from modelworks.models.registry import build_model, lookup, name_of
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
@@ -61,14 +61,7 @@ def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
 def source_folder(run_dir: Path, checkpoint: str = "final") -> Path:
     """The folder holding the weights `checkpoint` names in `run_dir`."""
     stage = final_model_dir(run_dir)
-    if checkpoint == "final":
-        folder = stage
-    elif checkpoint == "best":
-        folder = stage / "best"
-    elif Path(checkpoint).is_dir():
-        folder = Path(checkpoint)
-    else:
-        folder = stage / "checkpoints" / checkpoint
+    folder = checkpoint_folder(stage, checkpoint)
     if not (folder / "config.json").is_file():
         known = sorted(p.name for p in (stage / "checkpoints").glob("step_*"))
         raise ExportError(

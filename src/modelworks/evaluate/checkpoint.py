@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelworks.artifacts import checkpoint_folder
 from modelworks.config import Config
 from modelworks.errors import EvaluateError
 
@@ -83,17 +84,15 @@ def choose_checkpoint(cfg: Config, which: str | None = None) -> Checkpoint:
         raise EvaluateError(
             f"--checkpoint {which!r}: {stage_dir} has no such checkpoint; it has: {', '.join(have)}"
         )
+    folder = checkpoint_folder(stage_dir, which)
     if which == "final":
-        folder = stage_dir
         step = _summary(stage_dir).get("steps")
         value = _logged(stage_dir, step, metric)
     elif which == "best":
-        folder = stage_dir / "best"
         record = folder / "best.json"  # {"step": N, **the validation metrics at N}
         record = json.loads(record.read_text()) if record.is_file() else {}
         step, value = record.get("step"), record.get(metric)
     else:
-        folder = stage_dir / "checkpoints" / which
         step = _step_of(folder)
         value = _logged(stage_dir, step, metric)
     if not (folder / "model.safetensors").is_file():

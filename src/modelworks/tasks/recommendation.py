@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
-from modelworks.artifacts import atomic_write_text
+from modelworks.artifacts import atomic_write_text, best_or_final
 from modelworks.config import Config
 from modelworks.evaluate import ranking
 from modelworks.evaluate.report import md_table, training_table
@@ -164,9 +164,8 @@ def sasrec_scores(
 
 
 def model_dir(run_dir: Path) -> Path:
-    """The checkpoint to evaluate and serve: the best validation one when there is one."""
-    best = run_dir / "pretrain" / "best"
-    return best if (best / "model.safetensors").is_file() else run_dir / "pretrain"
+    """The checkpoint to serve: the best validation one when there is one."""
+    return best_or_final(run_dir / "pretrain")
 
 
 def compare(
