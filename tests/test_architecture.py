@@ -119,3 +119,18 @@ def test_cycle_finder_sees_function_level_and_importlib_edges(tmp_path):
     assert graph["modelworks.core"] == {"modelworks.stage"}
     assert graph["modelworks.stage"] == {"modelworks.stage.helpers"}
     assert cycles(graph) == [["modelworks.core", "modelworks.stage", "modelworks.stage.helpers"]]
+
+
+def test_every_error_class_lives_in_errors_py():
+    from modelworks import errors
+
+    ours = {n for n in dir(errors) if isinstance(getattr(errors, n), type)}
+    elsewhere = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            bases = [ast.unparse(b) for b in getattr(node, "bases", [])]
+            if isinstance(node, ast.ClassDef) and any(b.split(".")[-1] in ours for b in bases):
+                elsewhere.append(f"{path.relative_to(SRC)}: {node.name}")
+    assert "ModelworksError" in ours and not elsewhere, elsewhere
