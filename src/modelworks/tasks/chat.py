@@ -565,7 +565,12 @@ def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dic
 
     def answer(question: str) -> str:  # the general check: one user turn, greedy
         ids = engine.encode(fmt.render([{"role": "user", "content": question}], True))
-        return engine.generate(ids, 24, 0.0, stop=engine.chat_stop).text.strip()
+        room = engine.context_len - len(ids) - 1  # a tiny test model's context may not fit it
+        return (
+            engine.generate(ids, min(24, room), 0.0, stop=engine.chat_stop).text.strip()
+            if room > 0
+            else ""
+        )
 
     return {
         "nats": nats,
