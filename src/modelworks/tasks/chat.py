@@ -497,6 +497,7 @@ def evaluate(
     metrics["answered"] = n_gen
     generations = results["tuned"]["answers"]
     atomic_write_json(out / "generations.json", generations)
+    atomic_write_json(out / "general.json", {k: r["general"] for k, r in results.items()})
     m = metrics
     reporter.info(
         f"[evaluate] val assistant-token loss {m['loss']:.4f} (perplexity {m['perplexity']:.2f})"
@@ -505,7 +506,7 @@ def evaluate(
         + (f" (base {m['base_exact_match']:.3f})" if "base_exact_match" in m else "")
     )
     rows = [
-        ("val conversations / assistant tokens", f"{len(convs)} / {m['assistant_tokens']:,}"),
+        (f"{split} conversations / assistant tokens", f"{len(convs)} / {m['assistant_tokens']:,}"),
         ("assistant-token loss (nats)", fmt_ci(m["loss"], m.get("loss_ci"))),
         ("perplexity", fmt_ci(m["perplexity"], m.get("perplexity_ci"), 2)),
         (
@@ -535,7 +536,7 @@ def evaluate(
     )
     sections = [
         (f"Results ({split} split; [95% bootstrap CI over conversations])", md_table(rows)),
-        ("Sample answers (greedy, last user turn of val conversations)", samples),
+        (f"Sample answers (greedy, last user turn of {split} conversations)", samples),
         (f"Training ({stage})", training_table(trained)),
     ]
     return metrics, sections, []
