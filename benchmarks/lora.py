@@ -108,10 +108,11 @@ def main() -> None:
     for _ in range(a.rounds):
         for side in runs:
             args = ["--side", side, "--steps", str(a.steps), "--warmup", str(a.warmup)]
-            out = subprocess.run(
-                [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-            ).stdout
-            runs[side].append(json.loads(out.strip().splitlines()[-1]))
+            done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+            if done.returncode:  # e.g. peft not installed: its own last line says so
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise SystemExit(f"benchmarks/lora.py: the {side} side failed: {last}")
+            runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
             r = runs[side][-1]
             print(f"{side}: {r['tokens_per_s']:.0f} tok/s, peak RSS {r['peak_rss_mb']:.0f} MB")
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
