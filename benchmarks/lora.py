@@ -2,7 +2,7 @@
 transformers + PEFT on the same weights (the GGUF dequantized to float32 on both sides).
 
     modelworks pull smollm2-135m-instruct
-    python benchmarks/lora.py                    # both sides, ~3 min on 2 cores
+    python benchmarks/lora.py                    # both sides, ~2 min on 2 cores
     python benchmarks/lora.py --steps 4          # quicker, noisier
 
 Same batch (4 x 128 tokens), LoRA rank 8, alpha 16, dropout 0.05 on the attention query and value
