@@ -6,7 +6,7 @@ Text sources write `<run>/collect/documents.parquet` (id, text, source); image s
 `<run>/collect/images.parquet` (id, image bytes, label, source); labelled tables write
 `documents.parquet` with a `label` column; interaction sources (recommendation) write
 `interactions.parquet` (user, item, timestamp, rating, source); chat sources write
-`chats.parquet` (id, messages as JSON, source). One run collects one kind.
+`chats.parquet` (id, messages as JSON, source, split, topic). One run collects one kind.
 
 Rows a table reader cannot use are skipped under one policy (collect/rows.py): counted per reason
 with their first `file:line`s in the manifest's summary (`bad_rows`) and the report; past a
@@ -26,6 +26,7 @@ from modelworks.collect import (
     image_sources,
     interactions,
     parallel,
+    python_qa,
     rows,
     sources,
     tables,
@@ -69,13 +70,14 @@ PARALLEL_SCHEMA = pa.schema(
     ]
 )  # fmt: skip  (text: the sentence to translate; target: its translation)
 INTERACTION_TYPES = {"interactions", "stdlib_calls", "stdlib_imports"}
-CHAT_TYPES = {"chat", "synthetic_chat"}
+CHAT_TYPES = {"chat", "synthetic_chat", "python_qa"}
 CHAT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("messages", pa.string()),
         ("source", pa.string()),
         ("split", pa.string()),
+        ("topic", pa.string()),
     ]
 )  # fmt: skip  messages: the conversation as JSON, [{"role", "content"}, ...] (collect/chat.py)
 INTERACTION_SCHEMA = pa.schema(
@@ -141,6 +143,7 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
         "stdlib_imports": lambda: interactions.stdlib_imports(),
         "chat": lambda: chat.read_chats(src.paths, where, src.split_field),
         "synthetic_chat": lambda: chat.synthetic_chats(src.limit),
+        "python_qa": lambda: python_qa.python_qa(),
     }[src.type]()
     docs = itertools.islice(docs, src.limit) if src.limit else docs
     return with_splits(docs, src, where, INTERACTION_TYPES)

@@ -13,6 +13,7 @@ from pathlib import Path
 from modelworks.splits import hf_split_name, read_given, split_name
 
 SPLIT_FIELD_TYPES = ("table", "image_table", "files", "parallel", "chat")
+OWN_SPLIT_TYPES = ("python_qa",)  # built-in sources that name each record's split themselves
 
 
 def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str]) -> Iterator[dict]:
@@ -48,6 +49,8 @@ def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str])
                     f"the source's split is {fixed!r}; give one or the other"
                 )
             doc["split"] = value or fixed
+        elif fixed is None and src.type in OWN_SPLIT_TYPES:
+            doc["split"] = split_name(raw, f"{where} at {doc['id']}", "")
         else:
             doc["split"] = fixed
         yield doc

@@ -31,6 +31,7 @@ class SourceConfig(_Section):
         "hf",
         "chat",
         "synthetic_chat",
+        "python_qa",
     ] = Field(
         "python_docs",
         description="python_docs: Python's own documentation and stdlib docstrings; "
@@ -47,7 +48,9 @@ class SourceConfig(_Section):
         "parallel: translation pairs from tsv/txt/jsonl (source_field, target_field); "
         "chat: conversations (`messages` with roles, or instruction/input/output, or "
         "prompt/completion records) from jsonl/parquet; synthetic_chat: generated instruction "
-        "pairs (repeat, reverse, uppercase, add; `limit` of them, default 2000)",
+        "pairs (repeat, reverse, uppercase, add; `limit` of them, default 2000); python_qa: "
+        "questions about Python's builtins, keywords and stdlib modules answered from their "
+        "docs, each with a topic; held-out topics go to the test split",
     )
     paths: list[str] = Field(
         default_factory=list, description="files, globs or folders to read (see type)"

@@ -78,7 +78,7 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     if not path.is_file():
         raise ConfigError(
             f"{path} does not exist: task chat needs a collect source of type chat "
-            "(jsonl/parquet conversations) or synthetic_chat"
+            "(jsonl/parquet conversations), synthetic_chat or python_qa"
         )
     rows = pq.read_table(path).to_pylist()
     convs = [to_messages(r, f"{path} row {i} ({r['id']})") for i, r in enumerate(rows)]
@@ -432,6 +432,7 @@ def evaluate(
     from modelworks.evaluate.checkpoint import choose_checkpoint
     from modelworks.evaluate.metrics import fmt_ci, perplexity, ratio_ci
     from modelworks.evaluate.report import EvaluateError, md_cell, md_table, training_table
+    from modelworks.evaluate.translation_metrics import corpus_scores
 
     ckpt = ckpt or choose_checkpoint(cfg)
     stage = ckpt.stage_dir.name
@@ -474,14 +475,27 @@ def evaluate(
         metrics[f"{pre}loss"] = loss
         metrics[f"{pre}perplexity"] = perplexity(loss)
         metrics[f"{pre}exact_match"] = r["exact_match"]
+        hits = np.array([float(a["hit"]) for a in r["answers"]])
+        text = corpus_scores(
+            [a["response"] for a in r["answers"]], [a["reference"] for a in r["answers"]],
+            "13a", e.bootstrap, cfg.seed,
+        )  # fmt: skip
+        metrics[f"{pre}chrf"] = text["chrf"]
+        metrics[f"{pre}general_correct"] = r["general"]["correct"]
+        metrics["general_total"] = r["general"]["total"]
         if e.bootstrap:
             ci = ratio_ci(nats, counts, n_boot=e.bootstrap, seed=cfg.seed)
             metrics[f"{pre}loss_ci"] = list(ci)
             metrics[f"{pre}perplexity_ci"] = [perplexity(v) for v in ci]
+            if len(hits) > 1:
+                em = ratio_ci(hits, np.ones_like(hits), n_boot=e.bootstrap, seed=cfg.seed)
+                metrics[f"{pre}exact_match_ci"] = list(em)
+                metrics[f"{pre}chrf_ci"] = text.get("chrf_ci")
         metrics["assistant_tokens"] = int(counts.sum())
     metrics["answered"] = n_gen
     generations = results["tuned"]["answers"]
     atomic_write_json(out / "generations.json", generations)
+    atomic_write_json(out / "general.json", {k: r["general"] for k, r in results.items()})
     m = metrics
     reporter.info(
         f"[evaluate] val assistant-token loss {m['loss']:.4f} (perplexity {m['perplexity']:.2f})"
@@ -490,16 +504,26 @@ def evaluate(
         + (f" (base {m['base_exact_match']:.3f})" if "base_exact_match" in m else "")
     )
     rows = [
-        ("val conversations / assistant tokens", f"{len(convs)} / {m['assistant_tokens']:,}"),
+        (f"{split} conversations / assistant tokens", f"{len(convs)} / {m['assistant_tokens']:,}"),
         ("assistant-token loss (nats)", fmt_ci(m["loss"], m.get("loss_ci"))),
         ("perplexity", fmt_ci(m["perplexity"], m.get("perplexity_ci"), 2)),
-        (f"greedy exact match ({n_gen} answers)", f"{m['exact_match']:.3f}"),
+        (
+            f"greedy exact match ({n_gen} answers)",
+            fmt_ci(m["exact_match"], m.get("exact_match_ci")),
+        ),
+        ("chrF of the answers (0-100)", fmt_ci(m["chrf"], m.get("chrf_ci"), 1)),
+        ("general check (correct)", f"{m['general_correct']} / {m['general_total']}"),
     ]
     if "base_loss" in m:
         rows += [
             ("base model (before SFT) loss", fmt_ci(m["base_loss"], m.get("base_loss_ci"))),
-            ("base model exact match", f"{m['base_exact_match']:.3f}"),
+            ("base model exact match", fmt_ci(m["base_exact_match"], m.get("base_exact_match_ci"))),
+            ("base model chrF", fmt_ci(m["base_chrf"], m.get("base_chrf_ci"), 1)),
+            ("base model general check", f"{m['base_general_correct']} / {m['general_total']}"),
         ]
+        if m["base_general_correct"]:  # the target: under 10% relative loss
+            m["general_relative_loss"] = 1 - m["general_correct"] / m["base_general_correct"]
+            rows.append(("general check relative loss", f"{m['general_relative_loss']:.1%}"))
     rows.append((f"conversations truncated to {max_len} tokens", str(n_trunc)))
     samples = "\n".join(
         ["| prompt | reference | response |", "|---|---|---|"]
@@ -510,14 +534,17 @@ def evaluate(
     )
     sections = [
         (f"Results ({split} split; [95% bootstrap CI over conversations])", md_table(rows)),
-        ("Sample answers (greedy, last user turn of val conversations)", samples),
+        (f"Sample answers (greedy, last user turn of {split} conversations)", samples),
         (f"Training ({stage})", training_table(trained)),
     ]
     return metrics, sections, []
 
 
 def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dict:
-    """Per-conversation assistant-token nats and counts; greedy answers to the last turn."""
+    """Per-conversation assistant-token nats and counts; greedy answers to the last turn; the
+    general check (evaluate/general.py)."""
+    from modelworks.evaluate.general import general_check
+
     nats, counts, _ = example_losses(engine.model, examples, engine.device)
     answers, hits = [], 0
     for messages in convs:
@@ -528,16 +555,28 @@ def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dic
             continue
         gen = engine.generate(ids, min(max_new_tokens, room), 0.0, stop=engine.chat_stop)
         reference = messages[last]["content"]
-        hits += gen.text.strip() == reference.strip()
+        hit = gen.text.strip() == reference.strip()
+        hits += hit
         answers.append(
             {"prompt": messages[last - 1]["content"] if last else "", "reference": reference,
-             "response": gen.text.strip()}
+             "response": gen.text.strip(), "hit": hit}
         )  # fmt: skip
+
+    def answer(question: str) -> str:  # the general check: one user turn, greedy
+        ids = engine.encode(fmt.render([{"role": "user", "content": question}], True))
+        room = engine.context_len - len(ids) - 1  # a tiny test model's context may not fit it
+        return (
+            engine.generate(ids, min(24, room), 0.0, stop=engine.chat_stop).text.strip()
+            if room > 0
+            else ""
+        )
+
     return {
         "nats": nats,
         "counts": counts,
         "exact_match": hits / max(len(answers), 1),
         "answers": answers,
+        "general": general_check(answer),
     }
 
 
