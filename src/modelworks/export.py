@@ -25,12 +25,16 @@ export_onnx.py).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
 
-from modelworks.artifacts import checkpoint_folder, final_model_dir, tokenizer_path
+from modelworks.artifacts import (
+    checkpoint_folder,
+    final_model_dir,
+    staged_folder,
+    tokenizer_path,
+)
 from modelworks.errors import ExportError
 from modelworks.models.registry import build_model, lookup, name_of
 from modelworks.train.checkpoint import CheckpointError, load_model, save_model, verify
@@ -148,9 +152,7 @@ def export(
         )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not empty; choose a new or empty folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with staged_folder(out_dir) as tmp:
         if fmt == "onnx":
             from modelworks.export_onnx import write_onnx
 
@@ -164,10 +166,4 @@ def export(
             for extra in (tokenizer, labels):  # what it takes to use the weights: ids, names
                 if extra.is_file():
                     shutil.copyfile(extra, tmp / extra.name)
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from modelworks.artifacts import atomic_write_json
+from modelworks.artifacts import atomic_write_json, staged_folder
 from modelworks.errors import HFError
 from modelworks.models.gpt import GPT, GPTConfig
 
@@ -286,9 +283,7 @@ def export_hf(
         raise HFError(
             f"{out_dir} exists and is not an earlier export; choose a new or empty folder"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with staged_folder(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", _hf_config(cfg, dtype, eos_id))
         generation = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
@@ -310,10 +305,6 @@ def export_hf(
                     **({"chat_template": chat_template} if chat_template else {}),
                 },
             )
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -401,17 +392,6 @@ _EXPORT_FILES = {
 def _is_export(folder: Path) -> bool:
     """An empty folder or an earlier export, which replacing cannot lose anything else."""
     return all(p.name in _EXPORT_FILES for p in folder.iterdir())
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    # a crash leaves either the old folder or the new one, never a mix of both exports
-    os.chmod(tmp, 0o755)  # mkdtemp creates it 0o700
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["HFError", "NAME_MAP", "config_from_hf", "export_hf", "import_hf", "tensor_names"]

@@ -16,16 +16,14 @@ and returning no token_type_ids (the model was trained with segment 0 only).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
 
-from modelworks.artifacts import atomic_write_json
+from modelworks.artifacts import atomic_write_json, staged_folder
 from modelworks.errors import HFError
 from modelworks.models.encoder import _LAYER_NAMES, _TOP_NAMES, Encoder, our_name
-from modelworks.models.hf import _swap_into_place
 
 REMOTE_CODE = Path(__file__).with_name("hf_modeling_encoder.py")
 _FILES = {
@@ -88,9 +86,7 @@ def export_hf_classifier(
         raise HFError(
             f"{out_dir} exists and is not an earlier export; choose a new or empty folder"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with staged_folder(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         pad_id = special.pop("pad_token_id")
         atomic_write_json(tmp / "config.json", _config(model, classes, pad_id))
@@ -108,10 +104,6 @@ def export_hf_classifier(
                 "clean_up_tokenization_spaces": False,
             },
         )
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
