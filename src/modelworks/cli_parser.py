@@ -50,8 +50,10 @@ def _option_rows() -> list[tuple[str, object, str, str]]:
     import dataclasses
 
     from modelworks.models.registry import lookup
+    from modelworks.tasks import option_rows
 
-    rows = [r for r in describe_fields(Config) if r[0] != "model"]
+    rows = [r for r in describe_fields(Config) if r[0] not in ("model", "tasks")]
+    rows.extend(option_rows())
     _, model_cls_cfg = lookup("gpt")
     rows.append(("model.name", "gpt", "str", "registered architecture"))
     for f in dataclasses.fields(model_cls_cfg):
@@ -78,6 +80,9 @@ def _add_config_options(p: argparse.ArgumentParser, sections: tuple[str, ...] | 
     group = p.add_argument_group("config options (also accepted as KEY=VALUE)")
     for key, default, type_name, desc in _option_rows():
         top = key.split(".")[0]
+        if top == "tasks":  # a task's knob: listed by the stages it feeds ("[evaluate]")
+            fed = desc.rpartition("[")[2].rstrip("]").split("/")
+            top = next((s for s in fed if sections is None or s in sections), "")
         if sections is not None and top not in sections and key not in TOP_LEVEL:
             continue
         desc = comments.get(key, desc)

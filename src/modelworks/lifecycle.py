@@ -5,6 +5,8 @@ model. Stages import this module; `pipeline.py` (which imports the stages) walks
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from modelworks.artifacts import (
@@ -56,16 +58,27 @@ def active_stages(cfg: Config) -> list[str]:
     return [s for s in STAGES if s not in skip]
 
 
-def stage_writer(cfg: Config, stage: str) -> StageWriter:
-    """The writer for `stage`, with its config hash and verified upstream inputs."""
+def stage_hash(cfg: Config, stage: str, task_knobs: dict | None = None) -> str:
+    """The hash a stage's manifest records: its config sections, plus the task's knobs that
+    feed it (`tasks.stage_options`, given by the caller: this module sits below the tasks)."""
+    base = cfg.section_hash(*stage_spec(cfg, stage).keys)
+    if not task_knobs:
+        return base
+    blob = json.dumps([base, task_knobs], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_writer(cfg: Config, stage: str, task_knobs: dict | None = None) -> StageWriter:
+    """The writer for `stage`, with its config hash and verified upstream inputs; `task_knobs`
+    are the task options that feed the stage (`tasks.stage_options(cfg, stage)`)."""
     spec = stage_spec(cfg, stage)
     run_dir = cfg.run_dir
     for s in (*spec.inputs, stage):
         recover(run_dir, s)
     inputs = [input_ref(run_dir, s, require_stage(run_dir, s, stage)) for s in spec.inputs]
-    config = {k: _dump(getattr(cfg, k)) for k in spec.keys}
+    config = {k: _dump(getattr(cfg, k)) for k in spec.keys} | (task_knobs or {})
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    return StageWriter(run_dir, stage, config, cfg.section_hash(*spec.keys), inputs)
+    return StageWriter(run_dir, stage, config, stage_hash(cfg, stage, task_knobs), inputs)
 
 
 def _dump(v):

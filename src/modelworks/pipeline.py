@@ -22,6 +22,7 @@ from modelworks.lifecycle import (  # noqa: F401  (model_stage, stage_writer: pu
     STAGES,
     active_stages,
     model_stage,
+    stage_hash,
     stage_spec,
     stage_writer,
 )
@@ -51,9 +52,9 @@ def run(cfg: Config, force: Iterable[str] = (), reporter: Reporter | None = None
     unknown = force - set(STAGES)
     if unknown:
         raise ConfigError(f"--force {sorted(unknown)[0]!r}: not a stage; stages: {list(STAGES)}")
-    from modelworks.tasks import get_task
+    from modelworks.tasks import check_task_config, stage_options
 
-    get_task(cfg.task)  # an unknown task fails here, in one line, before any stage runs
+    check_task_config(cfg)  # an unknown task or task option fails here, before any stage runs
     done = {}
     functions = stage_functions()
     for stage in active_stages(cfg):
@@ -63,7 +64,8 @@ def run(cfg: Config, force: Iterable[str] = (), reporter: Reporter | None = None
             input_ref(cfg.run_dir, s, read_manifest(cfg.run_dir / s) or {"digest": None})
             for s in spec.inputs
         ]
-        fresh = is_up_to_date(cfg.run_dir, stage, cfg.section_hash(*spec.keys), inputs)
+        digest = stage_hash(cfg, stage, stage_options(cfg, stage))
+        fresh = is_up_to_date(cfg.run_dir, stage, digest, inputs)
         if fresh and stage not in force:
             reporter.info(f"[{stage}] up to date, skipped ({cfg.run_dir / stage})")
             done[stage] = "skipped"

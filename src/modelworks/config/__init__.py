@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
@@ -219,12 +220,49 @@ def _check_schedule(cfg: Config, blame: Callable[..., str]) -> None:
             )
 
 
+# knobs that moved from a stage section into their task's own section: (section, old key) ->
+# (task, new key). An old config still loads, with one warning line naming the new key.
+MOVED: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def migrate(data: dict) -> dict:
+    """`data` with the task knobs of older configs moved to `tasks.<task>.<key>` (MOVED), one
+    FutureWarning per moved key; two old places giving one knob different values fail."""
+    data = dict(data)
+    moved_from: dict[tuple[str, str], str] = {}
+    for (section, old), (task, new) in MOVED.items():
+        sec = data.get(section)
+        if not isinstance(sec, dict) or old not in sec:
+            continue
+        sec = data[section] = dict(sec)
+        value = sec.pop(old)
+        tasks = data["tasks"] = dict(data.get("tasks") or {})
+        target = tasks[task] = dict(tasks.get(task) or {})
+        here, there = f"{section}.{old}", f"tasks.{task}.{new}"
+        if (task, new) in moved_from and target[new] != value:
+            raise ConfigError(
+                f"{moved_from[task, new]}={target[new]!r} and {here}={value!r} both set {there}; "
+                f"set it once, as {there}"
+            )
+        if new not in target or (task, new) in moved_from:
+            target[new] = value
+        moved_from[task, new] = here
+        warnings.warn(
+            f"{here} is now {there} (this config still works; write {there})",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return data
+
+
 def validate_config(
     data: dict, source: str = "config", blame: Callable[..., str] | None = None
 ) -> Config:
     """`data` as a Config; errors name the key and where it came from: `blame(loc, ...)` (the
-    key's path as a tuple) when given, else `source`."""
+    key's path as a tuple) when given, else `source`. Task knobs of older configs move to their
+    task's section first (`migrate`)."""
     where = blame or (lambda *locs: source)
+    data = migrate(data)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:

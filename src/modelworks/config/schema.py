@@ -394,6 +394,11 @@ class Config(_Section):
         "image_classification, text_classification, recommendation, translation, chat) or the "
         "import path of a module defining TASK (tasks/base.py)",
     )
+    tasks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each task's own knobs, tasks.<task>.<key> (e.g. tasks.translation."
+        "beam_size); declared in the task's module, listed by `modelworks <stage> --help`",
+    )
     collect: CollectConfig = Field(default_factory=CollectConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -31,7 +31,7 @@ from modelworks.evaluate.report import (
 )
 from modelworks.progress import Reporter
 from modelworks.runtime import setup
-from modelworks.tasks import get_task
+from modelworks.tasks import get_task, stage_options
 
 
 def check_evaluable(cfg: Config) -> None:
@@ -59,7 +59,7 @@ def evaluate(cfg: Config, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     check_evaluable(cfg)
     ckpt = choose_checkpoint(cfg)  # an unknown --checkpoint fails here, before any work
-    writer = stage_writer(cfg, "evaluate")
+    writer = stage_writer(cfg, "evaluate", stage_options(cfg, "evaluate"))
     writer.open()
     out = writer.dir
     try:

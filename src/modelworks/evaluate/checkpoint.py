@@ -27,7 +27,9 @@ from modelworks.config import Config
 from modelworks.errors import EvaluateError
 
 # the config parts that make a run's numbers what they are (not its name, folder or device)
-RUN_KEYS = ("task", "seed", "collect", "preprocess", "model", "pretrain", "finetune", "evaluate")
+RUN_KEYS = (
+    "task", "tasks", "seed", "collect", "preprocess", "model", "pretrain", "finetune", "evaluate"
+)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from modelworks.base_model import Base, load_base, resolve_base_folder  # noqa: 
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.runtime import resolve_device, setup
-from modelworks.tasks import get_task
+from modelworks.tasks import get_task, stage_options
 from modelworks.train.lora import LoRALinear, adapter_state
 from modelworks.train.tracking import open_tracker, track_stage
 
@@ -92,7 +92,7 @@ def finetune(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
         raise ConfigError(f"task {cfg.task!r} cannot be fine-tuned yet (no setup_finetune)")
     if ft.dp and ft.grad_accum != 1:
         raise ConfigError("finetune.dp=true needs finetune.grad_accum=1")
-    writer = stage_writer(cfg, "finetune")
+    writer = stage_writer(cfg, "finetune", stage_options(cfg, "finetune"))
     resume = resume and not ft.dp  # Opacus' optimizer state is not checkpointed: start over
     writer.open(resume=resume)
     try:

@@ -17,10 +17,13 @@ from modelworks.progress import Reporter
 def preprocess(cfg: Config, reporter: Reporter | None = None) -> dict:
     """Run the task's preprocessing into `<run>/preprocess/`; returns the manifest."""
     from modelworks.lifecycle import stage_writer
-    from modelworks.tasks import get_task  # late: shard workers import this package without torch
+    from modelworks.tasks import (  # late: shard workers import this package without torch
+        get_task,
+        stage_options,
+    )
 
     reporter = reporter or Reporter()
-    writer = stage_writer(cfg, "preprocess")
+    writer = stage_writer(cfg, "preprocess", stage_options(cfg, "preprocess"))
     writer.open()
     try:
         stats = get_task(cfg.task).prepare(cfg, cfg.run_dir, writer.dir, reporter)

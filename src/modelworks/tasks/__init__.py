@@ -7,10 +7,14 @@ neither: `task: my_package.my_task` names any importable module that defines `TA
 
 from __future__ import annotations
 
+import difflib
 import importlib
+from typing import Any
+
+from pydantic import ValidationError
 
 from modelworks.errors import ConfigError
-from modelworks.tasks.base import Task
+from modelworks.tasks.base import Task, TaskOptions
 
 TASKS = {
     "language_modeling": "modelworks.tasks.language_modeling",
@@ -42,3 +46,69 @@ def get_task(name: str) -> Task:
     if name in TASKS and task.name != name:
         raise ConfigError(f"task {name!r}: {path} declares itself as {task.name!r}")
     return task
+
+
+def task_options(cfg: Any, name: str | None = None) -> TaskOptions:
+    """The validated `tasks.<name>:` section of `cfg` (the config's own task by default), every
+    knob the section leaves out at its default."""
+    name = name or cfg.task
+    return validate_options(get_task(name), cfg.tasks.get(name) or {})
+
+
+def stage_options(cfg: Any, stage: str) -> dict[str, Any]:
+    """The config's task knobs that feed `stage` (part of its hash), as {"tasks.NAME": {...}};
+    empty when the task has none for this stage."""
+    if stage == "collect":
+        return {}
+    values = task_options(cfg).for_stage(stage)
+    return {f"tasks.{cfg.task}": values} if values else {}
+
+
+def validate_options(task: Task, raw: Any) -> TaskOptions:
+    where = f"tasks.{task.name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of {task.name}'s options, not {raw!r}")
+    try:
+        return task.options.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join([where, *(str(p) for p in err["loc"])])
+        if err["type"] == "extra_forbidden":
+            names = list(task.options.model_fields)
+            near = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.6)
+            hint = (
+                f"; did you mean '{where}.{near[0]}'?"
+                if near
+                else f"; {task.name}'s options: {', '.join(names) or 'none'}"
+            )
+            raise ConfigError(f"unknown key {key!r}{hint}") from None
+        raise ConfigError(f"{key} (got {err.get('input')!r}): {err['msg']}") from None
+
+
+def check_task_config(cfg: Any) -> Task:
+    """The config's task, with every `tasks.<name>:` section it holds validated: a section for
+    a task that does not exist, or a knob its task does not have, fails in one line."""
+    task = get_task(cfg.task)
+    for name, raw in cfg.tasks.items():
+        try:
+            other = task if name == cfg.task else get_task(name)
+        except ConfigError as e:
+            raise ConfigError(f"tasks.{name}: {e}") from None
+        validate_options(other, raw or {})
+    return task
+
+
+def option_rows() -> list[tuple[str, Any, str, str]]:
+    """(key, default, type, description) of every registered task's options, for --help."""
+    rows = []
+    for name in TASKS:
+        options = get_task(name).options
+        for key, field in options.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            ann = field.annotation
+            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            stages = "/".join(options.stages_of(key))
+            rows.append(
+                (f"tasks.{name}.{key}", default, type_name, f"{field.description} [{stages}]")
+            )
+    return rows

@@ -13,12 +13,18 @@ A task module builds one `Task` from its functions and names it `TASK`:
                                         #   -> (TrainSetup, info)
         save_finetuned=save_finetuned,  # optional: files that go with fine-tuned weights
         serve_routes=serve_routes,      # optional, serve: (app, run_dir, serve_cfg, device)
+        options=Options,                # optional: the task's knobs, the `tasks.<name>:` section
     )
 
 `ckpt` is the checkpoint evaluate scores (evaluate/checkpoint.py). `serve_routes` adds the task's
 HTTP endpoints to a FastAPI app (serve/app.py has the helpers: background loading, /v1/models,
 OpenAI-shaped errors). A task without `setup_finetune` cannot be fine-tuned, one without
 `serve_routes` cannot be served; the stages say so in one line.
+
+A task's knobs live in its own config section, `tasks.<name>:` (e.g. `tasks.translation.beam_size`),
+declared as a `TaskOptions` model in the task's module. Each knob names the stages it feeds with
+`option(...)`, so changing `beam_size` re-runs evaluate but not preprocess; `task_options(cfg)`
+(tasks/__init__.py) gives the validated section, `modelworks <stage> --help` lists it.
 
 The registry (tasks/__init__.py) maps names to modules; a config may also name a task by the
 import path of a module that defines `TASK` (`task: my_package.my_task`), so a project's own task
@@ -31,10 +37,47 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from modelworks.errors import ConfigError
 
 HOOKS = ("prepare", "setup_training", "evaluate")
 OPTIONAL_HOOKS = ("setup_finetune", "save_finetuned", "serve_routes")
+# the stages a task option may feed: its value is part of those stages' config hash
+OPTION_STAGES = ("preprocess", "pretrain", "finetune", "evaluate", "serve")
+TRAIN = ("pretrain", "finetune")
+
+
+class TaskOptions(BaseModel):
+    """A task's config section (`tasks.<name>:`): subclass it, one `option(...)` per knob."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def stages_of(cls, key: str) -> tuple[str, ...]:
+        extra = cls.model_fields[key].json_schema_extra
+        return tuple(extra["stages"]) if isinstance(extra, dict) else ()
+
+    def for_stage(self, stage: str) -> dict[str, Any]:
+        """The knobs that feed `stage`, as plain values (what its config hash covers)."""
+        data = self.model_dump(mode="json")
+        return {k: data[k] for k in type(self).model_fields if stage in self.stages_of(k)}
+
+
+def option(default: Any, *, stage: str | tuple[str, ...], description: str, **constraints: Any):
+    """A task knob: a pydantic Field with a default, a one-line description (for --help) and the
+    stage(s) whose result depends on it (`TRAIN` = pretrain and finetune)."""
+    stages = (stage,) if isinstance(stage, str) else tuple(stage)
+    unknown = [s for s in stages if s not in OPTION_STAGES]
+    if unknown or not stages:
+        raise ConfigError(f"option stage {unknown or stage!r}: one of {', '.join(OPTION_STAGES)}")
+    factory = constraints.pop("default_factory", None)
+    extra = {"stages": list(stages)}
+    if factory is not None:
+        return Field(
+            default_factory=factory, description=description, json_schema_extra=extra, **constraints
+        )
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
 @dataclass(frozen=True)
@@ -46,12 +89,21 @@ class Task:
     setup_finetune: Callable[..., tuple] | None = None
     save_finetuned: Callable[..., None] | None = None
     serve_routes: Callable[..., None] | None = None
+    options: type[TaskOptions] = TaskOptions
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ConfigError(f"Task(name={self.name!r}): a task needs a name")
+        if not (isinstance(self.options, type) and issubclass(self.options, TaskOptions)):
+            raise ConfigError(f"task {self.name!r}: options must be a TaskOptions subclass")
+        untagged = [k for k in self.options.model_fields if not self.options.stages_of(k)]
+        if untagged:
+            raise ConfigError(
+                f"task {self.name!r}: options {', '.join(untagged)} name no stage; "
+                "declare them with tasks.base.option(..., stage=...)"
+            )
         for f in fields(self):
-            if f.name == "name":
+            if f.name in ("name", "options"):
                 continue
             hook = getattr(self, f.name)
             if hook is None and f.name in OPTIONAL_HOOKS:

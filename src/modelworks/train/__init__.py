@@ -22,7 +22,7 @@ import torch.distributed as dist
 from modelworks.config import Config
 from modelworks.progress import Reporter
 from modelworks.runtime import resolve_device, setup
-from modelworks.tasks import get_task
+from modelworks.tasks import get_task, stage_options
 from modelworks.train.checkpoint import save_full_model
 from modelworks.train.parallel import barrier, init_distributed, rank
 from modelworks.train.tracking import open_tracker, track_stage
@@ -36,7 +36,7 @@ def pretrain(cfg: Config, reporter: Reporter | None = None, resume: bool = True)
     reporter = reporter or Reporter()
     dims, mesh = init_distributed(cfg.parallel)
     try:
-        writer = stage_writer(cfg, "pretrain")
+        writer = stage_writer(cfg, "pretrain", stage_options(cfg, "pretrain"))
         if rank() == 0:
             writer.open(resume=resume)
         barrier()
