@@ -28,8 +28,8 @@ from modelworks import load_config, run
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "sampled_softmax": [],  # the config as shipped: 256 shared negatives + in-batch targets
-    "full_softmax": ["pretrain.rec_negatives=0"],
-    "bce": ["pretrain.rec_loss=bce"],
+    "full_softmax": ["tasks.recommendation.negatives=0"],
+    "bce": ["tasks.recommendation.loss=bce"],
 }
 METHODS = {"sasrec": "SASRec", "popularity": "popularity", "item_knn": "item-kNN"}
 

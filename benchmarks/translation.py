@@ -9,7 +9,7 @@ corpus BLEU (sacrebleu, tokenize=zh) and chrF, greedy and beam search, with boot
 Without the Tatoeba file it runs the built-in synthetic numbers corpus instead (and says so).
 
     python benchmarks/translation.py --quick --threads 1   # ~15 min on 2 busy CPU cores
-    python benchmarks/translation.py --quick --set preprocess.pretrain_text=pairs
+    python benchmarks/translation.py --quick --set tasks.translation.pretrain_text=pairs
     python benchmarks/translation.py                       # longer training, whole test split
     python benchmarks/translation.py --device cuda --pretrain-steps 4000 --finetune-steps 4000
 """

@@ -23,6 +23,7 @@ import torch
 from _common import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from modelworks import collect, load_config, preprocess, run
+from modelworks.tasks import task_options
 from modelworks.tasks.image_classification import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def run_config(name: str, runs_dir: Path, extra: list[str]) -> dict:
     return {
         "model": name,
         "config": f"configs/{name}.yaml",
-        "image_size": cfg.preprocess.image_size,
+        "image_size": task_options(cfg).image_size,
         "parameters": trained["summary"].get("parameters"),
         "steps": trained["summary"]["steps"],
         "threads": used_threads,
@@ -64,7 +65,12 @@ def logistic_regression(runs_dir: Path, extra: list[str]) -> dict:
 
     cfg = load_config(
         ROOT / "configs" / "cnn.yaml",
-        [f"runs_dir={runs_dir}", "name=logreg-digits", "preprocess.image_size=8", *extra],
+        [
+            f"runs_dir={runs_dir}",
+            "name=logreg-digits",
+            "tasks.image_classification.image_size=8",
+            *extra,
+        ],
     )
     collect(cfg)
     preprocess(cfg)

@@ -162,8 +162,8 @@ def classifier_overrides(tmp: Path, name: str, n: int = 96) -> list[str]:
         "collect.sources.0.label_field=sentiment",
         "preprocess.val_fraction=0.15",
         "preprocess.test_fraction=0.15",
-        "evaluate.explain_samples=3",
-        "evaluate.ig_steps=4",
+        "tasks.text_classification.explain_samples=3",
+        "tasks.text_classification.ig_steps=4",
         "evaluate.bootstrap=0",
     ]
 

@@ -5,9 +5,20 @@ cfg = load_config("configs/quickstart.yaml", ["pretrain.steps=100"])
 run(cfg)
 """
 
-from modelworks.config import Config, load_config
+from modelworks.config import Config
+from modelworks.config import load_config as _load_config
 
 __version__ = "0.1.0"
+
+
+def load_config(path=None, overrides=None) -> Config:
+    """The config from YAML files and KEY=VALUE overrides (config.load_config), with its task and
+    the task's `tasks.<name>:` options checked too."""
+    from modelworks.tasks import check_task_config
+
+    cfg = _load_config(path, overrides)
+    check_task_config(cfg)
+    return cfg
 
 
 def collect(cfg: Config, reporter=None) -> dict:

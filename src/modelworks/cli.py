@@ -50,7 +50,11 @@ def _load(ns: argparse.Namespace) -> Config:
     paths, overrides = _split_args(ns)
     if not paths and DEFAULT_CONFIG.is_file():
         paths = [str(DEFAULT_CONFIG)]
-    return load_config(paths, overrides)
+    cfg = load_config(paths, overrides)
+    from modelworks.tasks import check_task_config
+
+    check_task_config(cfg)  # the task and its tasks.<name>: options, before any work
+    return cfg
 
 
 def _serve(ns: argparse.Namespace) -> None:

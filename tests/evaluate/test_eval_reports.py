@@ -19,7 +19,11 @@ def tc_run(tmp_path_factory):
     """The tiny encoder of test_finetune, trained from scratch on generated reviews."""
     tmp = tmp_path_factory.mktemp("eval_reports")
     data = write_reviews(tmp / "reviews.csv")
-    extra = {"evaluate.bootstrap": 300, "evaluate.explain_samples": 4, "evaluate.ig_steps": 8}
+    extra = {
+        "evaluate.bootstrap": 300,
+        "tasks.text_classification.explain_samples": 4,
+        "tasks.text_classification.ig_steps": 8,
+    }
     cfg = load_config(None, overrides(tmp, "tc", data, **extra))
     run(cfg)
     return tmp, data, cfg
@@ -32,7 +36,11 @@ def _evaluate_with_test_split(tc_run, name: str, frame: pd.DataFrame) -> dict:
     shutil.copytree(cfg.run_dir, run_dir)
     shutil.rmtree(run_dir / "evaluate")
     frame.to_parquet(run_dir / "preprocess" / "test.parquet", index=False)
-    extra = {"evaluate.bootstrap": 300, "evaluate.explain_samples": 4, "evaluate.ig_steps": 8}
+    extra = {
+        "evaluate.bootstrap": 300,
+        "tasks.text_classification.explain_samples": 4,
+        "tasks.text_classification.ig_steps": 8,
+    }
     evaluate(load_config(None, overrides(tmp, name, data, **extra)))
     return json.loads((run_dir / "evaluate" / "metrics.json").read_text())
 

@@ -18,8 +18,8 @@ from modelworks.pipeline import run
 from tests.conftest import cli, tiny_overrides
 from tests.finetune.test_finetune import overrides, write_reviews
 
-FAST = {"evaluate.bootstrap": 0, "evaluate.explain_samples": 0, "pretrain.eval_every": 10,
-        "pretrain.ckpt_every": 10}  # fmt: skip
+FAST = {"evaluate.bootstrap": 0, "tasks.text_classification.explain_samples": 0,
+        "pretrain.eval_every": 10, "pretrain.ckpt_every": 10}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -196,7 +196,7 @@ def test_text_classifier_scored_on_its_own_test_rows(tmp_path):
         tmp_path, csv, "model.n_layer=1", "model.d_model=16", "model.n_head=2", "model.d_ff=32",
         "pretrain.steps=4", "pretrain.batch_size=8", "pretrain.seq_len=16",
         "pretrain.warmup_steps=1", "pretrain.eval_every=4", "pretrain.ckpt_every=4",
-        "evaluate.bootstrap=50", "evaluate.explain_samples=0", "threads=1",
+        "evaluate.bootstrap=50", "tasks.text_classification.explain_samples=0", "threads=1",
     )  # fmt: skip
     run(cfg)
     before = checksums(cfg.run_dir)

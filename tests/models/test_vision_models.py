@@ -146,15 +146,15 @@ def test_augmented_cnn_training_still_learns(tmp_path):
         "cnn.yaml",
         "pretrain.steps=150",
         "pretrain.eval_every=50",
-        "pretrain.augment_crop_padding=1",
-        "pretrain.augment_rotate_degrees=10",
+        "tasks.image_classification.augment_crop_padding=1",
+        "tasks.image_classification.augment_rotate_degrees=10",
     )
     assert m["accuracy"] >= 0.9, m["accuracy"]
 
 
 def test_augmentation_knobs_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="augment_rotate_degrees"):
-        _digits(tmp_path, "cnn.yaml", "pretrain.augment_rotate_degrees=-5")
+        _digits(tmp_path, "cnn.yaml", "tasks.image_classification.augment_rotate_degrees=-5")
 
 
 @pytest.mark.slow  # the default suite trains the CNN; the ViT's full run is slow too

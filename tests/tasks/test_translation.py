@@ -200,7 +200,11 @@ def _numbers_cfg(tmp_path, name, pretrain_steps, finetune_steps, limit, d_model)
         **{"pretrain.steps": pretrain_steps, "pretrain.ckpt_every": pretrain_steps},
         **{"finetune.from": "pretrain", "finetune.steps": finetune_steps, "finetune.lr": 3e-3},
         **{"finetune.ckpt_every": finetune_steps, "finetune.weight_decay": 0.0},
-        **{"evaluate.beam_size": 2, "evaluate.max_new_tokens": 12, "evaluate.bootstrap": 100},
+        **{
+            "tasks.translation.beam_size": 2,
+            "evaluate.max_new_tokens": 12,
+            "evaluate.bootstrap": 100,
+        },
         **{"evaluate.limit": limit, "pretrain.lr": 3e-3},
     )
 

@@ -33,7 +33,9 @@ def _write_digit_files(root, n=400):
     """Real digits as PNG files in class folders (28x28, some 36x36), a corrupt file, odd modes."""
     d = load_digits()
     for i in range(n):
-        size = 36 if i % 5 == 0 else 28  # mixed sizes are resized to preprocess.image_size
+        size = (
+            36 if i % 5 == 0 else 28
+        )  # mixed sizes are resized to tasks.image_classification.image_size
         img = Image.fromarray(np.uint8(d.images[i] * 255 / 16)).resize((size, size))
         if i % 7 == 0:
             img = img.convert("RGB")  # mixed modes are converted
@@ -120,7 +122,7 @@ def test_custom_class_that_cannot_be_imported(tmp_path):
 
 
 def test_mlp_input_size_must_fit_the_data(tmp_path):
-    cfg = _cfg(tmp_path, "preprocess.image_size=8", "pretrain.steps=5")
+    cfg = _cfg(tmp_path, "tasks.image_classification.image_size=8", "pretrain.steps=5")
     with pytest.raises(ConfigError, match="model.in_features=784 but the data has 64"):
         run(cfg)
 

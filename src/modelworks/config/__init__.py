@@ -220,9 +220,42 @@ def _check_schedule(cfg: Config, blame: Callable[..., str]) -> None:
             )
 
 
+_AUGMENT = {
+    "augment_crop_padding": "augment_crop_padding",
+    "augment_flip": "augment_flip",
+    "augment_rotate_degrees": "augment_rotate_degrees",
+}
+_REC_TRAIN = {"rec_loss": "loss", "rec_negatives": "negatives"}
 # knobs that moved from a stage section into their task's own section: (section, old key) ->
 # (task, new key). An old config still loads, with one warning line naming the new key.
-MOVED: dict[tuple[str, str], tuple[str, str]] = {}
+MOVED: dict[tuple[str, str], tuple[str, str]] = {
+    ("preprocess", "image_size"): ("image_classification", "image_size"),
+    ("preprocess", "channels"): ("image_classification", "channels"),
+    **{
+        (s, k): ("image_classification", v)
+        for s in ("pretrain", "finetune")
+        for k, v in _AUGMENT.items()
+    },
+    ("preprocess", "min_user_interactions"): ("recommendation", "min_user_interactions"),
+    ("preprocess", "min_item_interactions"): ("recommendation", "min_item_interactions"),
+    **{
+        (s, k): ("recommendation", v)
+        for s in ("pretrain", "finetune")
+        for k, v in _REC_TRAIN.items()
+    },
+    ("evaluate", "ks"): ("recommendation", "ks"),
+    ("evaluate", "sampled_negatives"): ("recommendation", "sampled_negatives"),
+    ("preprocess", "prompt_template"): ("translation", "prompt_template"),
+    ("preprocess", "pretrain_text"): ("translation", "pretrain_text"),
+    ("evaluate", "beam_size"): ("translation", "beam_size"),
+    ("evaluate", "length_penalty"): ("translation", "length_penalty"),
+    ("evaluate", "bleu_tokenize"): ("translation", "bleu_tokenize"),
+    ("preprocess", "chat_template"): ("chat", "chat_template"),
+    ("finetune", "packing"): ("chat", "packing"),
+    ("finetune", "pooling"): ("text_classification", "pooling"),
+    ("evaluate", "explain_samples"): ("text_classification", "explain_samples"),
+    ("evaluate", "ig_steps"): ("text_classification", "ig_steps"),
+}
 
 
 def migrate(data: dict) -> dict:

@@ -31,8 +31,6 @@ class PreprocessConfig(_Section):
     test_fraction: float = Field(
         0.0, ge=0, lt=1, description="share held out as a test split (image tasks)"
     )
-    image_size: int = Field(28, ge=1, description="images are resized to this height and width")
-    channels: Literal[1, 3] = Field(1, description="1: grayscale, 3: RGB")
     shard_tokens: int = Field(
         50_000_000, ge=1024, description="tokens per .bin shard before a new one starts"
     )
@@ -52,27 +50,6 @@ class PreprocessConfig(_Section):
     )
     ray_address: str | None = Field(
         None, description="executor=ray: the cluster to join (e.g. ray://head:10001); unset: local"
-    )
-    min_user_interactions: int = Field(
-        3, ge=3, description="recommendation: k-core, users keep at least this many items"
-    )
-    min_item_interactions: int = Field(
-        5, ge=1, description="recommendation: k-core, items keep at least this many users"
-    )
-    prompt_template: str = Field(
-        "{source} =>",
-        description="translation: the decoder's prompt; {source} is replaced by the source text "
-        "and the target follows it",
-    )
-    chat_template: str = Field(
-        "",
-        description="chat: a Jinja chat template (text, or a .jinja file path); empty: the "
-        "Hugging Face base's own, else the built-in User:/Assistant: template",
-    )
-    pretrain_text: Literal["sentences", "pairs"] = Field(
-        "sentences",
-        description="translation: what pretrain models; sentences: every source and target "
-        "sentence of the train split as its own document; pairs: prompt + target documents",
     )
 
     @field_validator("steps")
@@ -148,21 +125,6 @@ class PretrainConfig(_Section):
     peak_tflops: float | None = Field(
         None, gt=0, description="device peak TFLOP/s for MFU; unset: known GPU table or measured"
     )
-    augment_crop_padding: int = Field(
-        0, ge=0, description="images: pad by this many pixels, then crop back at random; 0 = off"
-    )
-    augment_flip: bool = Field(False, description="images: random horizontal flips")
-    augment_rotate_degrees: float = Field(
-        0.0, ge=0, le=180, description="images: random rotation within +/- this many degrees"
-    )
-    rec_loss: Literal["sampled_softmax", "bce"] = Field(
-        "sampled_softmax",
-        description="recommendation: softmax over the next item and rec_negatives sampled items, "
-        "or binary cross-entropy against one sampled negative per position (SASRec's)",
-    )
-    rec_negatives: int = Field(
-        256, ge=0, description="recommendation: sampled_softmax negatives; 0 = all items"
-    )
 
 
 class FinetuneConfig(PretrainConfig):
@@ -190,12 +152,6 @@ class FinetuneConfig(PretrainConfig):
         "query and value projections (encoder: query, value; gpt: wq, wv)",
     )
     save_adapter: bool = Field(True, description="lora: also save the adapters alone")
-    packing: bool = Field(
-        True, description="chat: pack several short conversations into one seq_len row"
-    )
-    pooling: Literal["mean", "cls"] = Field(
-        "mean", description="classification: pool encoder tokens by mean or first ([CLS]) token"
-    )
     dp: bool = Field(False, description="differentially private training (DP-SGD, Opacus)")
     dp_noise_multiplier: float | None = Field(
         None, ge=0, description="dp: Gaussian noise std / clipping norm (or set dp_target_epsilon)"
@@ -285,36 +241,11 @@ class EvaluateConfig(_Section):
     max_new_tokens: int = Field(48, ge=1, description="tokens generated per prompt")
     temperature: float = Field(0.8, ge=0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
-    ks: list[int] = Field(
-        default_factory=lambda: [5, 10, 20], description="recommendation: cutoffs for HR/NDCG@K"
-    )
-    sampled_negatives: int = Field(
-        100, ge=1, description="recommendation: negatives per user in the sampled protocol"
-    )
-    beam_size: int = Field(
-        4, ge=1, description="translation: beams of the beam search (greedy is measured too)"
-    )
-    length_penalty: float = Field(
-        1.0, ge=0, description="translation: beams rank by logprob / length**length_penalty"
-    )
-    bleu_tokenize: Literal["auto", "13a", "zh", "ja-mecab", "ko-mecab", "char", "none"] = Field(
-        "auto",
-        description="translation: sacrebleu BLEU tokenizer; auto: zh for Chinese targets, else 13a",
-    )
     limit: int = Field(
         0,
         ge=0,
         description="translation, chat: translate / answer only the first N examples of a "
         "split; 0 = all",
-    )
-    explain_samples: int = Field(
-        6,
-        ge=0,
-        description="text classification: test predictions (wrong ones first, then correct) "
-        "shown with their top integrated-gradients tokens; 0 = none",
-    )
-    ig_steps: int = Field(
-        16, ge=2, description="text classification: integrated-gradients steps per sample"
     )
     data: list[SourceConfig] = Field(
         default_factory=list,

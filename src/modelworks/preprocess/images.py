@@ -44,7 +44,10 @@ def decode(data: bytes, size: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+def prepare_images(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, image_size: int, channels: int
+) -> dict:
+    """Decode every collected image at `image_size` x `image_size` with `channels`, split, save."""
     p = cfg.preprocess
     xs: dict[str, list] = {s: [] for s in SPLITS}
     labels: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -56,7 +59,7 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             try:
-                x = decode(row["image"], p.image_size, p.channels)
+                x = decode(row["image"], image_size, channels)
             except Exception as e:  # Pillow raises many types for corrupt input
                 skipped[type(e).__name__] += 1
                 continue
@@ -86,7 +89,7 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
             )
     tensors = {}
     for s in SPLITS:
-        shape = (0, p.channels, p.image_size, p.image_size)
+        shape = (0, channels, image_size, image_size)
         x = np.stack(xs[s]) if xs[s] else np.zeros(shape, dtype=np.uint8)
         tensors[f"{s}_x"] = torch.from_numpy(x)
         tensors[f"{s}_y"] = torch.tensor([index[c] for c in labels[s]], dtype=torch.int64)
@@ -96,8 +99,8 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
     train_x = tensors["train_x"].float() / 255
     meta = {
         "classes": classes,
-        "channels": p.channels,
-        "image_size": p.image_size,
+        "channels": channels,
+        "image_size": image_size,
         "mean": train_x.mean().item(),
         "std": train_x.std().item() or 1.0,
     }
@@ -105,7 +108,7 @@ def prepare_images(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) ->
     counts = {s: len(labels[s]) for s in SPLITS}
     reporter.info(
         f"[preprocess] {counts['train']} train / {counts['val']} val / {counts['test']} test "
-        f"images, {len(classes)} classes, {p.channels}x{p.image_size}x{p.image_size}; "
+        f"images, {len(classes)} classes, {channels}x{image_size}x{image_size}; "
         f"skipped {sum(skipped.values())} unreadable"
     )
     split_info = split_stats(parts, given, sources, val_f, test_f)

@@ -7,11 +7,8 @@ neither: `task: my_package.my_task` names any importable module that defines `TA
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any
-
-from pydantic import ValidationError
 
 from modelworks.errors import ConfigError
 from modelworks.tasks.base import Task, TaskOptions
@@ -51,8 +48,7 @@ def get_task(name: str) -> Task:
 def task_options(cfg: Any, name: str | None = None) -> TaskOptions:
     """The validated `tasks.<name>:` section of `cfg` (the config's own task by default), every
     knob the section leaves out at its default."""
-    name = name or cfg.task
-    return validate_options(get_task(name), cfg.tasks.get(name) or {})
+    return get_task(name or cfg.task).options_from(cfg)
 
 
 def stage_options(cfg: Any, stage: str) -> dict[str, Any]:
@@ -60,29 +56,9 @@ def stage_options(cfg: Any, stage: str) -> dict[str, Any]:
     empty when the task has none for this stage."""
     if stage == "collect":
         return {}
-    values = task_options(cfg).for_stage(stage)
-    return {f"tasks.{cfg.task}": values} if values else {}
-
-
-def validate_options(task: Task, raw: Any) -> TaskOptions:
-    where = f"tasks.{task.name}"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping of {task.name}'s options, not {raw!r}")
-    try:
-        return task.options.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join([where, *(str(p) for p in err["loc"])])
-        if err["type"] == "extra_forbidden":
-            names = list(task.options.model_fields)
-            near = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.6)
-            hint = (
-                f"; did you mean '{where}.{near[0]}'?"
-                if near
-                else f"; {task.name}'s options: {', '.join(names) or 'none'}"
-            )
-            raise ConfigError(f"unknown key {key!r}{hint}") from None
-        raise ConfigError(f"{key} (got {err.get('input')!r}): {err['msg']}") from None
+    task = get_task(cfg.task)
+    values = task.options_from(cfg).for_stage(stage)
+    return {f"tasks.{task.name}": values} if values else {}
 
 
 def check_task_config(cfg: Any) -> Task:
@@ -94,7 +70,7 @@ def check_task_config(cfg: Any) -> Task:
             other = task if name == cfg.task else get_task(name)
         except ConfigError as e:
             raise ConfigError(f"tasks.{name}: {e}") from None
-        validate_options(other, raw or {})
+        other.validate_options(raw or {})
     return task
 
 

@@ -23,8 +23,9 @@ OpenAI-shaped errors). A task without `setup_finetune` cannot be fine-tuned, one
 
 A task's knobs live in its own config section, `tasks.<name>:` (e.g. `tasks.translation.beam_size`),
 declared as a `TaskOptions` model in the task's module. Each knob names the stages it feeds with
-`option(...)`, so changing `beam_size` re-runs evaluate but not preprocess; `task_options(cfg)`
-(tasks/__init__.py) gives the validated section, `modelworks <stage> --help` lists it.
+`option(...)`, so changing `beam_size` re-runs evaluate but not preprocess. `TASK.options_from(cfg)`
+(in the task's own module; `tasks.task_options(cfg)` elsewhere) gives the validated section;
+`modelworks <stage> --help` lists the knobs that feed the stage.
 
 The registry (tasks/__init__.py) maps names to modules; a config may also name a task by the
 import path of a module that defines `TASK` (`task: my_package.my_task`), so a project's own task
@@ -33,11 +34,12 @@ needs no change to modelworks.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelworks.errors import ConfigError
 
@@ -112,6 +114,30 @@ class Task:
                 raise ConfigError(
                     f"task {self.name!r}: {f.name} must be a function, not {type(hook).__name__}"
                 )
+
+    def options_from(self, cfg: Any) -> TaskOptions:
+        """This task's validated section of `cfg` (`tasks.<name>:`), unset knobs at defaults."""
+        return self.validate_options(cfg.tasks.get(self.name) or {})
+
+    def validate_options(self, raw: Any) -> TaskOptions:
+        where = f"tasks.{self.name}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be a mapping of {self.name}'s options, not {raw!r}")
+        try:
+            return self.options.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join([where, *(str(p) for p in err["loc"])])
+            if err["type"] != "extra_forbidden":
+                raise ConfigError(f"{key} (got {err.get('input')!r}): {err['msg']}") from None
+            names = list(self.options.model_fields)
+            near = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.6)
+            hint = (
+                f"; did you mean '{where}.{near[0]}'?"
+                if near
+                else f"; {self.name}'s options: {', '.join(names) or 'none'}"
+            )
+            raise ConfigError(f"unknown key {key!r}{hint}") from None
 
     @property
     def can_finetune(self) -> bool:

@@ -7,7 +7,7 @@
 Data: a `chat` collect source (`messages` with system/user/assistant roles, or instruction /
 input / output, or prompt / completion records; collect/chat.py) or `synthetic_chat`. Preprocess
 splits the conversations into `train.jsonl` / `val.jsonl` (`preprocess.val_fraction`) and stores
-the chat template as `chat_template.jinja`: `preprocess.chat_template` when set, else a Hugging
+the chat template as `chat_template.jinja`: `tasks.chat.chat_template` when set, else a Hugging
 Face base's own (its tokenizer_config.json), else chat_template.SFT_CHAT_TEMPLATE (the serving
 default with the end-of-text token closing each assistant turn, so the model learns to stop).
 When the run trains its own model (`finetune.from: pretrain`) preprocess also trains a BPE
@@ -19,7 +19,7 @@ base's tokenizer and finds the assistant spans by rendering prefixes (messages[:
 generation prompt vs messages[:i+1]): targets are -100 everywhere except the assistant tokens of
 each span up to and including the end token that closes the turn; a template that closes turns
 without the end token gets one inserted there, so every model learns to stop. Each example starts
-with the start token, as pretraining documents did. Packing (`finetune.packing`) concatenates
+with the start token, as pretraining documents did. Packing (`tasks.chat.packing`) concatenates
 examples into rows of `seq_len` (train/sft.py: rows, loader, masked loss). Examples longer than
 `seq_len` are truncated and counted in the manifest.
 
@@ -53,7 +53,7 @@ from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.splits import assign, read_given, split_stats
-from modelworks.tasks.base import Task
+from modelworks.tasks.base import Task, TaskOptions, option
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
     IGNORE,
@@ -71,6 +71,20 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------------------------------------
 # preprocess
+
+
+class Options(TaskOptions):
+    """`tasks.chat:`"""
+
+    chat_template: str = option(
+        "",
+        stage="preprocess",
+        description="a Jinja chat template (text, or a .jinja file path); empty: the base "
+        "model's own, else the built-in User:/Assistant: template",
+    )
+    packing: bool = option(
+        True, stage="finetune", description="pack several short conversations into one row"
+    )
 
 
 def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
@@ -119,14 +133,14 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
 
 
 def resolve_template(cfg: Config) -> tuple[str, str]:
-    """(template, where it came from): preprocess.chat_template, else the base's, else ours."""
-    spec = cfg.preprocess.chat_template
+    """(template, where it came from): tasks.chat.chat_template, else the base's, else ours."""
+    spec = TASK.options_from(cfg).chat_template
     if spec:
         if "{" in spec:
-            return spec, "preprocess.chat_template"
+            return spec, "tasks.chat.chat_template"
         path = Path(spec)
         if not path.is_file():
-            raise ConfigError(f"preprocess.chat_template={spec!r}: neither a template nor a file")
+            raise ConfigError(f"tasks.chat.chat_template={spec!r}: neither a template nor a file")
         return path.read_text(), str(path)
     base = cfg.finetune.from_ if cfg.finetune is not None else "pretrain"
     gguf_file = _gguf_base(base)
@@ -322,8 +336,9 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
     val, v_trunc = encode_all(fmt, load_conversations(run_dir, "val"), max_len)
     order = np.random.default_rng(cfg.seed).permutation(len(train))
     train = [train[i] for i in order]  # packing fills rows in this order
-    loader = ExampleLoader(train, max_len, fmt.bos, ft.batch_size, cfg.seed, ft.packing)
-    val_rows = Rows(val, max_len, ft.packing)
+    packing = TASK.options_from(cfg).packing
+    loader = ExampleLoader(train, max_len, fmt.bos, ft.batch_size, cfg.seed, packing)
+    val_rows = Rows(val, max_len, packing)
 
     def validate(m: nn.Module) -> dict[str, float]:
         return validation_loss(m, val_rows, fmt.bos, device, ft.batch_size)
@@ -332,7 +347,7 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
         "max_tokens": max_len,
         "train_texts": len(train),
         "train_rows": len(loader.rows),
-        "packing": ft.packing,
+        "packing": packing,
         "train_truncated": n_trunc,
         "val_truncated": v_trunc,
         "assistant_tokens": loader.rows.trained,
@@ -588,4 +603,5 @@ TASK = Task(
     setup_finetune=setup_finetune,
     save_finetuned=save_finetuned,
     serve_routes=serve_routes,
+    options=Options,
 )

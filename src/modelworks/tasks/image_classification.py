@@ -2,16 +2,16 @@
 
 Data: `data.safetensors` + `labels.json` from preprocess/images.py, normalised with the training
 split's mean/std. Training batches can be augmented on the fly (tasks/augment.py: random crop,
-flip, rotation; `pretrain.augment_*`); validation and test images never are. Metrics: accuracy,
-macro-F1, per-class precision/recall, a confusion matrix, next to a majority-class baseline on
-the same split.
+flip, rotation; `tasks.image_classification.augment_*`); validation and test images never
+are. Metrics: accuracy, macro-F1, per-class precision/recall, a confusion matrix, next to a
+majority-class baseline on the same split.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from modelworks.models.registry import build_model, fill_from_data, model_config
 from modelworks.preprocess.images import prepare_images
 from modelworks.progress import Reporter
 from modelworks.tasks.augment import AugmentedLoader, make_augment
-from modelworks.tasks.base import Task
+from modelworks.tasks.base import TRAIN, Task, TaskOptions, option
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -38,7 +38,29 @@ from modelworks.train.trainer import TrainSetup
 if TYPE_CHECKING:
     from modelworks.evaluate.checkpoint import Checkpoint
 
-prepare = prepare_images
+
+class Options(TaskOptions):
+    """`tasks.image_classification:`"""
+
+    image_size: int = option(
+        28, stage="preprocess", ge=1, description="images are resized to this height and width"
+    )
+    channels: Literal[1, 3] = option(1, stage="preprocess", description="1: grayscale, 3: RGB")
+    augment_crop_padding: int = option(
+        0,
+        stage=TRAIN,
+        ge=0,
+        description="training images: pad by this many pixels, then crop back at random; 0 = off",
+    )
+    augment_flip: bool = option(False, stage=TRAIN, description="random horizontal flips")
+    augment_rotate_degrees: float = option(
+        0.0, stage=TRAIN, ge=0, le=180, description="random rotation within +/- this many degrees"
+    )
+
+
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+    o = TASK.options_from(cfg)
+    return prepare_images(cfg, run_dir, out, reporter, o.image_size, o.channels)
 
 
 def load_split(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -114,7 +136,8 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
         if have != value:
             raise ConfigError(
                 f"finetune.from={cfg.finetune.from_!r} takes {key}={have}, the data has {value}; "
-                f"set preprocess.{'image_size' if key != 'channels' else 'channels'} to match"
+                f"set tasks.image_classification."
+                f"{'channels' if key == 'channels' else 'image_size'} to match"
             )
     n_classes = len(meta["classes"])
     model = build_model(replace(arch, n_classes=n_classes))
@@ -133,10 +156,11 @@ def _setup(cfg, run_dir, device, model, p, rank: int, world: int) -> TrainSetup:
     x, y, _ = load_split(run_dir, "train")
     vx, vy, _ = load_split(run_dir, "val")
     loader = ExampleLoader(x, y, p.batch_size // world, cfg.seed, rank, world)
+    o = TASK.options_from(cfg)
     augment = make_augment(
-        crop_padding=p.augment_crop_padding,
-        flip=p.augment_flip,
-        rotate_degrees=p.augment_rotate_degrees,
+        crop_padding=o.augment_crop_padding,
+        flip=o.augment_flip,
+        rotate_degrees=o.augment_rotate_degrees,
         seed=cfg.seed,
     )
     if augment is not None:
@@ -296,4 +320,5 @@ TASK = Task(
     evaluate=evaluate,
     setup_finetune=setup_finetune,
     serve_routes=serve_routes,
+    options=Options,
 )

@@ -5,16 +5,17 @@
 
 Preprocess (`prepare`): reads `<run>/collect/interactions.parquet`, orders each user's items by
 time (ties: by row), keeps each (user, item) pair's first interaction, drops users with a single
-interaction (counted), then k-core filters (users with >= preprocess.min_user_interactions items,
-items with >= preprocess.min_item_interactions users, repeated until both hold). Item ids are
+interaction (counted), then k-core filters (users with >= tasks.recommendation.min_user_interactions
+items, items with >= min_item_interactions users, repeated until both hold). Item ids are
 1..N in order of decreasing count (0 is padding); the mapping goes to `items.json`, which
 training copies next to the model. Split, chronological leave-one-out per user: the last item
 is the test target, the second to last the validation target, the rest trains.
 
 Training: every position of a training history predicts the next item, with a softmax over the
-true item and `pretrain.rec_negatives` uniformly sampled items (0: all items), or SASRec's binary
-cross-entropy against one sampled negative. Validation: full-ranking NDCG@10 / HR@10 on the
-validation targets (`val_ndcg@10` picks the best checkpoint) and a full-softmax `val_loss`.
+true item and `tasks.recommendation.negatives` uniformly sampled items (0: all items), or
+SASRec's binary cross-entropy against one sampled negative. Validation: full-ranking NDCG@10 /
+HR@10 on the validation targets (`val_ndcg@10` picks the best checkpoint) and a full-softmax
+`val_loss`.
 
 Evaluate: HR@K and NDCG@K on the test targets, full ranking and 100 sampled negatives, for SASRec
 and, in the same run, a popularity baseline and item-kNN (evaluate/ranking.py).
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -39,15 +40,52 @@ from modelworks.evaluate import ranking
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.progress import Reporter
-from modelworks.tasks.base import Task
-from modelworks.tasks.recommendation_data import (  # noqa: F401  (public here too)
+from modelworks.tasks.base import TRAIN, Task, TaskOptions, option
+from modelworks.tasks.recommendation_data import (  # noqa: F401  (build_sequences: public here too)
     build_sequences,
     load_sequences,
-    prepare,
     split,
 )
+from modelworks.tasks.recommendation_data import prepare as prepare_data
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
+
+
+class Options(TaskOptions):
+    """`tasks.recommendation:`"""
+
+    min_user_interactions: int = option(
+        3, stage="preprocess", ge=3, description="k-core: users keep at least this many items"
+    )
+    min_item_interactions: int = option(
+        5, stage="preprocess", ge=1, description="k-core: items keep at least this many users"
+    )
+    loss: Literal["sampled_softmax", "bce"] = option(
+        "sampled_softmax",
+        stage=TRAIN,
+        description="softmax over the next item and `negatives` sampled items, or binary "
+        "cross-entropy against one sampled negative per position (SASRec's)",
+    )
+    negatives: int = option(
+        256, stage=TRAIN, ge=0, description="sampled_softmax negatives; 0 = all items"
+    )
+    ks: list[int] = option(
+        None,
+        default_factory=lambda: [5, 10, 20],
+        stage="evaluate",
+        description="cutoffs for HR/NDCG@K",
+    )
+    sampled_negatives: int = option(
+        100, stage="evaluate", ge=1, description="negatives per user in the sampled protocol"
+    )
+
+
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+    o = TASK.options_from(cfg)
+    return prepare_data(
+        cfg, run_dir, out, reporter, o.min_user_interactions, o.min_item_interactions
+    )
+
 
 if TYPE_CHECKING:
     from modelworks.evaluate.checkpoint import Checkpoint
@@ -137,7 +175,8 @@ def setup_training(
         m10 = ranking.hr_ndcg(ranks.numpy(), [10])
         return {"val_loss": loss, "val_ndcg@10": m10["ndcg@10"], "val_hr@10": m10["hr@10"]}
 
-    loss_fn = make_loss(model_cfg.n_items, p.rec_loss, p.rec_negatives)
+    o = TASK.options_from(cfg)
+    loss_fn = make_loss(model_cfg.n_items, o.loss, o.negatives)
     return TrainSetup(model, loss_fn, loader, validate, p.batch_size // world, "seq", None)
 
 
@@ -215,8 +254,8 @@ def evaluate(
     ckpt = ckpt or choose_checkpoint(cfg)
     model = load_model(ckpt.folder, device).eval()
     seqs, items = load_sequences(run_dir)
-    ks = sorted(set(cfg.evaluate.ks))
-    n_neg = cfg.evaluate.sampled_negatives
+    o = TASK.options_from(cfg)
+    ks, n_neg = sorted(set(o.ks)), o.sampled_negatives
     results = compare(
         model, seqs, len(items), model.cfg.max_len, ks, n_neg, cfg.seed, device, "test"
     )
@@ -388,4 +427,5 @@ TASK = Task(
     setup_training=setup_training,
     evaluate=evaluate,
     serve_routes=serve_routes,
+    options=Options,
 )

@@ -20,7 +20,10 @@ from modelworks.progress import Reporter
 # Preprocess
 
 
-def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+def prepare(
+    cfg: Config, run_dir: Path, out: Path, reporter: Reporter, min_user: int, min_item: int
+) -> dict:
+    """Sequences with the k-core: users keep >= min_user items, items >= min_item users."""
     import pandas as pd
 
     path = run_dir / "collect" / "interactions.parquet"
@@ -32,8 +35,8 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     df = pd.read_parquet(path, columns=["user", "item", "timestamp"])
     sequences, items, users, stats = build_sequences(
         df,
-        cfg.preprocess.min_user_interactions,
-        cfg.preprocess.min_item_interactions,
+        min_user,
+        min_item,
         where=str(path),
     )
     flat = np.concatenate(sequences)
@@ -79,7 +82,7 @@ def build_sequences(df, min_user: int, min_item: int, where: str = "interactions
     if len(kept) == 0:
         raise RecommendationDataError(
             f"{where}: no user has {min_user}+ items among items with {min_item}+ users; "
-            "lower preprocess.min_user_interactions / min_item_interactions or add data"
+            "lower tasks.recommendation.min_user_interactions / min_item_interactions or add data"
         )
     counts = kept["item"].value_counts()
     # id 1 = the most frequent item; ties by name, so ids do not depend on row order

@@ -38,7 +38,7 @@ from modelworks.evaluate.metrics import classification_cis, fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
-from modelworks.tasks.base import Task
+from modelworks.tasks.base import Task, TaskOptions, option
 from modelworks.tasks.text_classification_data import (  # noqa: F401  (public here too)
     classes_of,
     load_split,
@@ -72,6 +72,26 @@ class TextLoader(_Sampled):
         idx = torch.from_numpy(self.sampler.next_indices())
         ids, mask = _trim(self.ids[idx], self.mask[idx])
         return ids, mask, self.y[idx]
+
+
+class Options(TaskOptions):
+    """`tasks.text_classification:`"""
+
+    pooling: Literal["mean", "cls"] = option(
+        "mean",
+        stage="finetune",
+        description="pool encoder tokens by their mean or the first ([CLS]) token",
+    )
+    explain_samples: int = option(
+        6,
+        stage="evaluate",
+        ge=0,
+        description="test predictions (wrong ones first, then correct) shown with their top "
+        "integrated-gradients tokens; 0 = none",
+    )
+    ig_steps: int = option(
+        16, stage="evaluate", ge=2, description="integrated-gradients steps per sample"
+    )
 
 
 def ce_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -127,7 +147,7 @@ def setup_training(
 
 def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
     """From a pretrained encoder or decoder: the same body with a head for this data's labels
-    (encoders pool by `finetune.pooling`; decoders read the last real token)."""
+    (encoders pool by `tasks.text_classification.pooling`; decoders read the last real token)."""
     from modelworks.models.encoder import Encoder
     from modelworks.models.gpt import GPT
     from modelworks.models.gpt_classifier import GPTClassifierConfig
@@ -136,7 +156,7 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
         raise ConfigError(f"finetune.from={cfg.finetune.from_!r}: no tokenizer.json with it")
     n_classes = len(classes_of(run_dir))
     if isinstance(base.model, Encoder):
-        arch = replace(base.model.cfg, n_classes=n_classes, pooling=cfg.finetune.pooling)
+        arch = replace(base.model.cfg, n_classes=n_classes, pooling=TASK.options_from(cfg).pooling)
     elif isinstance(base.model, GPT):
         fields = {k: v for k, v in vars(base.model.cfg).items() if k != "n_classes"}
         arch = GPTClassifierConfig(**fields, n_classes=n_classes)
@@ -237,9 +257,10 @@ def evaluate(
         (f"Training ({stage})", training_table(trained)),
     ]
     images = [("confusion.png", "Confusion matrix")]
-    if cfg.evaluate.explain_samples:
+    options = TASK.options_from(cfg)
+    if options.explain_samples:
         section, heat = attribution_section(
-            model, tok, texts, y.numpy(), pred, classes, cfg.evaluate, max_len, out
+            model, tok, texts, y.numpy(), pred, classes, options, max_len, out
         )
         sections.insert(2, section)
         images += heat
@@ -397,4 +418,5 @@ TASK = Task(
     evaluate=evaluate,
     setup_finetune=setup_finetune,
     serve_routes=serve_routes,
+    options=Options,
 )

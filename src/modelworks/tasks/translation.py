@@ -10,11 +10,11 @@ trained here, a byte-level BPE `tokenizer.json` trained on both sides of the tra
 round-trips exactly; the count of sentences that would not is in stats.json).
 
 Format: one sequence per pair, `<eot> prompt target <eot>`, where prompt is
-`preprocess.prompt_template` with `{source}` replaced (default `"{source} =>"`) and prompt and
-target are tokenized separately, so generation continues exactly where training did.
+`tasks.translation.prompt_template` with `{source}` replaced (default `"{source} =>"`) and
+prompt and target are tokenized separately, so generation continues exactly where training did.
 
 Training:
-- `pretrain` is language modelling on the train split's text, `preprocess.pretrain_text`:
+- `pretrain` is language modelling on the train split's text, `tasks.translation.pretrain_text`:
   `sentences` (default) = every source and target sentence as its own document (both languages,
   no pairing: the model learns the languages, the fine-tune teaches translation), or `pairs` =
   the formatted pairs with the loss on every token;
@@ -23,9 +23,9 @@ Training:
   A pair longer than `seq_len` + 1 tokens is truncated and counted: a prompt keeps at most its
   last seq_len/2 tokens, then the sequence is cut at the end.
 
-Evaluate (on `evaluate.split`, default test): greedy and beam search (`evaluate.beam_size`,
+Evaluate (on `evaluate.split`, default test): greedy and beam search (`tasks.translation.beam_size`,
 `length_penalty`; serve/beam.py), BLEU and chrF with sacrebleu (corpus level, bootstrap 95% CIs;
-`evaluate.bleu_tokenize`, auto = zh for Chinese targets), next to a word-by-word dictionary
+`tasks.translation.bleu_tokenize`, auto = zh for Chinese targets), next to a word-by-word dictionary
 baseline built from the train split (evaluate/translation_metrics.py). A prompt longer than the
 context minus `evaluate.max_new_tokens` keeps its last tokens and is counted. Writes
 `translations.jsonl` (source, reference, greedy, beam, baseline per example) and metrics.json.
@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -49,13 +49,13 @@ from modelworks.config import Config, ConfigError
 from modelworks.evaluate.report import md_cell, md_table, training_table
 from modelworks.preprocess.tokenizer import eot_id
 from modelworks.progress import Reporter
-from modelworks.tasks.base import Task
-from modelworks.tasks.translation_data import (  # noqa: F401  (public here too)
+from modelworks.tasks.base import Task, TaskOptions, option
+from modelworks.tasks.translation_data import (
     format_prompt,
     load_split,
-    prepare,
     prompt_template,
 )
+from modelworks.tasks.translation_data import prepare as prepare_data
 from modelworks.train.data import DataError
 from modelworks.train.sft import IGNORE, ExampleLoader, Rows, masked_lm_loss, validation_loss
 from modelworks.train.trainer import TrainSetup
@@ -66,6 +66,38 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------------------------------------
 # tokens and batches
+
+
+class Options(TaskOptions):
+    """`tasks.translation:`"""
+
+    prompt_template: str = option(
+        "{source} =>",
+        stage="preprocess",
+        description="the decoder's prompt; {source} is replaced by the source text and the "
+        "target follows it",
+    )
+    pretrain_text: Literal["sentences", "pairs"] = option(
+        "sentences",
+        stage="pretrain",
+        description="what pretrain models; sentences: every source and target sentence of the "
+        "train split as its own document; pairs: prompt + target documents",
+    )
+    beam_size: int = option(
+        4, stage="evaluate", ge=1, description="beams of the beam search (greedy is measured too)"
+    )
+    length_penalty: float = option(
+        1.0, stage="evaluate", ge=0, description="beams rank by logprob / length**length_penalty"
+    )
+    bleu_tokenize: Literal["auto", "13a", "zh", "ja-mecab", "ko-mecab", "char", "none"] = option(
+        "auto",
+        stage="evaluate",
+        description="sacrebleu BLEU tokenizer; auto: zh for Chinese targets, else 13a",
+    )
+
+
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+    return prepare_data(cfg, run_dir, out, reporter, TASK.options_from(cfg).prompt_template)
 
 
 def encode_pairs(
@@ -127,7 +159,7 @@ def setup_training(
             f"task translation trains a decoder (model.name: gpt), not {cfg.model.name!r}"
         )
     model = model.to(device)
-    template, mode = prompt_template(run_dir), cfg.preprocess.pretrain_text
+    template, mode = prompt_template(run_dir), TASK.options_from(cfg).pretrain_text
     train = _pretrain_stream(tok, eot, *load_split(run_dir, "train"), template, mode, cfg.seed)
     val = _pretrain_stream(tok, eot, *load_split(run_dir, "val"), template, mode, cfg.seed)
     return window_setup(model, train, val, cfg.pretrain, cfg.seed, device, rank, world)
@@ -222,7 +254,7 @@ def evaluate(
     from modelworks.runtime import resolve_device
     from modelworks.train.checkpoint import load_model
 
-    e = cfg.evaluate
+    e, o = cfg.evaluate, TASK.options_from(cfg)
     device = resolve_device(cfg.device)
     ckpt = ckpt or choose_checkpoint(cfg)
     stage, model_dir = ckpt.stage_dir.name, ckpt.stage_dir
@@ -241,7 +273,7 @@ def evaluate(
         raise EvaluateError(f"{run_dir / 'preprocess'}: the {split!r} split is empty")
     if e.limit:
         sources, refs = sources[: e.limit], refs[: e.limit]
-    tokenize = bleu_tokenize(e.bleu_tokenize, refs)
+    tokenize = bleu_tokenize(o.bleu_tokenize, refs)
     boot = {"n_boot": e.bootstrap, "seed": cfg.seed}
     hyps, results, timing = {}, {}, {}
     threads = torch.get_num_threads()
@@ -250,10 +282,10 @@ def evaluate(
         # than they save (measured: greedy 4x faster on one thread with other jobs running)
         torch.set_num_threads(1)
     try:
-        for name, beam in (("greedy", 1), ("beam", e.beam_size)):
+        for name, beam in (("greedy", 1), ("beam", o.beam_size)):
             t0 = time.perf_counter()
             hyps[name], n_cut = translate(
-                model, tok, eot, sources, template, e.max_new_tokens, beam, e.length_penalty
+                model, tok, eot, sources, template, e.max_new_tokens, beam, o.length_penalty
             )
             timing[name] = time.perf_counter() - t0
             results[name] = corpus_scores(hyps[name], refs, tokenize, **boot)
@@ -280,8 +312,8 @@ def evaluate(
         "rows": len(sources),
         "examples": len(sources),
         "bleu_tokenize": tokenize,
-        "beam_size": e.beam_size,
-        "length_penalty": e.length_penalty,
+        "beam_size": o.beam_size,
+        "length_penalty": o.length_penalty,
         "max_new_tokens": e.max_new_tokens,
         "prompts_truncated": n_cut,
         "seconds": timing,
@@ -408,4 +440,5 @@ TASK = Task(
     evaluate=evaluate,
     setup_finetune=setup_finetune,
     serve_routes=serve_routes,
+    options=Options,
 )

@@ -21,7 +21,7 @@ from modelworks.train.data import DataError
 # preprocess
 
 
-def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
+def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, template: str) -> dict:
     docs_path = run_dir / "collect" / "documents.parquet"
     table = pq.read_table(docs_path)
     if "target" not in table.column_names:
@@ -29,10 +29,9 @@ def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
             f"{docs_path} has no targets: task translation needs a collect source of "
             "type: parallel (with source_field and target_field)"
         )
-    template = cfg.preprocess.prompt_template
     if template.count("{source}") != 1:
         raise ConfigError(
-            f"preprocess.prompt_template={template!r} must contain {{source}} exactly once"
+            f"tasks.translation.prompt_template={template!r} must contain {{source}} exactly once"
         )
     sources = [t.strip() for t in table.column("text").to_pylist()]
     targets = [t.strip() for t in table.column("target").to_pylist()]
