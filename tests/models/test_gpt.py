@@ -99,3 +99,40 @@ def test_top_p_keeps_only_the_nucleus():
     picks = {sample_next(logits, 1.0, 0.8, 0, gen) for _ in range(200)}
     assert picks == {0, 1}
     assert sample_next(logits, 0.0, 1.0, 0, None) == 0
+
+
+def test_rows_at_their_own_positions_and_slots_equal_each_row_alone():
+    """The serving engine's forward (`slots` + `starts`): rows at different positions, in
+    non-contiguous cache slots, give each row's logits as if it ran alone."""
+    model = tiny_gpt()
+    a, b = torch.randint(0, 97, (1, 9)), torch.randint(0, 97, (1, 5))
+    alone = [model(a)[0, -1], model(b)[0, -1]]
+    cache = model.new_cache(4)
+    model(a[:, :8], cache, slots=[3], starts=[0])  # prefill a in slot 3, b in slot 1
+    model(b[:, :4], cache, slots=[1], starts=[0])
+    step = model(torch.cat([a[:, 8:], b[:, 4:]]), cache, slots=[3, 1], starts=[8, 4])
+    torch.testing.assert_close(step[:, -1], torch.stack(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_states_are_what_the_head_reads():
+    model = tiny_gpt()
+    idx = torch.randint(0, 97, (2, 7))
+    hidden = model(idx, hidden=True)
+    assert hidden.shape == (2, 7, 32)
+    torch.testing.assert_close(model.lm_head(hidden), model(idx))
+
+
+def test_attention_weights_are_causal_distributions_that_reproduce_the_layer():
+    model = tiny_gpt()
+    idx = torch.randint(0, 97, (1, 6))
+    x = model.blocks[0].attn_norm(model.tok_emb(idx))
+    cos, sin = model.rope_cos[:6], model.rope_sin[:6]
+    attn = model.blocks[0].attn
+    w = attn.attention_weights(x, cos, sin)
+    assert w.shape == (1, 4, 6, 6) and torch.allclose(w.sum(-1), torch.ones(1, 4, 6))
+    assert torch.all(w.triu(1) == 0)
+    _, _, v = attn._qkv(x, cos, sin)
+    y = w @ v.repeat_interleave(2, dim=1)  # 4 query heads share 2 value heads
+    torch.testing.assert_close(
+        attn.wo(y.transpose(1, 2).reshape(1, 6, -1)), attn(x, cos, sin, None, 0)
+    )

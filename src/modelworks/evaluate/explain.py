@@ -48,47 +48,26 @@ def attention_maps(
     model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> np.ndarray:
     """(layers, heads, T, T) attention weights for one input (1, T) ids, or (1, C, H, W) image
-    for a ViT (T = class token + patches). An encoder's `attention_mask` (1, T) masks keys as
-    its forward does."""
-    from modelworks.models.gpt import apply_rope
-
-    inputs: list[tuple] = []
+    for a ViT (T = class token + patches). Each attention layer computes its own weights from the
+    inputs its forward received (`attention_weights`: models/gpt.py, vit.py, encoder.py), so an
+    architecture whose attention modules have that method is explainable here; an encoder's
+    `attention_mask` (1, T) masks keys as its forward does."""
     if _is_gpt(model) or _is_vit(model):
         modules = [b.attn for b in model.blocks]
     elif hasattr(model, "layers") and hasattr(model.layers[0], "attn"):
         modules = [layer.attn for layer in model.layers]
     else:
+        modules = []
+    if not modules or not all(hasattr(m, "attention_weights") for m in modules):
         raise EvaluateError(f"attention maps: {type(model).__name__} is not supported")
+    inputs: list[tuple] = []
     hooks = [m.register_forward_pre_hook(lambda _m, a: inputs.append(a)) for m in modules]
     try:
         model(ids) if attention_mask is None else model(ids, attention_mask)
     finally:
         for h in hooks:
             h.remove()
-    maps = []
-    for m, args in zip(modules, inputs, strict=True):
-        x = args[0].float()
-        B, T, D = x.shape
-        if _is_gpt(model):
-            hd = m.cfg.head_dim
-            q = m.wq(x).view(B, T, -1, hd).transpose(1, 2)
-            k = m.wk(x).view(B, T, -1, hd).transpose(1, 2)
-            q, k = apply_rope(q, args[1], args[2]), apply_rope(k, args[1], args[2])
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        elif _is_vit(model):
-            hd = D // m.n_head
-            q, k, _ = m.qkv(x).view(B, T, 3, m.n_head, hd).permute(2, 0, 3, 1, 4)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device)
-        else:
-            hd = D // m.n_head
-            q = m.query(x).view(B, T, m.n_head, hd).transpose(1, 2)
-            k = m.key(x).view(B, T, m.n_head, hd).transpose(1, 2)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device)
-            if attention_mask is not None:
-                causal = causal & attention_mask[0].bool()[None, :]
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        maps.append(scores.masked_fill(~causal, float("-inf")).softmax(-1)[0])
+    maps = [m.attention_weights(*args)[0].float() for m, args in zip(modules, inputs, strict=True)]
     return torch.stack(maps).cpu().numpy()
 
 

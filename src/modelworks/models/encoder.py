@@ -16,6 +16,7 @@ installs, so `finetune.from: minilm` works offline.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,18 @@ class SelfAttention(nn.Module):
         p = self.p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+    def attention_weights(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, heads, T, T) attention probabilities for this layer's inputs (explain); `mask`
+        (B, 1, 1, T) bool hides padding keys, as in forward."""
+        B, T, D = x.shape
+        hd = D // self.n_head
+        q = self.query(x).view(B, T, self.n_head, hd).transpose(1, 2)
+        k = self.key(x).view(B, T, self.n_head, hd).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1)
 
 
 class Layer(nn.Module):

@@ -102,6 +102,28 @@ class KVCache:
         self.max_len = max_len
 
 
+@dataclass
+class CacheSlots:
+    """A batch whose rows sit at their own positions in their own KV-cache slots (the serving
+    engine's continuous batching): row b's T tokens are at positions `pos[b]` and read and write
+    cache slot `rows[b]`; `mask` (B, 1, T, S) lets each query see its own row's keys up to
+    itself. Built by `GPT.forward(..., slots=..., starts=...)`."""
+
+    rows: torch.Tensor  # (B,) cache slot of each row
+    pos: torch.Tensor  # (B, T) absolute positions
+    mask: torch.Tensor  # (B, 1, T, S) bool
+    contiguous: bool  # rows are slots 0..B-1: cache views, no gather
+
+    @classmethod
+    def of(cls, slots: list[int], starts: list[int], T: int, device) -> CacheSlots:
+        start = torch.tensor(starts, device=device)
+        pos = start[:, None] + torch.arange(T, device=device)
+        S = max(starts) + T
+        mask = torch.arange(S, device=device)[None, None, None, :] <= pos[:, None, :, None]
+        rows = torch.tensor(slots, device=device)
+        return cls(rows, pos, mask, slots == list(range(len(slots))))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -112,14 +134,22 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * hd, bias=False)
         self.wo = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None, start_pos: int) -> torch.Tensor:
+    def _qkv(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
-        cfg = self.cfg
+        hd = self.cfg.head_dim
         # -1 heads, not cfg.n_head: under tensor parallelism each rank holds a slice of the heads
-        q = self.wq(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = self.wq(x).view(B, T, -1, hd).transpose(1, 2)
+        k = self.wk(x).view(B, T, -1, hd).transpose(1, 2)
+        v = self.wv(x).view(B, T, -1, hd).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(
+        self, x, cos, sin, cache: KVCache | None, start_pos: int, slots: CacheSlots | None = None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        if slots is not None:
+            return self._slotted(q, k, v, cache, slots)
         if cache is not None:
             end = start_pos + T
             cache.k[self.layer, :B, :, start_pos:end] = k
@@ -139,6 +169,36 @@ class Attention(nn.Module):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _slotted(self, q, k, v, cache: KVCache, slots: CacheSlots) -> torch.Tensor:
+        """Rows at their own positions, each in its own cache slot (see CacheSlots)."""
+        B, _, T, _ = q.shape
+        S = slots.mask.shape[-1]
+        ck, cv = cache.k[self.layer], cache.v[self.layer]  # (slots, kv heads, context, head dim)
+        ck[slots.rows[:, None], :, slots.pos] = k.transpose(1, 2)
+        cv[slots.rows[:, None], :, slots.pos] = v.transpose(1, 2)
+        if slots.contiguous:  # slots 0..B-1: a view, no gather
+            k, v = ck[:B, :, :S], cv[:B, :, :S]
+        else:
+            k, v = ck[slots.rows, :, :S], cv[slots.rows, :, :S]
+        if T == 1:  # a decode step
+            y = grouped_attention(q, k, v, slots.mask)
+        else:
+            if k.shape[1] != q.shape[1]:
+                rep = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=slots.mask)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def attention_weights(self, x, cos, sin, *_) -> torch.Tensor:
+        """(B, heads, T, T) causal attention probabilities for the inputs of an uncached
+        forward (what explain/attention maps show)."""
+        q, k, _ = self._qkv(x.float(), cos, sin)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        T = q.shape[2]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        return scores.masked_fill(~causal, float("-inf")).softmax(-1)
 
 
 class SwiGLU(nn.Module):
@@ -160,8 +220,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, cache, start_pos):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, start_pos)
+    def forward(self, x, cos, sin, cache, start_pos, slots: CacheSlots | None = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, start_pos, slots)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -200,20 +260,39 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         start_pos: int = 0,
         last_only: bool = False,
+        *,
+        slots: list[int] | None = None,
+        starts: list[int] | None = None,
+        hidden: bool = False,
     ) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab); (B, 1, vocab) with `last_only` (generation
-        needs no other position's logits, and the output projection is the widest matmul)."""
+        needs no other position's logits, and the output projection is the widest matmul).
+
+        The one forward of every user (training, the serving engine, embeddings, explain,
+        export): `cache` + `start_pos` continue all rows at one position; `slots` + `starts`
+        (with a cache) put row b at position starts[b] in cache slot slots[b] (continuous
+        batching); `hidden` returns the final normed hidden states (B, T, d_model) instead of
+        logits. Attention maps: each block's `attn.attention_weights`."""
         T = idx.shape[1]
-        if start_pos + T > self.cfg.context_len:
+        end = start_pos + T if starts is None else max(starts) + T
+        if end > self.cfg.context_len:
             raise ValueError(
-                f"sequence of {start_pos + T} tokens exceeds the context of {self.cfg.context_len}"
+                f"sequence of {end} tokens exceeds the context of {self.cfg.context_len}"
             )
-        cos = self.rope_cos[start_pos : start_pos + T]
-        sin = self.rope_sin[start_pos : start_pos + T]
         x = self.tok_emb(idx)
+        row_slots = None
+        if starts is not None and not (slots == list(range(len(starts))) and len(set(starts)) == 1):
+            row_slots = CacheSlots.of(slots or list(range(len(starts))), starts, T, idx.device)
+            cos = self.rope_cos[row_slots.pos].unsqueeze(1)  # (B, 1, T, D)
+            sin = self.rope_sin[row_slots.pos].unsqueeze(1)
+        else:  # one position for every row (rows in slots 0..B-1): the plain cached path
+            start_pos = start_pos if starts is None else starts[0]
+            cos = self.rope_cos[start_pos : start_pos + T]
+            sin = self.rope_sin[start_pos : start_pos + T]
         for block in self.blocks:
-            x = block(x, cos, sin, cache, start_pos)
-        return self.lm_head(self.norm(x[:, -1:] if last_only else x))
+            x = block(x, cos, sin, cache, start_pos, row_slots)
+        x = self.norm(x[:, -1:] if last_only else x)
+        return x if hidden else self.lm_head(x)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight

@@ -14,6 +14,7 @@ Notable choices:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,16 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, T, T) attention probabilities for this layer's input (explain)."""
+        B, T, C = x.shape
+        q, k, _ = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(C // self.n_head)
+        if self.causal:
+            keep = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            scores = scores.masked_fill(~keep, float("-inf"))
+        return scores.softmax(-1)
 
 
 class Block(nn.Module):

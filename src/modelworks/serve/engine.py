@@ -25,13 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
 from modelworks.chat_template import hf_chat_tokens  # noqa: F401  (public here too)
 from modelworks.errors import PromptTooLong
-from modelworks.models.gpt import KVCache, apply_rope, grouped_attention
+from modelworks.models.gpt import KVCache
 from modelworks.preprocess.tokenizer import eot_id, load_tokenizer
 from modelworks.runtime import resolve_device
 from modelworks.serve.packing import pack_linears
@@ -441,61 +440,20 @@ class Engine:
         self, ids: torch.Tensor, slots: list[int], starts: list[int], last_only: bool = False
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for `ids` (B, T) at positions starts[b].., reading and writing
-        row b's keys/values in cache slot slots[b]; (B, 1, vocab) with `last_only`."""
-        m, cache = self.model, self._cache
-        B, T = ids.shape
-        contiguous = slots == list(range(B))
-        if contiguous and len(set(starts)) == 1:
-            # rows in slots 0..B-1 at one position (a lone request, in slot 0): the model's own
-            # forward writes and reads cache rows :B just so, with no per-row indexing or mask
-            return m(ids, cache=cache, start_pos=starts[0], last_only=last_only)
-        dev = ids.device
-        start = torch.tensor(starts, device=dev)
-        pos = start[:, None] + torch.arange(T, device=dev)  # (B, T)
-        cos, sin = m.rope_cos[pos].unsqueeze(1), m.rope_sin[pos].unsqueeze(1)  # (B, 1, T, D)
-        S = max(starts) + T
-        mask = torch.arange(S, device=dev)[None, None, None, :] <= pos[:, None, :, None]
-        rows = torch.tensor(slots, device=dev)
-        x = m.tok_emb(ids)
-        for blk in m.blocks:
-            a, h = blk.attn, blk.attn_norm(x)
-            hd = a.cfg.head_dim
-            q = a.wq(h).view(B, T, -1, hd).transpose(1, 2)
-            k = a.wk(h).view(B, T, -1, hd).transpose(1, 2)
-            v = a.wv(h).view(B, T, -1, hd).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            ck, cv = cache.k[a.layer], cache.v[a.layer]  # (slots, kv heads, context, head dim)
-            ck[rows[:, None], :, pos] = k.transpose(1, 2)
-            cv[rows[:, None], :, pos] = v.transpose(1, 2)
-            if contiguous:  # slots 0..B-1: a view, no gather
-                k, v = ck[:B, :, :S], cv[:B, :, :S]
-            else:
-                k, v = ck[rows, :, :S], cv[rows, :, :S]
-            if T == 1:  # a decode step
-                y = grouped_attention(q, k, v, mask)
-            else:
-                if k.shape[1] != q.shape[1]:
-                    rep = q.shape[1] // k.shape[1]
-                    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + a.wo(y.transpose(1, 2).reshape(B, T, -1))
-            x = x + blk.mlp(blk.mlp_norm(x))
-        return m.lm_head(m.norm(x[:, -1:] if last_only else x))
+        row b's keys/values in cache slot slots[b]; (B, 1, vocab) with `last_only`. The model's
+        own forward does it (models/gpt.py: `slots`, `starts`): any model with that forward and
+        `new_cache` serves here."""
+        return self.model(ids, self._cache, slots=slots, starts=starts, last_only=last_only)
 
     # ---------------------------------------------------------------------------- embeddings
 
     @torch.no_grad()
     def embed(self, ids: list[int]) -> list[float]:
         """Mean of the final (normed) hidden states over the prompt's tokens."""
-        m = self.model
         full = torch.tensor([self._with_start(ids)], device=self.device)
-        T = full.shape[1]
         with self._lock:
-            x = m.tok_emb(full)
-            for blk in m.blocks:
-                x = blk(x, m.rope_cos[:T], m.rope_sin[:T], None, 0)
-            x = m.norm(x)[0]
-        n_start = T - len(ids)  # the start token is not part of the input
+            x = self.model(full, hidden=True)[0]
+        n_start = full.shape[1] - len(ids)  # the start token is not part of the input
         return x[n_start:].float().mean(0).cpu().tolist() if ids else x[0].float().tolist()
 
 
