@@ -218,4 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
                 help="re-run this stage even if up to date (repeatable)",
             )
         _add_config_options(p, STAGE_SECTIONS[name])
+        if name == "collect":
+            p.epilog = source_types_help()
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def source_types_help() -> str:
+    """Every source type with its own options and defaults, for `modelworks collect --help`."""
+    from modelworks.collect.source import Source
+    from modelworks.config.sources import SOURCE_TYPES
+
+    def option(key: str, field) -> str:
+        default = field.get_default(call_default_factory=True)
+        return f"      {key:<16} {field.description} (default: {default!r})"
+
+    lines = ["source types (collect.sources: [{type: TYPE, ...options}]); every type has:"]
+    lines += [option(k, f) for k, f in Source.model_fields.items() if k != "type"]
+    for name, cls in SOURCE_TYPES.items():
+        lines.append(f"  {name:<15} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        lines += [option(k, f) for k, f in cls.model_fields.items() if k not in Source.model_fields]
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ import pytest
 from modelworks.collect import CollectError, collect
 from modelworks.collect.files import read_files
 from modelworks.config import load_config
+from modelworks.errors import ConfigError
 
 ARTICLE = """<html><head><title>River notes</title></head><body>
 <nav><a href="/">Home</a> | <a href="/about">About</a> | <a href="/login">Log in</a></nav>
@@ -221,3 +222,46 @@ def test_json_lines_skips_blank_lines_and_names_the_bad_one():
     assert [next(parsed), next(parsed)] == [(1, {"a": 1}), (4, [2])]
     with pytest.raises(ModelworksError, match=r"^x\.jsonl:5: not valid JSON \(Expecting value\)$"):
         next(parsed)
+
+
+# ------------------------------------------------------------- source types: one union on `type`
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["collect.sources.0.type=files", "collect.sources.0.urls=[http://a]"],
+         "unknown key 'collect.sources.0.urls'"),
+        (["collect.sources.0.type=crawl", "collect.sources.0.max_page=3"],
+         "unknown key 'collect.sources.0.max_page'; did you mean 'collect.sources.0.max_pages'?"),
+        (["collect.sources.0.type=ftp"],
+         "collect.sources.0.type (got 'ftp'): not a source type; one of python_docs, files,"),
+        (["collect.sources.0.type=crawl", "collect.sources.0.max_pages=0"],
+         "collect.sources.0.max_pages (got 0): Input should be greater than or equal to 1"),
+    ],
+)  # fmt: skip
+def test_a_source_takes_only_its_own_types_options(overrides, message):
+    from modelworks.config import load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_source_type_declares_its_kind_and_reader():
+    from modelworks.collect.source import KINDS, Source
+    from modelworks.config.sources import SOURCE_TYPES, parse_source
+
+    for name, cls in SOURCE_TYPES.items():
+        src = parse_source({"type": name})
+        assert type(src) is cls and src.type == name and cls.kind in KINDS
+        assert cls.read is not Source.read, name
+    assert type(parse_source({})).__name__ == "PythonDocsSource"  # no type: the default
+
+
+def test_collect_help_lists_each_source_type_with_its_options():
+    from tests.conftest import cli
+
+    out = cli("collect", "--help").stdout
+    crawl = out[out.index("  crawl ") : out.index("  hf ")]
+    assert "max_pages" in crawl and "robots.txt" in crawl and "text_field" not in crawl

@@ -17,9 +17,11 @@ import keyword
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from modelworks.collect.source import Paths, Source, SplitField
+from modelworks.errors import DataError
 from modelworks.jsonl import json_lines
-from modelworks.train.data import DataError
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_SYNTHETIC = 2000
@@ -130,3 +132,23 @@ def synthetic_chats(n: int | None, seed: int = 0) -> Iterator[dict]:
         if rng.random() < 0.2:
             messages.insert(0, {"role": "system", "content": "Answer briefly."})
         yield _row(messages, f"synthetic:{i}", "synthetic_chat")
+
+
+class ChatSource(Source, Paths, SplitField):
+    """Conversations from jsonl/parquet (messages, instruction/output or prompt/completion)."""
+
+    kind: ClassVar[str] = "chat"
+    type: Literal["chat"] = "chat"
+
+    def read(self, where, problems, run_dir, bad):
+        return read_chats(self.paths, where, self.split_field)
+
+
+class SyntheticChatSource(Source):
+    """Generated instruction pairs (repeat, reverse, uppercase, add); `limit` of them (2000)."""
+
+    kind: ClassVar[str] = "chat"
+    type: Literal["synthetic_chat"] = "synthetic_chat"
+
+    def read(self, where, problems, run_dir, bad):
+        return synthetic_chats(self.limit)

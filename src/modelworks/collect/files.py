@@ -16,9 +16,13 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from modelworks.collect.html import extract_html
 from modelworks.collect.rows import BadRows, delimited
+from modelworks.collect.source import Paths, RowPolicy, Source, SplitField
 
 SUFFIXES = {".txt", ".md", ".html", ".htm", ".jsonl", ".csv", ".parquet", ".warc"}
 
@@ -225,3 +229,22 @@ def _parquet(path: Path, column: str, problems: list[str]) -> Iterator[dict]:
             yield _doc(
                 doc_id, value, path, url if isinstance(url, str) else None, {"row": n, **row}
             )
+
+
+class FilesSource(Source, Paths, RowPolicy, SplitField):
+    """Local txt/md/html/jsonl/csv/parquet/warc files, globs or folders (.gz too)."""
+
+    type: Literal["files"] = "files"
+    text_field: str = Field("text", description="field holding the text in jsonl/csv/parquet files")
+
+    def read(self, where, problems, run_dir, bad):
+        return read_files(self.paths, self.text_field, where, problems, self.quoting, bad)
+
+
+class WarcSource(Source, Paths):
+    """WARC / WARC.gz files: each HTML response's main text."""
+
+    type: Literal["warc"] = "warc"
+
+    def read(self, where, problems, run_dir, bad):
+        return read_files(self.paths, "text", where, problems, "auto", bad)

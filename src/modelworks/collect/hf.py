@@ -8,8 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from modelworks.collect.rows import BadRows
+from modelworks.collect.source import HubDataset, Source
 
 _BUILDERS = {
     ".jsonl": "json",
@@ -108,3 +112,29 @@ def _labelled(record, text, label_field, names, dataset, split, n, bad: BadRows)
         "label": str(label).strip(),
         "source": f"hf:{dataset}",
     }
+
+
+class HfSource(Source, HubDataset):
+    """A Hugging Face dataset: a local folder or data file, or a Hub name when online."""
+
+    type: Literal["hf"] = "hf"
+    text_field: str = Field("text", description="field holding the text")
+
+    def read(self, where, problems, run_dir, bad):
+        return read_source(self, where)
+
+
+def read_source(src, where: str, label_field: str | None = None, bad: BadRows | None = None):
+    """The records of a source with `dataset`, `subset`, `streaming`, `split`, `text_field`."""
+    if not src.dataset:
+        raise ValueError(f"{where}.dataset: empty; give a dataset folder, data file or Hub name")
+    return read_hf(
+        src.dataset,
+        src.split or "train",
+        src.text_field,
+        src.streaming,
+        src.subset,
+        where,
+        label_field,
+        bad,
+    )

@@ -16,8 +16,12 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from modelworks.collect.rows import BadRows, delimited, missing_column
+from modelworks.collect.source import Paths, RowPolicy, Source, SplitField
 from modelworks.collect.sources import _png
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
@@ -189,3 +193,39 @@ def npz_arrays(patterns: list[str], keys: list[str], where: str) -> Iterator[dic
                 "label": _label_text(label),
                 "source": str(path),
             }
+
+
+class ImageTableSource(Source, Paths, RowPolicy, SplitField):
+    """csv/tsv/parquet tables of image path + label."""
+
+    kind: ClassVar[str] = "image"
+    type: Literal["image_table"] = "image_table"
+    path_field: str = Field(
+        "path", description="column holding the image path (relative to the table's folder)"
+    )
+    label_field: str = Field("label", description="column holding the label")
+
+    def read(self, where, problems, run_dir, bad):
+        return image_table(
+            self.paths,
+            self.path_field,
+            self.label_field,
+            where,
+            self.quoting,
+            bad,
+            self.split_field,
+        )
+
+
+class NpzSource(Source, Paths):
+    """NumPy .npz files of image and label arrays."""
+
+    kind: ClassVar[str] = "image"
+    type: Literal["npz"] = "npz"
+    array_keys: list[str] = Field(
+        default_factory=list,
+        description="[images key, labels key]; empty = x/y, else images/labels",
+    )
+
+    def read(self, where, problems, run_dir, bad):
+        return npz_arrays(self.paths, self.array_keys, where)

@@ -29,8 +29,12 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from modelworks.collect.rows import BadRows, delimited, missing_column
+from modelworks.collect.source import Columns, Paths, RowPolicy, Source
 from modelworks.collect.sources import _SKIP_DIRS
 
 
@@ -288,3 +292,49 @@ def _time(value) -> tuple[float | None, str]:
         return _time(dt.datetime.fromisoformat(text))
     except ValueError:
         return None, "bad"
+
+
+class InteractionsSource(Source, Paths, Columns, RowPolicy):
+    """User/item logs from csv/tsv/parquet files."""
+
+    kind: ClassVar[str] = "interactions"
+    type: Literal["interactions"] = "interactions"
+    user_field: str = Field("user", description="column holding the user id")
+    item_field: str = Field("item", description="column holding the item id")
+    time_field: str = Field(
+        "timestamp", description="column ordering each user's items; '' = row order"
+    )
+    rating_field: str = Field("rating", description="optional rating column (kept when present)")
+
+    def read(self, where, problems, run_dir, bad):
+        return read_interactions(
+            self.paths,
+            self.user_field,
+            self.item_field,
+            self.time_field,
+            self.rating_field,
+            where,
+            self.columns,
+            self.quoting,
+            bad,
+        )
+
+
+class StdlibCallsSource(Source):
+    """Built-in data: the stdlib's functions as users, the names they call as items."""
+
+    kind: ClassVar[str] = "interactions"
+    type: Literal["stdlib_calls"] = "stdlib_calls"
+
+    def read(self, where, problems, run_dir, bad):
+        return stdlib_calls()
+
+
+class StdlibImportsSource(Source):
+    """Built-in data: the stdlib's modules as users, the modules they import as items."""
+
+    kind: ClassVar[str] = "interactions"
+    type: Literal["stdlib_imports"] = "stdlib_imports"
+
+    def read(self, where, problems, run_dir, bad):
+        return stdlib_imports()

@@ -23,8 +23,12 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from modelworks.collect.rows import BadRows, delimited
+from modelworks.collect.source import Columns, Paths, RowPolicy, Source, SplitField
 from modelworks.jsonl import json_lines
 
 SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")
@@ -169,3 +173,28 @@ def numbers(n_max: int = 10_000) -> Iterator[dict]:
             "target": number_words(n),
             "source": "numbers",
         }
+
+
+class ParallelSource(Source, Paths, Columns, RowPolicy, SplitField):
+    """Translation pairs from tsv/txt/jsonl/csv/parquet files, or built-in `dataset: numbers`."""
+
+    kind: ClassVar[str] = "parallel"
+    type: Literal["parallel"] = "parallel"
+    source_field: str = Field("source", description="field/column holding the text to translate")
+    target_field: str = Field("target", description="field/column holding its translation")
+    dataset: str = Field(
+        "", description="numbers: built-in digits -> English words pairs (no files)"
+    )
+
+    def read(self, where, problems, run_dir, bad):
+        return read_parallel(
+            self.paths,
+            self.source_field,
+            self.target_field,
+            self.columns,
+            where,
+            self.dataset,
+            self.quoting,
+            bad,
+            self.split_field,
+        )

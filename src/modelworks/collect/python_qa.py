@@ -24,7 +24,9 @@ import re
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from modelworks.collect.source import Source
 from modelworks.collect.sources import _SKIP_DIRS
 
 # Topics whose questions only ever appear in the test split; fixed so runs are comparable.
@@ -128,3 +130,13 @@ def _items() -> tuple[tuple[str, str, str, str], ...]:
             q = f"Which standard library module is described as: {line}?"
             items.append((topic, name + "?", q, name))
     return tuple(items)
+
+
+class PythonQASource(Source):
+    """Built-in Q&A on Python's builtins, keywords and modules, from their docs, split by topic."""
+
+    kind: ClassVar[str] = "chat"
+    type: Literal["python_qa"] = "python_qa"
+
+    def read(self, where, problems, run_dir, bad):
+        return python_qa()

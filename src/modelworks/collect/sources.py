@@ -8,7 +8,9 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from modelworks.collect.source import Paths, Source
 from modelworks.jsonl import json_lines
 
 # Parts of the stdlib that are tests, demos or vendored: not documentation.
@@ -182,3 +184,42 @@ def idx_files(paths: list[str], where: str) -> Iterator[dict]:
             "label": str(int(label)),
             "source": paths[0],
         }
+
+
+class PythonDocsSource(Source):
+    """Python's own documentation (pydoc topics) and the stdlib's docstrings."""
+
+    type: Literal["python_docs"] = "python_docs"
+
+    def read(self, where, problems, run_dir, bad):
+        return python_docs()
+
+
+class DigitsSource(Source):
+    """scikit-learn's 8x8 handwritten digits, as images."""
+
+    kind: ClassVar[str] = "image"
+    type: Literal["sklearn_digits"] = "sklearn_digits"
+
+    def read(self, where, problems, run_dir, bad):
+        return sklearn_digits()
+
+
+class ImageFolderSource(Source, Paths):
+    """Images in root/<class>/<image>."""
+
+    kind: ClassVar[str] = "image"
+    type: Literal["image_folder"] = "image_folder"
+
+    def read(self, where, problems, run_dir, bad):
+        return image_folder(self.paths, where)
+
+
+class IdxSource(Source, Paths):
+    """MNIST-style IDX files: `paths: [images, labels]`."""
+
+    kind: ClassVar[str] = "image"
+    type: Literal["idx"] = "idx"
+
+    def read(self, where, problems, run_dir, bad):
+        return idx_files(self.paths, where)

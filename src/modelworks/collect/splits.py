@@ -12,18 +12,17 @@ from pathlib import Path
 
 from modelworks.splits import hf_split_name, read_given, split_name
 
-SPLIT_FIELD_TYPES = ("table", "image_table", "files", "parallel", "chat")
 OWN_SPLIT_TYPES = ("python_qa",)  # built-in sources that name each record's split themselves
 
 
-def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str]) -> Iterator[dict]:
-    """The source's records with `split` set (or left None: drawn at random later)."""
-    if src.type in no_split_types:
-        if src.split or src.split_field:
-            key = "split" if src.split else "split_field"
-            value = src.split or src.split_field
+def with_splits(docs: Iterable[dict], src, where: str) -> Iterator[dict]:
+    """The source's records with `split` set (or left None: drawn at random later). Only the
+    source types that read a split column have `split_field` (collect/source.SplitField)."""
+    split_field = getattr(src, "split_field", "")
+    if src.kind == "interactions":
+        if src.split:
             raise ValueError(
-                f"{where}.{key}: {value!r}: recommendation keeps its chronological "
+                f"{where}.split: {src.split!r}: recommendation keeps its chronological "
                 "leave-one-out split; remove the key"
             )
         yield from docs
@@ -32,20 +31,15 @@ def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str])
         fixed = hf_split_name(src.split or "train", where)
     else:
         fixed = split_name(src.split, where)
-    if src.split_field and src.type not in SPLIT_FIELD_TYPES:
-        raise ValueError(
-            f"{where}.split_field: {src.split_field!r}: type {src.type} has no split column; "
-            f"give the source a `split:` instead ({', '.join(SPLIT_FIELD_TYPES)} read split_field)"
-        )
     for doc in docs:
         raw = doc.pop("split", None)
-        if src.split_field:
+        if split_field:
             if raw is None and doc.get("metadata"):  # files: the record's other fields
-                raw = json.loads(doc["metadata"]).get(src.split_field)
-            value = split_name(raw, f"{where}.split_field {src.split_field!r} at {doc['id']}", "")
+                raw = json.loads(doc["metadata"]).get(split_field)
+            value = split_name(raw, f"{where}.split_field {split_field!r} at {doc['id']}", "")
             if fixed is not None and value is not None and value != fixed:
                 raise ValueError(
-                    f"{where}.split_field {src.split_field!r}: {doc['id']} says {value!r} but "
+                    f"{where}.split_field {split_field!r}: {doc['id']} says {value!r} but "
                     f"the source's split is {fixed!r}; give one or the other"
                 )
             doc["split"] = value or fixed

@@ -13,8 +13,13 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from pydantic import Field
+
+from modelworks.collect.hf import read_source
 from modelworks.collect.rows import BadRows, delimited, missing_column
+from modelworks.collect.source import Columns, HubDataset, Paths, RowPolicy, Source, SplitField
 from modelworks.jsonl import json_lines
 
 SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".parquet")
@@ -121,3 +126,26 @@ def _read(
             }
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
+
+
+class TableSource(Source, Paths, Columns, RowPolicy, SplitField, HubDataset):
+    """Labelled texts from csv/tsv/txt/jsonl/parquet files, or a Hugging Face `dataset`."""
+
+    kind: ClassVar[str] = "table"
+    type: Literal["table"] = "table"
+    text_field: str = Field("text", description="column holding the text")
+    label_field: str = Field("label", description="column holding the label")
+
+    def read(self, where, problems, run_dir, bad):
+        if self.dataset:
+            return read_source(self, where, self.label_field, bad)
+        return read_tables(
+            self.paths,
+            self.text_field,
+            self.label_field,
+            self.columns,
+            where,
+            self.quoting,
+            bad,
+            self.split_field,
+        )

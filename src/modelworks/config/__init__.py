@@ -32,7 +32,13 @@ from modelworks.config.schema import (  # noqa: F401  (the public names, as befo
     TrackingConfig,
     _plain,
 )
-from modelworks.config.sources import CollectConfig, SourceConfig, _Section  # noqa: F401
+from modelworks.config.sources import (  # noqa: F401
+    SOURCE_TYPES,
+    CollectConfig,
+    SourceConfig,
+    _Section,
+    parse_source,
+)
 from modelworks.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -175,19 +181,34 @@ def _found(data: Any, loc: tuple) -> bool:
     return True
 
 
+def _without_source_tags(loc: tuple) -> tuple:
+    """An error's location without the source type pydantic puts after a source's index
+    (collect.sources.0.files.paths -> collect.sources.0.paths)."""
+    out: list = []
+    for part in loc:
+        if isinstance(part, str) and part in SOURCE_TYPES and out and isinstance(out[-1], int):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
 def _did_you_mean(key: str) -> str:
     """'; did you mean 'pretrain.steps'?' for a misspelt key, or ''."""
     parts = [p for p in key.split(".") if not p.isdigit()]
     if not parts:
         return ""
     cls: Any = Config
+    names: list[str] = []
     for part in parts[:-1]:  # the section the key is in (list items and optional ones too)
         field = cls.model_fields.get(part)
         inner = (get_args(field.annotation) or (field.annotation,)) if field else ()
+        if part in ("sources", "data") and field is not None:  # a source: any type's options
+            names = sorted({k for c in SOURCE_TYPES.values() for k in c.model_fields})
+            break
         cls = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
         if cls is None:
             return ""
-    names = sorted(f.alias or n for n, f in cls.model_fields.items())
+    names = names or sorted(f.alias or n for n, f in cls.model_fields.items())
     match = difflib.get_close_matches(parts[-1], names, n=1, cutoff=0.6)
     prefix = ".".join(key.split(".")[:-1])
     if match:
@@ -300,7 +321,14 @@ def validate_config(
         cfg = Config.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
+        err["loc"] = _without_source_tags(err["loc"])
         key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "union_tag_invalid":  # a source type nobody declares
+            got = err["input"].get("type") if isinstance(err["input"], dict) else err["input"]
+            raise ConfigError(
+                f"{where(err['loc'] + ('type',))}: {key}.type (got {got!r}): not a source type; "
+                f"one of {', '.join(SOURCE_TYPES)}"
+            ) from None
         if err["type"] == "extra_forbidden":
             hint = _did_you_mean(key)
             raise ConfigError(f"{where(err['loc'])}: unknown key {key!r}{hint}") from None

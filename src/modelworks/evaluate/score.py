@@ -29,7 +29,8 @@ from pathlib import Path
 import yaml
 
 from modelworks.artifacts import atomic_write_json
-from modelworks.config import Config, SourceConfig, validate_config
+from modelworks.collect.source import Source
+from modelworks.config import Config, parse_source, validate_config
 from modelworks.errors import ConfigError, EvaluateError, ModelworksError
 from modelworks.progress import Reporter
 
@@ -57,16 +58,16 @@ def load_run(run_dir: str | Path) -> Config:
     return validate_config(data, source=str(stored))
 
 
-def data_source(cfg: Config, values: list[str]) -> SourceConfig:
+def data_source(cfg: Config, values: list[str]) -> Source:
     """`--data` values as one source: `{...}` YAML is a whole source, else paths for a copy of
     the run's first source."""
     if len(values) == 1 and values[0].lstrip().startswith("{"):
         try:
-            return SourceConfig.model_validate(yaml.safe_load(values[0]))
+            return parse_source(yaml.safe_load(values[0]))
         except Exception as e:  # yaml or pydantic: one line naming the value
             first = str(e).splitlines()[0]
             raise ConfigError(f"--data {values[0]!r}: not a collect source ({first})") from None
-    with_paths = [s for s in cfg.collect.sources if s.paths]
+    with_paths = [s for s in cfg.collect.sources if getattr(s, "paths", None)]
     if not with_paths:
         kinds = ", ".join(s.type for s in cfg.collect.sources)
         raise ConfigError(
@@ -74,19 +75,23 @@ def data_source(cfg: Config, values: list[str]) -> SourceConfig:
             "whole source, e.g. --data '{type: files, paths: [a.txt]}'"
         )
     base = with_paths[0].model_dump()
-    base.update(paths=list(values), split=None, split_field="", dataset="", limit=None)
-    return SourceConfig.model_validate(base)
+    base.update(paths=list(values), split=None, limit=None)
+    for key, empty in (("split_field", ""), ("dataset", "")):  # the types that have them
+        if key in base:
+            base[key] = empty
+    return parse_source(base)
 
 
-def default_name(src: SourceConfig) -> str:
-    first = Path(src.paths[0]).name if src.paths else src.dataset or src.type
+def default_name(src: Source) -> str:
+    paths = getattr(src, "paths", None)
+    first = Path(paths[0]).name if paths else getattr(src, "dataset", "") or src.type
     stem = re.sub(r"(\.gz)?$", "", first).split(".")[0]
     return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "data"
 
 
 def score_data(
     run_dir: str | Path,
-    src: SourceConfig,
+    src: Source,
     name: str | None = None,
     reporter: Reporter | None = None,
     overrides: dict | None = None,
@@ -135,7 +140,8 @@ def score_data(
         try:
             collect(scratch, reporter)
         except ModelworksError as e:  # the source's own error, said of --data
-            where = f"--data ({src.type}: {', '.join(src.paths) or src.dataset})"
+            what = ", ".join(getattr(src, "paths", [])) or getattr(src, "dataset", "")
+            where = f"--data ({src.type}: {what})"
             raise EvaluateError(f"{where}: {e}") from None
         kind = KIND_OF_TASK[run.task]
         if not (shadow / "collect" / f"{kind}.parquet").is_file():
@@ -185,7 +191,7 @@ def score_data(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare(run: Config, run_dir: Path, shadow: Path, src: SourceConfig) -> dict:
+def _prepare(run: Config, run_dir: Path, shadow: Path, src: Source) -> dict:
     """The scratch run's preprocess/: the run's own files, with `test` made of the new data."""
     pre, own = shadow / "preprocess", run_dir / "preprocess"
     pre.mkdir()
