@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -21,21 +20,11 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from modelworks.collect.rows import BadRows, delimited, missing_column
-from modelworks.collect.source import Paths, RowPolicy, Source, SplitField
+from modelworks.collect.source import Paths, RowPolicy, Source, SplitField, matching_files
 from modelworks.collect.sources import _png
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 DEFAULT_ARRAY_KEYS = (("x", "y"), ("images", "labels"))
-
-
-def _matches(patterns: list[str], where: str, what: str) -> Iterator[Path]:
-    if not patterns:
-        raise FileNotFoundError(f"{where}.paths: empty; give {what}")
-    for pattern in patterns:
-        hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
-        if not hits:
-            raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
-        yield from hits
 
 
 def _table_rows(
@@ -88,7 +77,7 @@ def image_table(
     own = bad is None
     bad = BadRows(where) if bad is None else bad
     what = "CSV/TSV/Parquet files with an image-path and a label column"
-    for table in _matches(patterns, where, what):
+    for table in matching_files(patterns, where, what):
         needed = [path_field, label_field] + ([split_field] if split_field else [])
         for line, row in _table_rows(table, needed, where, quoting, bad):
             label = row.get(label_field)
@@ -147,7 +136,7 @@ def npz_arrays(patterns: list[str], keys: list[str], where: str) -> Iterator[dic
 
     if keys and len(keys) != 2:
         raise ValueError(f"{where}.array_keys: give [images key, labels key], got {keys}")
-    for path in _matches(patterns, where, ".npz files with an image and a label array"):
+    for path in matching_files(patterns, where, ".npz files with an image and a label array"):
         try:
             data = np.load(path, allow_pickle=False)
         except Exception as e:  # numpy raises OSError/ValueError/BadZipFile for bad files

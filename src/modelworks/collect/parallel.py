@@ -20,7 +20,6 @@ that no row of a file has is an error naming the file and the field (a typo, or 
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -28,7 +27,14 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from modelworks.collect.rows import BadRows, delimited
-from modelworks.collect.source import Columns, Paths, RowPolicy, Source, SplitField
+from modelworks.collect.source import (
+    Columns,
+    Paths,
+    RowPolicy,
+    Source,
+    SplitField,
+    matching_files,
+)
 from modelworks.jsonl import json_lines
 
 SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")
@@ -52,20 +58,13 @@ def read_parallel(
             raise ValueError(f"{where}.dataset: {dataset!r} is not built in (only: numbers)")
         yield from numbers()
         return
-    if not patterns:
-        raise FileNotFoundError(
-            f"{where}.paths: empty; give at least one file or glob (or dataset: numbers)"
-        )
     own = bad is None
     bad = BadRows(where) if bad is None else bad
-    for pattern in patterns:
-        hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
-        if not hits:
-            raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
-        for path in hits:
-            yield from _read(
-                path, source_field, target_field, columns, where, quoting, bad, split_field
-            )
+    what = "at least one file or glob (or dataset: numbers)"
+    for path in matching_files(patterns, where, what):
+        yield from _read(
+            path, source_field, target_field, columns, where, quoting, bad, split_field
+        )
     if own:
         bad.check()
 

@@ -9,6 +9,7 @@ there), so an option a type does not have is an unknown key.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -45,6 +46,18 @@ class Source(BaseModel):
         source in errors (collect.sources.N), `problems` collects skipped files, `bad` skipped
         rows (collect/rows.py)."""
         raise NotImplementedError
+
+
+def matching_files(patterns: list[str], where: str, what: str) -> Iterator[Path]:
+    """The files each glob matches, in order; one line naming `<where>.paths` when the list is
+    empty (`what` says what to give) or a pattern matches nothing."""
+    if not patterns:
+        raise FileNotFoundError(f"{where}.paths: empty; give {what}")
+    for pattern in patterns:
+        hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
+        if not hits:
+            raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
+        yield from hits
 
 
 class Paths(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import glob
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -11,7 +10,6 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from modelworks.collect.source import Paths, Source
-from modelworks.jsonl import json_lines
 
 # Parts of the stdlib that are tests, demos or vendored: not documentation.
 _SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "turtledemo", "__pycache__"}
@@ -60,39 +58,6 @@ def _module_docstrings(path: Path, module: str) -> str:
             if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                 stack.append((child, f"{qual}.{child.name}"))
     return "\n\n".join(parts)
-
-
-def files(patterns: list[str], text_field: str, where: str) -> Iterator[dict]:
-    """Local .txt/.md files (one document each) and .jsonl files (one per line)."""
-    if not patterns:
-        raise FileNotFoundError(f"{where}.paths: empty; give at least one file or glob")
-    matched: list[Path] = []
-    for pattern in patterns:
-        hits = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-        hits = [h for h in hits if h.is_file()]
-        if not hits:
-            raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
-        matched.extend(hits)
-    for path in matched:
-        if path.suffix == ".jsonl":
-            yield from _jsonl(path, text_field)
-        elif path.suffix in (".txt", ".md", ""):
-            yield {"id": str(path), "text": _read_text(path), "source": str(path)}
-        else:
-            raise ValueError(f"{path}: unsupported file type {path.suffix!r} (txt, md, jsonl)")
-
-
-def _read_text(path: Path) -> str:
-    # undecodable bytes become U+FFFD rather than failing the whole collection
-    return path.read_bytes().decode("utf-8", errors="replace")
-
-
-def _jsonl(path: Path, text_field: str) -> Iterator[dict]:
-    for n, record in json_lines(_read_text(path).splitlines(), path):
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise ValueError(f"{path}:{n}: no string field {text_field!r}")
-        doc_id = str(record.get("id", f"{path}:{n}"))
-        yield {"id": doc_id, "text": record[text_field], "source": str(path)}
 
 
 # ---------------------------------------------------------------------------------------------

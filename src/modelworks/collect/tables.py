@@ -10,7 +10,6 @@ stops. Empty texts are kept here and counted and dropped by the task's preproces
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -19,7 +18,15 @@ from pydantic import Field
 
 from modelworks.collect.hf import read_source
 from modelworks.collect.rows import BadRows, delimited, missing_column
-from modelworks.collect.source import Columns, HubDataset, Paths, RowPolicy, Source, SplitField
+from modelworks.collect.source import (
+    Columns,
+    HubDataset,
+    Paths,
+    RowPolicy,
+    Source,
+    SplitField,
+    matching_files,
+)
 from modelworks.jsonl import json_lines
 
 SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".parquet")
@@ -39,16 +46,8 @@ def read_tables(
     default `max_bad_rows` is checked when the files are read)."""
     own = bad is None
     bad = BadRows(where) if bad is None else bad
-    if not patterns:
-        raise FileNotFoundError(f"{where}.paths: empty; give at least one file or glob")
-    for pattern in patterns:
-        hits = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
-        if not hits:
-            raise FileNotFoundError(f"{where}.paths: no file matches {pattern!r}")
-        for path in hits:
-            yield from _read(
-                path, text_field, label_field, columns, where, quoting, bad, split_field
-            )
+    for path in matching_files(patterns, where, "at least one file or glob"):
+        yield from _read(path, text_field, label_field, columns, where, quoting, bad, split_field)
     if own:
         bad.check()
 

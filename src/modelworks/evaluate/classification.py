@@ -30,6 +30,34 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     }
 
 
+def score_classifier(
+    logits, y, train_y, classes: list[str], split: str, bootstrap: int, seed: int
+) -> dict:
+    """metrics.json's core for a classifier's logits (N, C) on labels y (N,): the split, rows,
+    cross-entropy, classification_metrics with 95% bootstrap intervals (`bootstrap` resamples;
+    0 = none), and the accuracy of always answering the training split's majority class."""
+    import torch
+    import torch.nn.functional as F
+
+    from modelworks.evaluate.metrics import classification_cis
+
+    pred = logits.argmax(1).numpy()
+    m = classification_metrics(y.numpy(), pred, len(classes))
+    if bootstrap:
+        m.update(classification_cis(y.numpy(), pred, len(classes), n_boot=bootstrap, seed=seed))
+        m["ci_level"] = 0.95
+    majority = int(torch.bincount(train_y).argmax())
+    return {
+        "split": split,
+        "rows": len(y),
+        "examples": len(y),
+        "loss": F.cross_entropy(logits, y).item(),
+        **m,
+        "majority_baseline_accuracy": float((y == majority).float().mean()),
+        "classes": classes,
+    }
+
+
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     """Counts per (true, predicted) class pair as a heat map, written to `path`."""
     import matplotlib

@@ -23,6 +23,7 @@ from modelworks.config import Config, ConfigError
 from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
     classification_metrics,
     plot_confusion,
+    score_classifier,
 )
 from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import EvaluateError, md_table, training_table
@@ -186,7 +187,6 @@ def evaluate(
     device = resolve_device(cfg.device)
     ckpt = ckpt or choose_checkpoint(cfg)
     model = load_model(ckpt.folder, device).eval()
-    from modelworks.evaluate.metrics import classification_cis
 
     split = cfg.evaluate.split or "test"
     x, y, meta = _split_or_error(run_dir, split)
@@ -198,21 +198,9 @@ def evaluate(
     classes = meta["classes"]
     logits = predict(model, x, device)
     pred = logits.argmax(1).numpy()
-    m = classification_metrics(y.numpy(), pred, len(classes))
-    if cfg.evaluate.bootstrap:
-        boot = {"n_boot": cfg.evaluate.bootstrap, "seed": cfg.seed}
-        m.update(classification_cis(y.numpy(), pred, len(classes), **boot))
     _, train_y, _ = load_split(run_dir, "train")
-    majority = int(torch.bincount(train_y).argmax())
-    metrics = {
-        "split": split,
-        "rows": len(y),
-        "examples": len(y),
-        "loss": F.cross_entropy(logits, y).item(),
-        **m,
-        "majority_baseline_accuracy": float((y == majority).float().mean()),
-        "classes": classes,
-    }
+    metrics = score_classifier(logits, y, train_y, classes, split, cfg.evaluate.bootstrap, cfg.seed)
+    m = metrics
     reporter.info(
         f"[evaluate] {split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on "
         f"{len(y)} images (majority-class baseline {metrics['majority_baseline_accuracy']:.4f})"

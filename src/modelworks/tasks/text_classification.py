@@ -33,8 +33,9 @@ from modelworks.config import Config, ConfigError
 from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
     classification_metrics,
     plot_confusion,
+    score_classifier,
 )
-from modelworks.evaluate.metrics import classification_cis, fmt_ci
+from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
@@ -209,26 +210,12 @@ def evaluate(
     ids, mask, n_trunc = encode(tok, texts, max_len)
     logits = predict(model, ids, mask, device)
     pred = logits.argmax(1).numpy()
-    m = classification_metrics(y.numpy(), pred, len(classes))
-    if cfg.evaluate.bootstrap:
-        boot = {"n_boot": cfg.evaluate.bootstrap, "seed": cfg.seed}
-        m.update(classification_cis(y.numpy(), pred, len(classes), **boot))
-        m["ci_level"] = 0.95
     _, train_y = load_split(run_dir, "train")
-    majority = int(torch.bincount(train_y).argmax())
     trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
-    metrics = {
-        "split": split,
-        "rows": len(y),
-        "examples": len(y),
-        "loss": F.cross_entropy(logits, y).item(),
-        **m,
-        "majority_baseline_accuracy": float((y == majority).float().mean()),
-        "classes": classes,
-        "max_tokens": max_len,
-        "truncated": n_trunc,
-        **{k: v for k, v in trained.items() if k.startswith("dp_")},
-    }
+    metrics = score_classifier(logits, y, train_y, classes, split, cfg.evaluate.bootstrap, cfg.seed)
+    metrics.update(max_tokens=max_len, truncated=n_trunc)
+    metrics.update({k: v for k, v in trained.items() if k.startswith("dp_")})
+    m = metrics
     reporter.info(
         f"[evaluate] {split} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on "
         f"{len(y)} texts (majority-class baseline {metrics['majority_baseline_accuracy']:.4f})"
