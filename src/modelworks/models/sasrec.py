@@ -82,6 +82,23 @@ class SASRec(nn.Module):
             return h @ self.item_emb(candidates).T
         return torch.einsum("btd,btcd->btc", h, self.item_emb(candidates))
 
+    @torch.no_grad()
+    def next_item_scores(self, histories: list, batch_size: int = 256) -> torch.Tensor:
+        """(users, n_items + 1) float32 CPU scores of the next item after each history (item-id
+        arrays, oldest first; the last max_len items count)."""
+        device = self.item_emb.weight.device
+        out = []
+        for start in range(0, len(histories), batch_size):
+            chunk = [h[-self.cfg.max_len :] for h in histories[start : start + batch_size]]
+            lengths = torch.tensor([len(h) for h in chunk])
+            seq = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
+            for i, h in enumerate(chunk):
+                seq[i, : len(h)] = torch.as_tensor(h)
+            hidden = self.hidden(seq.to(device))
+            last = hidden[torch.arange(len(chunk)), lengths.to(device) - 1]
+            out.append((last @ self.item_emb.weight.T).float().cpu())
+        return torch.cat(out)
+
 
 @register("sasrec", SASRecConfig)
 def build_sasrec(cfg: SASRecConfig) -> SASRec:

@@ -24,17 +24,15 @@ and, in the same run, a popularity baseline and item-kNN (evaluate/ranking.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 from torch import nn
 
-from modelworks.artifacts import atomic_write_text, best_or_final
+from modelworks.artifacts import atomic_write_text
 from modelworks.config import Config
 from modelworks.evaluate import ranking
 from modelworks.evaluate.report import md_table, training_table
@@ -47,6 +45,13 @@ from modelworks.tasks.recommendation_data import (  # noqa: F401  (build_sequenc
     split,
 )
 from modelworks.tasks.recommendation_data import prepare as prepare_data
+from modelworks.tasks.recommendation_serve import (  # noqa: F401  (public here too)
+    Recommender,
+    load_recommender,
+    model_dir,
+    recommend,
+    serve_routes,
+)
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
 
@@ -166,7 +171,7 @@ def setup_training(
         atomic_write_text(partial / "items.json", src.read_text())
 
     def validate(m: nn.Module) -> dict[str, float]:
-        scores = sasrec_scores(m, val_hist, model_cfg.max_len, device)
+        scores = m.next_item_scores(val_hist)
         loss = F.cross_entropy(scores[:, 1:], torch.from_numpy(val_targets) - 1).item()
         for i, h in enumerate(val_hist):
             scores[i, torch.from_numpy(h)] = -torch.inf
@@ -180,31 +185,8 @@ def setup_training(
     return TrainSetup(model, loss_fn, loader, validate, p.batch_size // world, "seq", None)
 
 
-@torch.no_grad()
-def sasrec_scores(
-    model: nn.Module, histories: list[np.ndarray], max_len: int, device, batch_size: int = 256
-) -> torch.Tensor:
-    """(users, n_items + 1) float32 CPU scores of the next item after each history."""
-    out = []
-    for start in range(0, len(histories), batch_size):
-        chunk = [h[-max_len:] for h in histories[start : start + batch_size]]
-        lengths = torch.tensor([len(h) for h in chunk])
-        seq = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
-        for i, h in enumerate(chunk):
-            seq[i, : len(h)] = torch.from_numpy(h)
-        hidden = model.hidden(seq.to(device))
-        last = hidden[torch.arange(len(chunk)), lengths.to(device) - 1]
-        out.append((last @ model.item_emb.weight.T).float().cpu())
-    return torch.cat(out)
-
-
 # ---------------------------------------------------------------------------------------------
 # Evaluate
-
-
-def model_dir(run_dir: Path) -> Path:
-    """The checkpoint to serve: the best validation one when there is one."""
-    return best_or_final(run_dir / "pretrain")
 
 
 def compare(
@@ -233,7 +215,7 @@ def compare(
     }
     if model is not None:
         methods = {
-            "sasrec": lambda users: sasrec_scores(model, [hist[u] for u in users], max_len, device),
+            "sasrec": lambda users: model.next_item_scores([hist[u] for u in users]),
             **methods,
         }
     return {
@@ -316,109 +298,6 @@ def results_table(results: dict, ks: list[int], protocol: str) -> str:
         vals = [r[protocol][f"hr@{k}"] for k in ks] + [r[protocol][f"ndcg@{k}"] for k in ks]
         lines.append(f"| {names.get(m, m)} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Serving
-
-
-@dataclass
-class Recommender:
-    model: nn.Module
-    items: list[str]  # id - 1 -> name
-    counts: list[int]  # training-data popularity, for histories with no known item
-    device: torch.device
-    index: dict[str, int] = field(init=False)  # name -> id
-
-    def __post_init__(self) -> None:
-        self.index = {name: i + 1 for i, name in enumerate(self.items)}
-
-
-def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Recommender:
-    """From a run folder, its pretrain/ folder, or a model folder holding items.json."""
-    from modelworks.train.checkpoint import CheckpointError, load_model
-
-    path = Path(path)
-    mdir = model_dir(path) if (path / "pretrain").is_dir() else path
-    items_json = next(
-        (p for p in (mdir / "items.json", mdir.parent / "items.json") if p.is_file()), None
-    )
-    if items_json is None:
-        raise CheckpointError(f"{mdir}: no items.json (item-id mapping) next to the model")
-    meta = json.loads(items_json.read_text())
-    model = load_model(mdir, device).eval()
-    return Recommender(model, meta["items"], meta["counts"], torch.device(device))
-
-
-def recommend(
-    source: Recommender | str | Path,
-    recent_items: list[str],
-    k: int = 10,
-    exclude_seen: bool = True,
-) -> dict:
-    """Top-k next items after `recent_items` (oldest first): {items: [{item, score}], warnings}.
-
-    Unknown items are ignored with a warning; with no known item at all, the most popular
-    items come back (score = training count) with a warning saying so."""
-    rec = source if isinstance(source, Recommender) else load_recommender(source)
-    known, unknown = [], []
-    for name in recent_items:
-        (known if name in rec.index else unknown).append(name)
-    warnings = []
-    if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        warnings.append(f"ignored {len(unknown)} unknown item(s): {shown}")
-    if known:
-        ids = np.array([rec.index[n] for n in known], dtype=np.int64)
-        max_len = rec.model.cfg.max_len
-        scores = sasrec_scores(rec.model, [ids], max_len, rec.device)[0]
-    else:
-        warnings.append("no known item in the history: returning the most popular items")
-        scores = torch.tensor([-torch.inf, *map(float, rec.counts)])
-    scores[0] = -torch.inf
-    if exclude_seen and known:
-        scores[torch.tensor([rec.index[n] for n in known])] = -torch.inf
-    k = max(0, min(k, int(torch.isfinite(scores).sum())))
-    top = torch.topk(scores, k)
-    return {
-        "items": [
-            {"item": rec.items[i - 1], "score": round(float(s), 6)}
-            for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        ],
-        "warnings": warnings,
-    }
-
-
-class RecommendRequest(BaseModel):
-    items: list[str] = Field(..., description="the user's recent items, oldest first")
-    k: int = Field(10, ge=1, le=1000, description="how many items to return")
-    exclude_seen: bool = Field(True, description="leave out items already in `items`")
-    model: str | None = Field(None, description="served model name (optional)")
-
-
-def serve_routes(app, run_dir: Path, cfg, device: str = "auto") -> None:
-    """Adds `POST /v1/recommend`: {"items": [recent item names, oldest first], "k": 10,
-    "exclude_seen": true} -> {"object": "recommendation", "model", "items": [{item, score}],
-    "warnings": [...]}."""
-    from fastapi.concurrency import run_in_threadpool
-
-    from modelworks.runtime import resolve_device
-    from modelworks.serve.app import serve_model
-
-    name = cfg.model_name or Path(run_dir).name
-    ready = serve_model(
-        app,
-        name,
-        lambda: {"rec": load_recommender(run_dir, resolve_device(device))},
-        name,
-        info=lambda st: {"task": "recommendation", "items": len(st["rec"].items)},
-    )
-
-    @app.post("/v1/recommend")
-    async def recommend_route(req: RecommendRequest):
-        rec = ready(req.model)["rec"]
-        result = await run_in_threadpool(recommend, rec, req.items, req.k, req.exclude_seen)
-        return {"object": "recommendation", "model": name, **result}
 
 
 TASK = Task(
