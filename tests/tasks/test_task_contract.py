@@ -66,3 +66,11 @@ def test_a_task_from_outside_modelworks_runs_from_collect_to_serve(tmp_path):
         r = httpx.post(f"{base}/v1/doc_length", json={"input": "x", "model": "other"}, timeout=30)
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
         assert [m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]] == ["doc_length"]
+    # a task without test_data: `evaluate --data` says so in one line, and writes nothing
+    from modelworks.config import parse_source
+    from modelworks.errors import EvaluateError
+    from modelworks.evaluate.score import score_data
+
+    with pytest.raises(EvaluateError, match="cannot score new data yet"):
+        score_data(cfg.run_dir, parse_source({"type": "python_docs", "limit": 5}))
+    assert not (cfg.run_dir / "evaluate_data").exists()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,21 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def unknown_labels(labels: list[str], classes: list[str]) -> tuple[list[int], dict]:
+    """(indices of rows whose label the run knows, {rows, labels: counts} of the others): new
+    data scored by `evaluate --data`."""
+    index = {c: i for i, c in enumerate(classes)}
+    missing = Counter(label for label in labels if label not in index)
+    keep = [i for i, label in enumerate(labels) if label in index]
+    return keep, {"rows": sum(missing.values()), "labels": dict(missing.most_common())}
+
+
+def none_left(unknown: dict, classes: list[str]) -> str:
+    """The error when no row of new data has a label the run knows."""
+    named = ", ".join(repr(k) for k in list(unknown["labels"])[:5])
+    return (
+        f"--data: none of its {unknown['rows']} row(s) has a label the run knows ({named} ...); "
+        f"the run's labels are {classes}"
+    )

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -33,19 +32,6 @@ from modelworks.collect.source import Source
 from modelworks.config import Config, parse_source, validate_config
 from modelworks.errors import ConfigError, EvaluateError, ModelworksError
 from modelworks.progress import Reporter
-
-KIND_OF_TASK = {  # the collection each task's data comes in (collect/__init__.py)
-    "language_modeling": "documents",
-    "image_classification": "images",
-    "text_classification": "documents",
-    "translation": "documents",
-    "chat": "chats",
-}
-NEEDS = {
-    "images": "an image source (idx, image_folder, image_table, npz)",
-    "documents": "a text or labelled table source (files, table, parallel...)",
-    "chats": "a chat source (jsonl/parquet conversations)",
-}
 
 
 def load_run(run_dir: str | Path) -> Config:
@@ -111,10 +97,11 @@ def score_data(
     weights = run_dir / model_stage(run) / "model.safetensors"
     if not weights.is_file():
         raise EvaluateError(f"{weights.parent}: no checkpoint (model.safetensors); train it first")
-    if run.task not in KIND_OF_TASK:
+    task = get_task(run.task)
+    if task.test_data is None:
         raise EvaluateError(
-            f"evaluate --data: task {run.task!r} is not supported yet; "
-            f"supported: {', '.join(KIND_OF_TASK)}"
+            f"evaluate --data: task {run.task!r} cannot score new data yet (its Task has no "
+            "test_data; tasks/base.py)"
         )
     cfg = run.model_copy(deep=True)
     for k, v in (overrides or {}).items():
@@ -143,18 +130,17 @@ def score_data(
             what = ", ".join(getattr(src, "paths", [])) or getattr(src, "dataset", "")
             where = f"--data ({src.type}: {what})"
             raise EvaluateError(f"{where}: {e}") from None
-        kind = KIND_OF_TASK[run.task]
+        kind = task.test_data.collection
         if not (shadow / "collect" / f"{kind}.parquet").is_file():
             raise EvaluateError(
                 f"--data collect.sources.0 (type {src.type}): gives no {kind} for run "
-                f"{run_dir} (task {run.task}); it needs {NEEDS[kind]}"
+                f"{run_dir} (task {run.task}); it needs {task.test_data.needs}"
             )
         stage = model_stage(run)
         os.symlink((run_dir / stage).resolve(), shadow / stage, target_is_directory=True)
-        unknown = _prepare(run, run_dir, shadow, src)
+        unknown = _prepare(run, run_dir, shadow, task)
         cfg.runs_dir, cfg.evaluate.split = str(work), "test"
         setup(run.threads, run.seed)
-        task = get_task(run.task)
         metrics, sections, images = task.evaluate(cfg, shadow, out, reporter, ckpt=ckpt)
         metrics, opening = scored(run, metrics, ckpt)  # the run's own config hash
         metrics = {
@@ -191,160 +177,12 @@ def score_data(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare(run: Config, run_dir: Path, shadow: Path, src: Source) -> dict:
-    """The scratch run's preprocess/: the run's own files, with `test` made of the new data."""
+def _prepare(run: Config, run_dir: Path, shadow: Path, task) -> dict:
+    """The scratch run's preprocess/: the run's own files, with `test` made of the new data by
+    the task (`Task.test_data.prepare`)."""
     pre, own = shadow / "preprocess", run_dir / "preprocess"
     pre.mkdir()
-    for f in own.iterdir():  # read-only links; the test split is written fresh below
+    for f in own.iterdir():  # read-only links; the test split is written fresh by the task
         if f.is_file() and not f.name.startswith("test."):
             os.symlink(f.resolve(), pre / f.name)
-    if run.task == "language_modeling":
-        return _tokens(run, run_dir, shadow, pre)
-    if run.task == "image_classification":
-        return _images(run_dir, shadow, pre)
-    if run.task == "text_classification":
-        return _texts(run_dir, shadow, pre)
-    if run.task == "chat":
-        return _chats(shadow, pre)
-    return _pairs(shadow, pre)
-
-
-def _tokens(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
-    """Language models: the run's cleaning steps, then its tokenizer, into `test` shards."""
-    import pyarrow.parquet as pq
-
-    from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
-    from modelworks.preprocess.runner import finish, run_steps
-    from modelworks.preprocess.text import build_steps
-    from modelworks.preprocess.tokenizer import load_tokenizer
-
-    own = run_dir / "preprocess" / "tokens"
-    meta = json.loads((own / "meta.json").read_text())
-    tokens = pre / "tokens"
-    tokens.mkdir()
-    for f in own.iterdir():  # the train (baseline) and val shards, read-only
-        if f.name != "meta.json" and not f.name.startswith("test_"):
-            os.symlink(f.resolve(), tokens / f.name)
-    steps = [s for s in build_steps(run) if s.name != "decontaminate"]
-    source = shadow / "collect" / "documents.parquet"
-
-    def docs():
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
-
-    work = shadow / "steps"
-    work.mkdir()
-    kept = list(run_steps(steps, docs, work, work / "_work"))
-    funnel = finish(steps, work / "_work")
-    tok = load_tokenizer(pre / "tokenizer.json")
-    eot = meta["eot_id"]
-    sw = ShardWriter(tokens, "test", token_dtype(tok.get_vocab_size()), run.preprocess.shard_tokens)
-    for enc in tok.encode_batch([d["text"] for d in kept], add_special_tokens=False):
-        sw.add([*enc.ids, eot])
-    splits = {**{k: v for k, v in meta["splits"].items() if k != "test"}, "test": sw.close()}
-    write_meta(tokens, token_dtype(tok.get_vocab_size()), meta["vocab_size"], eot, splits)
-    if not kept:
-        raise EvaluateError(f"--data: no document is left after the run's cleaning steps {funnel}")
-    return {"rows": 0, "labels": {}, "documents": len(kept), "funnel": funnel}
-
-
-def _unknown(labels: list[str], classes: list[str]) -> tuple[list[int], dict]:
-    index = {c: i for i, c in enumerate(classes)}
-    missing = Counter(label for label in labels if label not in index)
-    keep = [i for i, label in enumerate(labels) if label in index]
-    return keep, {"rows": sum(missing.values()), "labels": dict(missing.most_common())}
-
-
-def _images(run_dir: Path, shadow: Path, pre: Path) -> dict:
-    import numpy as np
-    import pyarrow.parquet as pq
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from modelworks.preprocess.images import decode
-
-    meta = json.loads((run_dir / "preprocess" / "labels.json").read_text())
-    rows = pq.read_table(shadow / "collect" / "images.parquet").to_pylist()
-    size, channels = meta["image_size"], meta["channels"]
-    xs, labels, bad = [], [], 0
-    for row in rows:
-        try:
-            xs.append(decode(row["image"], size, channels))
-            labels.append(row["label"])
-        except Exception:  # Pillow raises many types for corrupt input; counted as in preprocess
-            bad += 1
-    keep, unknown = _unknown(labels, meta["classes"])
-    index = {c: i for i, c in enumerate(meta["classes"])}
-    data = load_file(str(run_dir / "preprocess" / "data.safetensors"))
-    shape = (0, channels, size, size)
-    x = np.stack([xs[i] for i in keep]) if keep else np.zeros(shape, np.uint8)
-    data["test_x"] = torch.from_numpy(x)
-    data["test_y"] = torch.tensor([index[labels[i]] for i in keep], dtype=torch.int64)
-    (pre / "data.safetensors").unlink()
-    save_file(data, str(pre / "data.safetensors"))
-    if not keep:
-        raise EvaluateError(_none_left(unknown, meta["classes"]))
-    return {**unknown, "unreadable": bad}
-
-
-def _texts(run_dir: Path, shadow: Path, pre: Path) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    classes = json.loads((run_dir / "preprocess" / "labels.json").read_text())["classes"]
-    table = pq.read_table(shadow / "collect" / "documents.parquet")
-    if "label" not in table.column_names:
-        raise EvaluateError("--data: the source has no label column; it needs text and label")
-    texts = [t.strip() for t in table.column("text").to_pylist()]
-    labels = table.column("label").to_pylist()
-    keep, unknown = _unknown(labels, classes)
-    keep = [i for i in keep if texts[i]]
-    index = {c: i for i, c in enumerate(classes)}
-    out = {"text": [texts[i] for i in keep], "label": [index[labels[i]] for i in keep]}
-    pq.write_table(pa.table({"text": out["text"], "label": pa.array(out["label"], pa.int64())}),
-                   pre / "test.parquet")  # fmt: skip
-    if not keep:
-        raise EvaluateError(_none_left(unknown, classes))
-    return unknown
-
-
-def _pairs(shadow: Path, pre: Path) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(shadow / "collect" / "documents.parquet")
-    if "target" not in table.column_names:
-        raise EvaluateError("--data: the source has no target column; it needs type: parallel")
-    pairs = [
-        (s.strip(), t.strip())
-        for s, t in zip(table["text"].to_pylist(), table["target"].to_pylist(), strict=True)
-        if s.strip() and t.strip()
-    ]
-    pq.write_table(
-        pa.table({"source": [s for s, _ in pairs], "target": [t for _, t in pairs]}),
-        pre / "test.parquet",
-    )
-    return {"rows": 0, "labels": {}}
-
-
-def _chats(shadow: Path, pre: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    from modelworks.collect.chat import to_messages
-
-    path = shadow / "collect" / "chats.parquet"
-    rows = pq.read_table(path).to_pylist()
-    lines = [
-        json.dumps({"id": r["id"], "messages": to_messages(r, f"--data {r['id']}")}) + "\n"
-        for r in rows
-    ]
-    (pre / "test.jsonl").write_text("".join(lines))
-    return {"rows": 0, "labels": {}}
-
-
-def _none_left(unknown: dict, classes: list[str]) -> str:
-    named = ", ".join(repr(k) for k in list(unknown["labels"])[:5])
-    return (
-        f"--data: none of its {unknown['rows']} row(s) has a label the run knows ({named} ...); "
-        f"the run's labels are {classes}"
-    )
+    return task.test_data.prepare(run, run_dir, shadow, pre)

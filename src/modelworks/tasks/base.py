@@ -14,6 +14,7 @@ A task module builds one `Task` from its functions and names it `TASK`:
         save_finetuned=save_finetuned,  # optional: files that go with fine-tuned weights
         serve_routes=serve_routes,      # optional, serve: (app, run_dir, serve_cfg, device)
         options=Options,                # optional: the task's knobs, the `tasks.<name>:` section
+        test_data=TestData(...),        # optional: `evaluate RUN --data` on new data
     )
 
 `ckpt` is the checkpoint evaluate scores (evaluate/checkpoint.py). `serve_routes` adds the task's
@@ -83,6 +84,19 @@ def option(default: Any, *, stage: str | tuple[str, ...], description: str, **co
 
 
 @dataclass(frozen=True)
+class TestData:
+    """How `evaluate RUN --data SOURCE` (evaluate/score.py) scores a finished run on new data:
+    the collection the task reads (`documents`, `images`, `chats`...; the collect stage's
+    `<collection>.parquet`), which sources give it (for the error), and `prepare(run_cfg,
+    run_dir, scratch_run_dir, scratch_preprocess_dir) -> stats`, which writes the new data as
+    the scratch run's test split (the run's own preprocess files are linked there already)."""
+
+    collection: str
+    needs: str
+    prepare: Callable[..., dict]
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     prepare: Callable[..., dict]
@@ -92,6 +106,7 @@ class Task:
     save_finetuned: Callable[..., None] | None = None
     serve_routes: Callable[..., None] | None = None
     options: type[TaskOptions] = TaskOptions
+    test_data: TestData | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -105,7 +120,7 @@ class Task:
                 "declare them with tasks.base.option(..., stage=...)"
             )
         for f in fields(self):
-            if f.name in ("name", "options"):
+            if f.name in ("name", "options", "test_data"):
                 continue
             hook = getattr(self, f.name)
             if hook is None and f.name in OPTIONAL_HOOKS:

@@ -53,7 +53,7 @@ from modelworks.collect.chat import to_messages
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.splits import assign, read_given, split_stats
-from modelworks.tasks.base import Task, TaskOptions, option
+from modelworks.tasks.base import Task, TaskOptions, TestData, option
 from modelworks.train.data import DataError
 from modelworks.train.sft import (
     IGNORE,
@@ -595,6 +595,22 @@ def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dic
     }
 
 
+def prepare_test(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
+    """`evaluate --data`: the new conversations, as test.jsonl."""
+    import pyarrow.parquet as pq
+
+    from modelworks.collect.chat import to_messages
+
+    path = shadow / "collect" / "chats.parquet"
+    rows = pq.read_table(path).to_pylist()
+    lines = [
+        json.dumps({"id": r["id"], "messages": to_messages(r, f"--data {r['id']}")}) + "\n"
+        for r in rows
+    ]
+    (pre / "test.jsonl").write_text("".join(lines))
+    return {"rows": 0, "labels": {}}
+
+
 TASK = Task(
     name="chat",
     prepare=prepare,
@@ -604,4 +620,5 @@ TASK = Task(
     save_finetuned=save_finetuned,
     serve_routes=serve_routes,
     options=Options,
+    test_data=TestData("chats", "a chat source (jsonl/parquet conversations)", prepare_test),
 )

@@ -22,8 +22,10 @@ from torch import nn
 from modelworks.config import Config, ConfigError
 from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
     classification_metrics,
+    none_left,
     plot_confusion,
     score_classifier,
+    unknown_labels,
 )
 from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import EvaluateError, md_table, training_table
@@ -31,7 +33,7 @@ from modelworks.models.registry import build_model, fill_from_data, model_config
 from modelworks.preprocess.images import prepare_images
 from modelworks.progress import Reporter
 from modelworks.tasks.augment import AugmentedLoader, make_augment
-from modelworks.tasks.base import TRAIN, Task, TaskOptions, option
+from modelworks.tasks.base import TRAIN, Task, TaskOptions, TestData, option
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -301,6 +303,39 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     add_routes(app, run_dir, cfg, device)
 
 
+def prepare_test(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
+    """`evaluate --data`: the new images at the run's size, labels the run knows."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from modelworks.preprocess.images import decode
+
+    meta = json.loads((run_dir / "preprocess" / "labels.json").read_text())
+    rows = pq.read_table(shadow / "collect" / "images.parquet").to_pylist()
+    size, channels = meta["image_size"], meta["channels"]
+    xs, labels, bad = [], [], 0
+    for row in rows:
+        try:
+            xs.append(decode(row["image"], size, channels))
+            labels.append(row["label"])
+        except Exception:  # Pillow raises many types for corrupt input; counted as in preprocess
+            bad += 1
+    keep, unknown = unknown_labels(labels, meta["classes"])
+    index = {c: i for i, c in enumerate(meta["classes"])}
+    data = load_file(str(run_dir / "preprocess" / "data.safetensors"))
+    shape = (0, channels, size, size)
+    x = np.stack([xs[i] for i in keep]) if keep else np.zeros(shape, np.uint8)
+    data["test_x"] = torch.from_numpy(x)
+    data["test_y"] = torch.tensor([index[labels[i]] for i in keep], dtype=torch.int64)
+    (pre / "data.safetensors").unlink()
+    save_file(data, str(pre / "data.safetensors"))
+    if not keep:
+        raise EvaluateError(none_left(unknown, meta["classes"]))
+    return {**unknown, "unreadable": bad}
+
+
 TASK = Task(
     name="image_classification",
     prepare=prepare,
@@ -309,4 +344,7 @@ TASK = Task(
     setup_finetune=setup_finetune,
     serve_routes=serve_routes,
     options=Options,
+    test_data=TestData(
+        "images", "an image source (idx, image_folder, image_table, npz)", prepare_test
+    ),
 )

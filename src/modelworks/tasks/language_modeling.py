@@ -6,6 +6,8 @@ split, next to a unigram baseline on the same tokens; sample generations from fi
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from torch import nn
 
 from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config, ConfigError
+from modelworks.errors import EvaluateError
 from modelworks.evaluate.metrics import fmt_ci, perplexity, unigram_cross_entropy
 from modelworks.evaluate.report import funnel_section, md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
@@ -24,7 +27,7 @@ from modelworks.preprocess.text import prepare_text
 from modelworks.preprocess.tokenizer import load_tokenizer
 from modelworks.progress import Reporter
 from modelworks.runtime import autocast_dtype
-from modelworks.tasks.base import Task
+from modelworks.tasks.base import Task, TestData
 from modelworks.train.data import WindowLoader, sequential_batches
 from modelworks.train.trainer import TrainSetup
 
@@ -272,6 +275,45 @@ def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
     add_lm_routes(app, load)
 
 
+def prepare_test(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
+    """Language models: the run's cleaning steps, then its tokenizer, into `test` shards."""
+    import pyarrow.parquet as pq
+
+    from modelworks.preprocess.pack import ShardWriter, token_dtype, write_meta
+    from modelworks.preprocess.runner import finish, run_steps
+    from modelworks.preprocess.text import build_steps
+    from modelworks.preprocess.tokenizer import load_tokenizer
+
+    own = run_dir / "preprocess" / "tokens"
+    meta = json.loads((own / "meta.json").read_text())
+    tokens = pre / "tokens"
+    tokens.mkdir()
+    for f in own.iterdir():  # the train (baseline) and val shards, read-only
+        if f.name != "meta.json" and not f.name.startswith("test_"):
+            os.symlink(f.resolve(), tokens / f.name)
+    steps = [s for s in build_steps(run) if s.name != "decontaminate"]
+    source = shadow / "collect" / "documents.parquet"
+
+    def docs():
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+
+    work = shadow / "steps"
+    work.mkdir()
+    kept = list(run_steps(steps, docs, work, work / "_work"))
+    funnel = finish(steps, work / "_work")
+    tok = load_tokenizer(pre / "tokenizer.json")
+    eot = meta["eot_id"]
+    sw = ShardWriter(tokens, "test", token_dtype(tok.get_vocab_size()), run.preprocess.shard_tokens)
+    for enc in tok.encode_batch([d["text"] for d in kept], add_special_tokens=False):
+        sw.add([*enc.ids, eot])
+    splits = {**{k: v for k, v in meta["splits"].items() if k != "test"}, "test": sw.close()}
+    write_meta(tokens, token_dtype(tok.get_vocab_size()), meta["vocab_size"], eot, splits)
+    if not kept:
+        raise EvaluateError(f"--data: no document is left after the run's cleaning steps {funnel}")
+    return {"rows": 0, "labels": {}, "documents": len(kept), "funnel": funnel}
+
+
 TASK = Task(
     name="language_modeling",
     prepare=prepare,
@@ -279,4 +321,5 @@ TASK = Task(
     evaluate=evaluate,
     setup_finetune=setup_finetune,
     serve_routes=serve_routes,
+    test_data=TestData("documents", "a text source (files, python_docs, hf...)", prepare_test),
 )

@@ -39,11 +39,12 @@ from modelworks.evaluate.metrics import fmt_ci
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
 from modelworks.progress import Reporter
-from modelworks.tasks.base import Task, TaskOptions, option
+from modelworks.tasks.base import Task, TaskOptions, TestData, option
 from modelworks.tasks.text_classification_data import (  # noqa: F401  (public here too)
     classes_of,
     load_split,
     prepare,
+    prepare_test,
 )
 from modelworks.tasks.text_encoding import _trim, classify_texts, encode, max_tokens, predict
 from modelworks.train.data import DataError, EpochSampler, _Sampled
@@ -406,4 +407,5 @@ TASK = Task(
     setup_finetune=setup_finetune,
     serve_routes=serve_routes,
     options=Options,
+    test_data=TestData("documents", "a labelled table source (table, hf)", prepare_test),
 )

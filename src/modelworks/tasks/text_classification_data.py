@@ -13,9 +13,12 @@ import torch
 
 from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config, ConfigError
+from modelworks.errors import EvaluateError
 from modelworks.evaluate.classification import (  # noqa: F401  (public here too)
     classification_metrics,
+    none_left,
     plot_confusion,
+    unknown_labels,
 )
 from modelworks.progress import Reporter
 from modelworks.splits import assign, describe, read_given, split_stats
@@ -122,3 +125,25 @@ def load_split(run_dir: Path, split: str) -> tuple[list[str], torch.Tensor]:
 
 def classes_of(run_dir: Path) -> list[str]:
     return json.loads((run_dir / "preprocess" / "labels.json").read_text())["classes"]
+
+
+def prepare_test(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
+    """`evaluate --data`: the new labelled texts with labels the run knows, as test.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    classes = json.loads((run_dir / "preprocess" / "labels.json").read_text())["classes"]
+    table = pq.read_table(shadow / "collect" / "documents.parquet")
+    if "label" not in table.column_names:
+        raise EvaluateError("--data: the source has no label column; it needs text and label")
+    texts = [t.strip() for t in table.column("text").to_pylist()]
+    labels = table.column("label").to_pylist()
+    keep, unknown = unknown_labels(labels, classes)
+    keep = [i for i in keep if texts[i]]
+    index = {c: i for i, c in enumerate(classes)}
+    out = {"text": [texts[i] for i in keep], "label": [index[labels[i]] for i in keep]}
+    pq.write_table(pa.table({"text": out["text"], "label": pa.array(out["label"], pa.int64())}),
+                   pre / "test.parquet")  # fmt: skip
+    if not keep:
+        raise EvaluateError(none_left(unknown, classes))
+    return unknown

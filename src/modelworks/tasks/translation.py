@@ -48,10 +48,11 @@ from modelworks.config import Config, ConfigError
 from modelworks.evaluate.report import md_cell, md_table, training_table
 from modelworks.preprocess.tokenizer import eot_id
 from modelworks.progress import Reporter
-from modelworks.tasks.base import Task, TaskOptions, option
+from modelworks.tasks.base import Task, TaskOptions, TestData, option
 from modelworks.tasks.translation_data import (
     format_prompt,
     load_split,
+    prepare_test,
     prompt_template,
 )
 from modelworks.tasks.translation_data import prepare as prepare_data
@@ -363,4 +364,5 @@ TASK = Task(
     setup_finetune=setup_finetune,
     serve_routes=serve_routes,
     options=Options,
+    test_data=TestData("documents", "a parallel source (type: parallel)", prepare_test),
 )

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from modelworks.artifacts import atomic_write_json
 from modelworks.config import Config, ConfigError
+from modelworks.errors import EvaluateError
 from modelworks.progress import Reporter
 from modelworks.splits import SPLITS, assign, read_given, split_stats
 from modelworks.train.data import DataError
@@ -119,3 +120,23 @@ def prompt_template(run_dir: Path) -> str:
 
 def format_prompt(template: str, source: str) -> str:
     return template.replace("{source}", source)
+
+
+def prepare_test(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
+    """`evaluate --data`: the new pairs, as test.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shadow / "collect" / "documents.parquet")
+    if "target" not in table.column_names:
+        raise EvaluateError("--data: the source has no target column; it needs type: parallel")
+    pairs = [
+        (s.strip(), t.strip())
+        for s, t in zip(table["text"].to_pylist(), table["target"].to_pylist(), strict=True)
+        if s.strip() and t.strip()
+    ]
+    pq.write_table(
+        pa.table({"source": [s for s, _ in pairs], "target": [t for _, t in pairs]}),
+        pre / "test.parquet",
+    )
+    return {"rows": 0, "labels": {}}
