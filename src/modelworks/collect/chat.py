@@ -134,7 +134,7 @@ def synthetic_chats(n: int | None, seed: int = 0) -> Iterator[dict]:
         yield _row(messages, f"synthetic:{i}", "synthetic_chat")
 
 
-class ChatSource(Source, Paths, SplitField):
+class ChatSource(Paths, SplitField, Source):
     """Conversations from jsonl/parquet (messages, instruction/output or prompt/completion)."""
 
     kind: ClassVar[str] = "chat"

@@ -231,7 +231,7 @@ def _parquet(path: Path, column: str, problems: list[str]) -> Iterator[dict]:
             )
 
 
-class FilesSource(Source, Paths, RowPolicy, SplitField):
+class FilesSource(Paths, RowPolicy, SplitField, Source):
     """Local txt/md/html/jsonl/csv/parquet/warc files, globs or folders (.gz too)."""
 
     type: Literal["files"] = "files"
@@ -241,7 +241,7 @@ class FilesSource(Source, Paths, RowPolicy, SplitField):
         return read_files(self.paths, self.text_field, where, problems, self.quoting, bad)
 
 
-class WarcSource(Source, Paths):
+class WarcSource(Paths, Source):
     """WARC / WARC.gz files: each HTML response's main text."""
 
     type: Literal["warc"] = "warc"

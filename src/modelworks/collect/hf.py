@@ -114,7 +114,7 @@ def _labelled(record, text, label_field, names, dataset, split, n, bad: BadRows)
     }
 
 
-class HfSource(Source, HubDataset):
+class HfSource(HubDataset, Source):
     """A Hugging Face dataset: a local folder or data file, or a Hub name when online."""
 
     type: Literal["hf"] = "hf"

@@ -184,7 +184,7 @@ def npz_arrays(patterns: list[str], keys: list[str], where: str) -> Iterator[dic
             }
 
 
-class ImageTableSource(Source, Paths, RowPolicy, SplitField):
+class ImageTableSource(Paths, RowPolicy, SplitField, Source):
     """csv/tsv/parquet tables of image path + label."""
 
     kind: ClassVar[str] = "image"
@@ -206,7 +206,7 @@ class ImageTableSource(Source, Paths, RowPolicy, SplitField):
         )
 
 
-class NpzSource(Source, Paths):
+class NpzSource(Paths, Source):
     """NumPy .npz files of image and label arrays."""
 
     kind: ClassVar[str] = "image"

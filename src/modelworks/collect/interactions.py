@@ -294,7 +294,7 @@ def _time(value) -> tuple[float | None, str]:
         return None, "bad"
 
 
-class InteractionsSource(Source, Paths, Columns, RowPolicy):
+class InteractionsSource(Paths, Columns, RowPolicy, Source):
     """User/item logs from csv/tsv/parquet files."""
 
     kind: ClassVar[str] = "interactions"

@@ -174,7 +174,7 @@ def numbers(n_max: int = 10_000) -> Iterator[dict]:
         }
 
 
-class ParallelSource(Source, Paths, Columns, RowPolicy, SplitField):
+class ParallelSource(Paths, Columns, RowPolicy, SplitField, Source):
     """Translation pairs from tsv/txt/jsonl/csv/parquet files, or built-in `dataset: numbers`."""
 
     kind: ClassVar[str] = "parallel"

@@ -170,7 +170,7 @@ class DigitsSource(Source):
         return sklearn_digits()
 
 
-class ImageFolderSource(Source, Paths):
+class ImageFolderSource(Paths, Source):
     """Images in root/<class>/<image>."""
 
     kind: ClassVar[str] = "image"
@@ -180,7 +180,7 @@ class ImageFolderSource(Source, Paths):
         return image_folder(self.paths, where)
 
 
-class IdxSource(Source, Paths):
+class IdxSource(Paths, Source):
     """MNIST-style IDX files: `paths: [images, labels]`."""
 
     kind: ClassVar[str] = "image"

@@ -127,7 +127,7 @@ def _read(
         raise ValueError(f"{path}: not UTF-8 text") from None
 
 
-class TableSource(Source, Paths, Columns, RowPolicy, SplitField, HubDataset):
+class TableSource(Paths, Columns, RowPolicy, SplitField, HubDataset, Source):
     """Labelled texts from csv/tsv/txt/jsonl/parquet files, or a Hugging Face `dataset`."""
 
     kind: ClassVar[str] = "table"

@@ -53,15 +53,30 @@ def _defaults() -> dict:
 
     data = load_config(None).model_dump(mode="json", by_alias=True)
     data["finetune"] = FinetuneConfig().model_dump(mode="json", by_alias=True)
-    return _flatten(data)
+    return _flatten(_user_keys(data))
 
 
 def _user_keys(config: dict) -> dict:
-    """A stored config.yaml with its keys as a user writes them: finetune.from, not from_."""
+    """A stored config.yaml with its keys as a user writes them: finetune.from, not from_; each
+    collect source with its type and the options set away from that type's defaults (two
+    sources of different types do not differ in options one of them does not have)."""
     finetune = config.get("finetune")
     if isinstance(finetune, dict) and "from_" in finetune:
         config["finetune"] = {("from" if k == "from_" else k): v for k, v in finetune.items()}
+    collect = config.get("collect")
+    if isinstance(collect, dict) and isinstance(collect.get("sources"), list):
+        collect["sources"] = [_set_options(s) for s in collect["sources"]]
     return config
+
+
+def _set_options(src):
+    from modelworks.config import parse_source
+
+    try:
+        parsed = parse_source(src)
+    except ValueError:  # an invalid stored source: shown as it is
+        return src
+    return {"type": parsed.type, **parsed.model_dump(mode="json", exclude_defaults=True)}
 
 
 def _config_rows(configs: list[dict], ran: list[set[str]]) -> dict:
