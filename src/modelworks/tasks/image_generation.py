@@ -67,7 +67,7 @@ class Options(TaskOptions):
                              "this height and width (the built-in digits are 8x8)")  # fmt: skip
     channels: Literal[1, 3] = option(1, stage="preprocess", description="1: grayscale, 3: RGB")
     judge_steps: int = option(
-        400, stage="preprocess", ge=1, description="training steps of the judge, the CNN "
+        200, stage="preprocess", ge=1, description="training steps of the judge, the CNN "
         "classifier whose features (FID) and predictions (class accuracy) score samples",
     )  # fmt: skip
     class_dropout: float = option(
