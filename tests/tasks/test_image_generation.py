@@ -20,6 +20,7 @@ TINY = [
     "threads=1", "collect.sources.0.limit=600",
     "tasks.image_generation.judge_steps=40", "tasks.image_generation.val_sample_steps=2",
     "tasks.image_generation.sample_steps=2", "tasks.image_generation.eval_step_counts=[1, 2]",
+    "tasks.image_generation.eval_guidance_scales=[1, 2]",
     "tasks.image_generation.samples_per_class=2",
     "model.base_width=16", "model.blocks_per_level=1",
     "pretrain.steps=30", "pretrain.batch_size=32", "pretrain.warmup_steps=5",
@@ -46,9 +47,10 @@ def test_a_tiny_generation_run_is_measured_and_served_in_openai_shape(tmp_path):
     for key in ("fid", "gaussian_fid", "real_fid", "class_accuracy", "unguided_fid"):
         assert m[key] >= 0, key
     assert m["real_fid"] < m["fid"]  # 30 steps: the real held-out images are the floor
-    assert set(m["per_step_count"]) == {"1", "2"}
+    assert set(m["per_step_count"]) == {"1", "2"} and set(m["per_guidance_scale"]) == {"1", "2"}
     report = (cfg.run_dir / "evaluate" / "report.md").read_text()
-    assert "per-class Gaussian (baseline)" in report and "Sampler step counts" in report
+    for heading in ("per-class Gaussian (baseline)", "Sampler step counts", "Guidance scales"):
+        assert heading in report, heading
     for png in ("samples.png", "progress.png", "fid.png"):
         assert (cfg.run_dir / "evaluate" / png).is_file(), png
     assert len(list((cfg.run_dir / "pretrain" / "progress").glob("step_*.npy"))) == 2

@@ -92,6 +92,10 @@ class Options(TaskOptions):
         None, default_factory=lambda: [1, 2, 4, 8, 16], stage="evaluate",
         description="step counts the report compares (FID, class accuracy, seconds)",
     )  # fmt: skip
+    eval_guidance_scales: list[float] = option(
+        None, default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0], stage="evaluate",
+        description="guidance scales the report compares (FID, class accuracy)",
+    )  # fmt: skip
     samples_per_class: int = option(
         10, stage="evaluate", ge=1, le=64, description="images per class in the report's grid"
     )
@@ -219,7 +223,7 @@ def evaluate(
     floor, model, unguided, gauss = (scores[n] for n in names)
     # memorisation: the share of samples closer to a training image than any held-out image is
     copies = float(np.mean(near[names[1]] < near[names[0]].min()))
-    steps_rows, per_steps = _step_sweep(cfg, opts, net, judge, f_train, x, y, device)
+    steps_rows, w_rows, per_steps, per_w = _sweep(cfg, opts, net, judge, f_train, x, y, device)
     metrics = {
         "split": split,
         "rows": len(y),
@@ -240,6 +244,7 @@ def evaluate(
         "sampler": opts.sampler,
         "guidance_scale": opts.guidance_scale,
         "per_step_count": per_steps,
+        "per_guidance_scale": per_w,
         "classes": classes,
     }
     reporter.info(
@@ -265,7 +270,8 @@ def evaluate(
     sections = [
         (f"Results ({split} split)", results + "\n\n" + notes),
         ("How these are measured", _HOW),
-        ("Sampler step counts", steps_rows),
+        (f"Sampler step counts (guidance {opts.guidance_scale:g})", steps_rows),
+        (f"Guidance scales ({opts.sample_steps} {opts.sampler} steps)", w_rows),
         ("Training", training_table(trained)),
     ]
     return metrics, sections, images
@@ -283,23 +289,36 @@ _HOW = (
 )
 
 
-def _step_sweep(cfg, opts, net, judge, f_train, x, y, device) -> tuple[str, dict]:
-    lines = ["| steps | sampler | network calls / image | FID | class accuracy | ms / image |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    per, null = {}, net.class_emb.num_embeddings - 1
-    calls_per_step = 1 if opts.guidance_scale in (0.0, 1.0) else 2
-    for steps in sorted(set(opts.eval_step_counts)):
+def _sweep(cfg, opts, net, judge, f_train, x, y, device) -> tuple[str, str, dict, dict]:
+    """FID, class accuracy and time per sampler step count (at the run's guidance), and per
+    guidance scale (at the run's step count)."""
+    null = net.class_emb.num_embeddings - 1
+
+    def score(steps: int, guidance: float) -> dict:
         t0 = time.perf_counter()
         gen = sample(net, y.to(device), tuple(x.shape[1:]), null, steps=steps,
-                     guidance=opts.guidance_scale, sampler=opts.sampler, seed=cfg.seed)  # fmt: skip
+                     guidance=guidance, sampler=opts.sampler, seed=cfg.seed)  # fmt: skip
         ms = 1000 * (time.perf_counter() - t0) / len(y)
         gen = from_uint8(to_uint8(gen))
-        f = fid(judge_features(judge, gen, device), f_train)
-        acc = float((judge_predict(judge, gen, device) == y).float().mean())
-        calls = steps * calls_per_step * (2 if opts.sampler == "heun" else 1)
-        per[str(steps)] = {"fid": f, "class_accuracy": acc, "ms_per_image": ms}
-        lines.append(f"| {steps} | {opts.sampler} | {calls} | {f:.3f} | {acc:.4f} | {ms:.2f} |")
-    return "\n".join(lines), per
+        return {
+            "fid": fid(judge_features(judge, gen, device), f_train),
+            "class_accuracy": float((judge_predict(judge, gen, device) == y).float().mean()),
+            "ms_per_image": ms,
+            "network_calls": steps * (1 if guidance in (0.0, 1.0) else 2)
+            * (2 if opts.sampler == "heun" else 1),
+        }  # fmt: skip
+
+    def table(first: str, rows: dict) -> str:
+        lines = [f"| {first} | network calls / image | FID | class accuracy | ms / image |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        for k, r in rows.items():
+            lines.append(f"| {k} | {r['network_calls']} | {r['fid']:.3f} | "
+                         f"{r['class_accuracy']:.4f} | {r['ms_per_image']:.2f} |")  # fmt: skip
+        return "\n".join(lines)
+
+    per_steps = {str(k): score(k, opts.guidance_scale) for k in sorted(set(opts.eval_step_counts))}
+    per_w = {f"{w:g}": score(opts.sample_steps, w) for w in sorted(set(opts.eval_guidance_scales))}
+    return table(f"{opts.sampler} steps", per_steps), table("guidance w", per_w), per_steps, per_w
 
 
 def _pictures(cfg, opts, net, ckpt, out, classes, shape, scores, device) -> list:
