@@ -79,21 +79,21 @@ class Options(TaskOptions):
         8, stage=TRAIN, ge=1, description="Euler steps of the samples behind the validation FID"
     )
     guidance_scale: float = option(
-        2.0, stage=(*TRAIN, "evaluate", "serve"), ge=0, le=20,
+        1.0, stage=(*TRAIN, "evaluate", "serve"), ge=0, le=20,
         description="classifier-free guidance w: 1 = plain conditional, > 1 more class-typical",
     )  # fmt: skip
     sample_steps: int = option(
         8, stage=("evaluate", "serve"), ge=1, le=1000, description="sampler steps (evaluate, serve)"
     )
     sampler: Literal["euler", "heun"] = option(
-        "euler", stage=("evaluate", "serve"), description="euler: 1 network call a step; heun: 2"
+        "heun", stage=("evaluate", "serve"), description="euler: 1 network call a step; heun: 2"
     )
     eval_step_counts: list[int] = option(
         None, default_factory=lambda: [1, 2, 4, 8, 16], stage="evaluate",
         description="step counts the report compares (FID, class accuracy, seconds)",
     )  # fmt: skip
     eval_guidance_scales: list[float] = option(
-        None, default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0], stage="evaluate",
+        None, default_factory=lambda: [1.0, 1.25, 1.5, 2.0, 3.0], stage="evaluate",
         description="guidance scales the report compares (FID, class accuracy)",
     )  # fmt: skip
     samples_per_class: int = option(
