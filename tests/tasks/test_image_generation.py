@@ -51,7 +51,7 @@ def test_a_tiny_generation_run_is_measured_and_served_in_openai_shape(tmp_path):
     report = (cfg.run_dir / "evaluate" / "report.md").read_text()
     for heading in ("per-class Gaussian (baseline)", "Sampler step counts", "Guidance scales"):
         assert heading in report, heading
-    for png in ("samples.png", "progress.png", "fid.png"):
+    for png in ("samples.png", "progress.png", "fid.png", "nearest.png"):
         assert (cfg.run_dir / "evaluate" / png).is_file(), png
     assert len(list((cfg.run_dir / "pretrain" / "progress").glob("step_*.npy"))) == 2
 

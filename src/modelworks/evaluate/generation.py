@@ -66,7 +66,7 @@ class GaussianBaseline:
         return out.float().clamp(-1, 1).reshape(len(labels), *self.shape)
 
 
-_EXACT = "donot_use_mm_for_euclid_dist"  # the matmul shortcut leaves ~1e-3 for identical rows
+EXACT = "donot_use_mm_for_euclid_dist"  # the matmul shortcut leaves ~1e-3 for identical rows
 
 
 def nearest_distances(samples: torch.Tensor, train: torch.Tensor, batch: int = 1024) -> np.ndarray:
@@ -76,7 +76,7 @@ def nearest_distances(samples: torch.Tensor, train: torch.Tensor, batch: int = 1
     b = train.reshape(len(train), -1).float()
     out = []
     for i in range(0, len(a), batch):
-        out.append(torch.cdist(a[i : i + batch], b, compute_mode=_EXACT).min(1).values)
+        out.append(torch.cdist(a[i : i + batch], b, compute_mode=EXACT).min(1).values)
     d = torch.cat(out) if out else torch.zeros(0)
     return (d / a.shape[1] ** 0.5).numpy()
 

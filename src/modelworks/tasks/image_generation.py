@@ -31,6 +31,7 @@ from torch import nn
 from modelworks.artifacts import StageWriter
 from modelworks.config import Config
 from modelworks.evaluate.generation import (
+    EXACT,
     GaussianBaseline,
     fid,
     nearest_distances,
@@ -208,8 +209,9 @@ def evaluate(
     judge = load_judge(run_dir / "preprocess" / JUDGE, device)
     f_train = judge_features(judge, x_train, device)
     rows, scores, near = [], {}, {}
-    for name, imgs in _sets(cfg, opts, net, x_train, y_train, x, y, device).items():
-        imgs = from_uint8(to_uint8(imgs))
+    sets = {k: from_uint8(to_uint8(v)) for k, v in
+            _sets(cfg, opts, net, x_train, y_train, x, y, device).items()}  # fmt: skip
+    for name, imgs in sets.items():
         near[name] = nearest_distances(imgs, x_train)
         s = {
             "fid": fid(judge_features(judge, imgs, device), f_train),
@@ -253,6 +255,8 @@ def evaluate(
         f"({opts.sample_steps} {opts.sampler} steps, guidance {opts.guidance_scale:g})"
     )
     images = _pictures(cfg, opts, net, ckpt, out, classes, tuple(x.shape[1:]), scores, device)
+    _plot_nearest(sets[names[1]], y, x_train, out / "nearest.png")
+    images.append(("nearest.png", "Memorisation check: samples and their nearest training images"))
     head = (
         "| images | FID (judge features) | class accuracy (judge) | median RMS to nearest train |"
     )
@@ -345,6 +349,15 @@ def _pictures(cfg, opts, net, ckpt, out, classes, shape, scores, device) -> list
     if plot_fid_curve(records, out / "fid.png", lines):
         images.append(("fid.png", "FID during training"))
     return images
+
+
+def _plot_nearest(samples: torch.Tensor, y: torch.Tensor, train: torch.Tensor, path: Path) -> None:
+    """The first sample of each class above the training image nearest to it."""
+    first = [int((y == c).nonzero()[0]) for c in y.unique().tolist()]
+    picked = samples[first]
+    d = torch.cdist(picked.flatten(1), train.flatten(1), compute_mode=EXACT)
+    rows = [to_uint8(picked).numpy(), to_uint8(train[d.argmin(1)]).numpy()]
+    plot_grid(rows, ["sample", "nearest train"], path, "Samples and their nearest training images")
 
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:
