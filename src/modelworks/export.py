@@ -59,6 +59,8 @@ def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
     name = name_of(model.modelworks_config)
     if name in ("vit", "cnn", "mlp"):
         return f"an image classifier ({name})", ("safetensors", "onnx", "int8")
+    if name == "unet":
+        return "an image generator (U-Net denoiser)", ("safetensors", "onnx")
     return f"a {name} model", ("safetensors",)
 
 
@@ -153,7 +155,11 @@ def export(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not empty; choose a new or empty folder")
     with staged_folder(out_dir) as tmp:
-        if fmt == "onnx":
+        if fmt == "onnx" and name_of(model.modelworks_config) == "unet":
+            from modelworks.export_denoiser import write_denoiser_onnx
+
+            write_denoiser_onnx(model, run_dir, tmp)
+        elif fmt == "onnx":
             from modelworks.export_onnx import write_onnx
 
             write_onnx(model, run_dir, tmp)

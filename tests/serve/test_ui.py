@@ -221,3 +221,30 @@ def test_image_panel_classifies_an_uploaded_digit(page, image_server, tmp_path):
     labels = api["data"][0]["labels"]
     assert [s.split()[0] for s in shown] == [x["label"] for x in labels]
     assert json.loads(json.dumps(labels))[0]["probability"] > 0
+
+
+@pytest.mark.slow
+def test_gallery_panel_shows_generated_images_of_the_chosen_class(page, tmp_path_factory):
+    from tests.tasks.test_image_generation import TINY
+
+    runs = tmp_path_factory.mktemp("ui-gen") / "runs"
+    cfg = load_config(ROOT / "configs" / "generation.yaml", [f"runs_dir={runs}", *TINY])
+    run(cfg)
+    with served(cfg.run_dir, "threads=1") as (url, _):
+        page.goto(url + "/")
+        page.wait_for_selector("#gallery-panel:not([hidden])")
+        assert page.locator("#gen-class option").count() == 10
+        page.select_option("#gen-class", "3")
+        page.fill("#gen-n", "4")
+        page.fill("#gen-seed", "11")
+        page.click("#gen-send")
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 4")
+        loaded = "[...document.querySelectorAll('#gallery img')].every(i => i.naturalWidth)"
+        page.wait_for_function(loaded)
+        shown = page.eval_on_selector_all("#gallery img", "els => els.map(e => e.src)")
+        shot = tmp_path_factory.mktemp("ui-gen-shot") / "gallery.png"
+        page.screenshot(path=str(shot), full_page=True)
+        _keep(shot)
+        body = {"prompt": "3", "n": 4, "size": "64x64", "seed": 11}
+        api = httpx.post(url + "/v1/images/generations", json=body, timeout=60).json()
+        assert shown == ["data:image/png;base64," + d["b64_json"] for d in api["data"]]

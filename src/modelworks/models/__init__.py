@@ -12,5 +12,6 @@ from modelworks.models import (  # noqa: F401  (each registers itself)
     mlp,
     registry,
     sasrec,
+    unet,
     vit,
 )

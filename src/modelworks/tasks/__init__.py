@@ -20,6 +20,7 @@ TASKS = {
     "recommendation": "modelworks.tasks.recommendation",
     "translation": "modelworks.tasks.translation",
     "chat": "modelworks.tasks.chat",
+    "image_generation": "modelworks.tasks.image_generation",
 }
 
 

@@ -98,6 +98,7 @@ function setupPanels() {
     $("prompt").focus();
   }
   if (state.paths.has("/v1/images/classify")) $("image-panel").hidden = false;
+  if (state.paths.has("/v1/images/generations")) setupGallery();
   const tasks = TASK_PATHS.filter((p) => state.paths.has(p));
   if (tasks.length) {
     $("task-panel").hidden = false;
@@ -305,6 +306,45 @@ drop.addEventListener("drop", (ev) => {
   drop.classList.remove("over");
   const file = ev.dataTransfer.files[0];
   if (file) classifyImage(file).catch((e) => showError(String(e)));
+});
+
+// ---------------------------------------------------------------- image generation gallery
+
+function setupGallery() {
+  $("gallery-panel").hidden = false;
+  $("gen-class").innerHTML = "";
+  ((state.model && state.model.classes) || []).forEach((c) => $("gen-class").append(new Option(c, c)));
+}
+
+$("gen-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  showError("");
+  const body = { prompt: $("gen-class").value, n: Number($("gen-n").value),
+                 size: "64x64", response_format: "b64_json" };
+  if ($("gen-seed").value !== "") body.seed = Number($("gen-seed").value);
+  if (state.model) body.model = state.model.id;
+  $("gen-send").disabled = true;
+  try {
+    const resp = await fetch("v1/images/generations", {
+      method: "POST", headers: headers(), body: JSON.stringify(body),
+    });
+    if (!resp.ok) {
+      showError(await errorText(resp));
+      return;
+    }
+    $("gallery").innerHTML = "";
+    for (const item of (await resp.json()).data) {
+      const img = document.createElement("img");
+      img.src = "data:image/png;base64," + item.b64_json;
+      img.alt = item.revised_prompt;
+      img.title = item.revised_prompt;
+      $("gallery").append(img);
+    }
+  } catch (e) {
+    showError(String(e));
+  } finally {
+    $("gen-send").disabled = false;
+  }
 });
 
 // ---------------------------------------------------------------- other task endpoints
