@@ -104,16 +104,14 @@ class Options(TaskOptions):
 
 def options(cfg: Config) -> Options:
     """This task's validated `tasks.image_generation:` section (config load checked it)."""
-    return Options.model_validate(cfg.tasks.get(NAME) or {})
+    return TASK.options_from(cfg)
 
 
 def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     from modelworks.runtime import resolve_device
 
     opts = options(cfg)
-    pre = cfg.preprocess.model_copy(update={"image_size": opts.image_size,
-                                            "channels": opts.channels})  # fmt: skip
-    stats = prepare_images(cfg.model_copy(update={"preprocess": pre}), run_dir, out, reporter)
+    stats = prepare_images(cfg, run_dir, out, reporter, opts.image_size, opts.channels)
     judge = train_judge(cfg, out, opts.judge_steps, reporter, resolve_device(cfg.device))
     reporter.info(
         "[preprocess] judge accuracy: "
