@@ -6,7 +6,8 @@ Text sources write `<run>/collect/documents.parquet` (id, text, source); image s
 `<run>/collect/images.parquet` (id, image bytes, label, source); labelled tables write
 `documents.parquet` with a `label` column; interaction sources (recommendation) write
 `interactions.parquet` (user, item, timestamp, rating, source); chat sources write
-`chats.parquet` (id, messages as JSON, source, split, topic). One run collects one kind.
+`chats.parquet` (id, messages as JSON, source, split, topic); event sources (user behaviour)
+write `events.parquet` column-wise (collect/events.py). One run collects one kind.
 
 Rows a table reader cannot use are skipped under one policy (collect/rows.py): counted per reason
 with their first `file:line`s in the manifest's summary (`bad_rows`) and the report; past a
@@ -31,6 +32,7 @@ from modelworks.collect import (
     sources,
     tables,
 )
+from modelworks.collect.events import EVENT_TYPES, collect_events
 from modelworks.collect.splits import split_counts, with_splits
 from modelworks.config import Config
 from modelworks.errors import CollectError
@@ -190,6 +192,8 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
     from modelworks.lifecycle import stage_writer
 
     reporter = reporter or Reporter()
+    if any(s.type in EVENT_TYPES for s in cfg.collect.sources):  # event logs: column-wise
+        return collect_events(cfg, reporter)
     kinds = {
         "interactions"
         if s.type in INTERACTION_TYPES

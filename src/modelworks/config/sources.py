@@ -25,6 +25,8 @@ class SourceConfig(_Section):
         "interactions",
         "stdlib_calls",
         "stdlib_imports",
+        "events",
+        "shop_simulator",
         "parallel",
         "warc",
         "crawl",
@@ -45,6 +47,9 @@ class SourceConfig(_Section):
         "table: labelled texts from csv/tsv/txt/jsonl/parquet (text_field, label_field); "
         "interactions: user/item logs from csv/parquet (user_field, item_field, time_field); "
         "stdlib_calls / stdlib_imports: built-in recommendation data from the Python stdlib; "
+        "events: user event logs from csv/tsv/parquet/jsonl (user_field, time_field, "
+        "event_field, item_field, category_field, value_field); shop_simulator: a seeded "
+        "built-in shop's event log with its ground truth (`users` of them); "
         "parallel: translation pairs from tsv/txt/jsonl (source_field, target_field); "
         "chat: conversations (`messages` with roles, or instruction/input/output, or "
         "prompt/completion records) from jsonl/parquet; synthetic_chat: generated instruction "
@@ -96,6 +101,12 @@ class SourceConfig(_Section):
     rating_field: str = Field(
         "rating", description="interactions: optional rating column (kept when present)"
     )
+    event_field: str = Field("event", description="events: column holding the event name")
+    category_field: str = Field(
+        "category", description="events: optional item category column ('' = none)"
+    )
+    value_field: str = Field("value", description="events: optional revenue column ('' = none)")
+    users: int = Field(20000, ge=10, description="shop_simulator: how many users to simulate")
     urls: list[str] = Field(default_factory=list, description="crawl: seed URLs")
     allow_domains: list[str] = Field(
         default_factory=list,
