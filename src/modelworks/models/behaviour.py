@@ -5,10 +5,11 @@ output embedding) over event tokens instead of items; a token joins what was tou
 or item), the event name and the time-gap bucket since the previous event
 (tasks/user_behaviour_data.Vocab). Notable choices:
 - right-padded sequences ending in a cutoff token (gap from the last event to the cutoff), so the
-  hidden state there has seen the whole history and how long ago it ended: the user embedding;
+  hidden state there has seen the whole history and how long ago it ended;
 - next-event logits over the token vocabulary from the tied embedding (pretraining);
-- the propensity head is a small MLP on the user embedding (one logit: the target event
-  happens within the horizon).
+- the propensity head is a small MLP on the cutoff token's state (one logit: the target event
+  happens within the horizon); the user embedding that segments is the mean state over the
+  sequence (`pooled`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class BehaviourConfig:
     n_head: int = 2
     mlp_ratio: float = 2.0
     dropout: float = 0.1
+    n_items: int = 0  # > 0: the click heads (item ids 1..n_items, 0 padding); 0: none
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -54,6 +56,15 @@ class BehaviourModel(nn.Module):
         )
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
+        if cfg.n_items:
+            d = cfg.d_model
+            self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+            # DIN's local activation unit: weight of a past item given the candidate
+            self.activation = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, 1))
+            self.click_head = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, 1))
+            # the ablation: the same head over the plain mean of the past items
+            self.click_plain = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, 1))
+            nn.init.normal_(self.item_emb.weight, std=0.02)
 
     def embed(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) tokens -> (B, T, d) input embeddings (what attributions differentiate)."""
@@ -72,13 +83,44 @@ class BehaviourModel(nn.Module):
         n = (seq > 0).sum(1).clamp(min=1) - 1
         return h[torch.arange(len(seq), device=seq.device), n]
 
-    def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(next-token logits (B, T, vocab), propensity logit (B,))."""
+    def forward(
+        self, seq: torch.Tensor, hist: torch.Tensor | None = None, cand: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(next-token logits (B, T, vocab), propensity logit (B,)), and with `hist` (B, T) past
+        item ids and `cand` (B,) candidate ids: + (click logit with target attention, click
+        logit of the mean-pooling ablation) (B,) each."""
         h = self.hidden(seq)
-        return h @ self.tok_emb.weight.T, self.propensity(self.last(h, seq)).squeeze(-1)
+        state = self.last(h, seq)
+        out = (h @ self.tok_emb.weight.T, self.propensity(state).squeeze(-1))
+        if hist is None:
+            return out
+        din, plain, _ = self.click(state, hist, cand)
+        return (*out, din, plain)
+
+    def click(self, state: torch.Tensor, hist: torch.Tensor, cand: torch.Tensor):
+        """(DIN logit, mean-pooling logit, attention weights (B, T)): DIN (Zhou et al. 2018)
+        weighs each past item by an MLP of (item, candidate, difference, product), unnormalised
+        (no softmax, so the intensity of interest survives), and sums."""
+        e = self.item_emb(hist)  # (B, T, d)
+        c = self.item_emb(cand)[:, None].expand_as(e)
+        mask = (hist > 0).to(e.dtype)
+        w = self.activation(torch.cat([e, c, e - c, e * c], -1)).squeeze(-1) * mask
+        pooled = (w[..., None] * e).sum(1)
+        mean = (e * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        c0 = c[:, 0]
+        din = self.click_head(torch.cat([pooled, c0, state], -1)).squeeze(-1)
+        plain = self.click_plain(torch.cat([mean, c0, state.detach()], -1)).squeeze(-1)
+        return din, plain, w
+
+    @staticmethod
+    def pooled(h: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """The mean hidden state over a sequence's tokens: the user embedding that segments
+        (what a user does, where `last` is dominated by how recently: measured, segments.py)."""
+        mask = (seq > 0).to(h.dtype)[..., None]
+        return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
 
     def user_embedding(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.last(self.hidden(seq), seq)
+        return self.pooled(self.hidden(seq), seq)
 
     def attributions(self, seq: torch.Tensor) -> tuple[float, torch.Tensor]:
         """(propensity, gradient x input summed over features per position) for one (1, T)
@@ -87,7 +129,7 @@ class BehaviourModel(nn.Module):
         emb = self.embed(seq).detach().requires_grad_(True)
         logit = self.propensity(self.last(self.hidden(seq, emb), seq)).squeeze()
         (grad,) = torch.autograd.grad(logit, emb)
-        return float(torch.sigmoid(logit)), (grad * emb).sum(-1)[0].detach().cpu().numpy()
+        return float(torch.sigmoid(logit.detach())), (grad * emb).sum(-1)[0].detach().cpu().numpy()
 
 
 @register("behaviour", BehaviourConfig)

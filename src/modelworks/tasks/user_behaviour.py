@@ -31,6 +31,7 @@ from modelworks.evaluate.event_analytics import plots as analytics_plots
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.tasks.base import Task
+from modelworks.tasks.user_behaviour_clicks import click_results, click_scores, click_table
 from modelworks.tasks.user_behaviour_data import N_GAPS, Options, load_windows, options_of, prepare
 from modelworks.tasks.user_behaviour_serve import serve_routes
 from modelworks.train.data import ExampleLoader
@@ -42,18 +43,36 @@ def is_val(user: str) -> bool:
     return zlib.crc32(user.encode()) % 10 == 0
 
 
-def make_loss(weight: float):
+def make_loss(weight: float, clicks: bool):
+    """Next-event cross-entropy + weight x propensity BCE (+ the two click heads' BCE). A batch
+    is (tokens | item history side by side, (propensity label, candidate id, click label))."""
+
     def loss_fn(model, batch) -> torch.Tensor:
-        x, y = batch
+        xx, y = batch
+        x, hist = xx.chunk(2, 1) if clicks else (xx, None)
         width = int((x > 0).sum(1).max())
         x = x[:, :width]
-        logits, p = model(x)
+        out = model(x, hist[:, :width], y[:, 1].long()) if clicks else model(x)
         target = x[:, 1:]
         mask = target > 0
-        ce = F.cross_entropy(logits[:, :-1][mask].float(), target[mask])
-        return ce + weight * F.binary_cross_entropy_with_logits(p.float(), y.float())
+        ce = F.cross_entropy(out[0][:, :-1][mask].float(), target[mask])
+        loss = ce + weight * F.binary_cross_entropy_with_logits(out[1].float(), y[:, 0])
+        if clicks:
+            for logit in out[2:]:
+                loss = loss + F.binary_cross_entropy_with_logits(logit.float(), y[:, 2])
+        return loss
 
     return loss_fn
+
+
+def batches(tensors: dict, window: str, clicks: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of a window as make_loss reads them."""
+    x, y = tensors[f"{window}_x"], tensors[f"{window}_y"].float()
+    if not clicks:
+        return x, y[:, None]
+    xx = torch.cat([x, tensors[f"{window}_items"] + 1], 1)
+    cand = tensors[f"{window}_cand"].float() + 1
+    return xx, torch.stack([y, cand, tensors[f"{window}_click"].float()], 1)
 
 
 @torch.no_grad()
@@ -67,7 +86,7 @@ def score(model, x: torch.Tensor, device, batch: int = 512) -> tuple[np.ndarray,
         h = model.hidden(xb)
         last = model.last(h, xb)
         ps.append(torch.sigmoid(model.propensity(last).squeeze(-1)).float().cpu())
-        es.append(last.float().cpu())
+        es.append(model.pooled(h, xb).float().cpu())
     return torch.cat(ps).numpy(), torch.cat(es).numpy()
 
 
@@ -81,7 +100,11 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
             f"task user_behaviour needs model.name: behaviour (got {cfg.model.name!r})"
         )
     model_cfg.vocab_size = model_cfg.vocab_size or vocab.size
-    x, y = tensors["train_x"], tensors["train_y"]
+    clicks = "train_cand" in tensors
+    if clicks:
+        n_items = len(json.loads((run_dir / "preprocess" / "items.json").read_text())["items"])
+        model_cfg.n_items = model_cfg.n_items or n_items
+    x = tensors["train_x"]
     if model_cfg.vocab_size < vocab.size or model_cfg.max_len < x.shape[1]:
         raise ConfigError(
             f"model.vocab_size / max_len ({model_cfg.vocab_size}, {model_cfg.max_len}) are smaller "
@@ -91,21 +114,25 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
     model = build_model(model_cfg).to(device)
     val = torch.tensor([is_val(u) for u in users["train"]])
     p = cfg.pretrain
-    loader = ExampleLoader(x[~val], y[~val], p.batch_size // world, cfg.seed, rank, world)
-    vx, vy = x[val], y[val].numpy()
-    loss_fn = make_loss(options_of(cfg).propensity_weight)
+    xx, yy = batches(tensors, "train", clicks)
+    loader = ExampleLoader(xx[~val], yy[~val], p.batch_size // world, cfg.seed, rank, world)
+    vxx, vyy = xx[val], yy[val]
+    loss_fn = make_loss(options_of(cfg).propensity_weight, clicks)
 
     def validate(m) -> dict[str, float]:
         with torch.no_grad():
             losses = [
-                loss_fn(
-                    m, (vx[s : s + 512].to(device), torch.from_numpy(vy[s : s + 512]).to(device))
-                ).item()
-                for s in range(0, len(vx), 512)
+                loss_fn(m, (vxx[s : s + 512].to(device), vyy[s : s + 512].to(device))).item()
+                for s in range(0, len(vxx), 512)
             ]
-        probs, _ = score(m, vx, device)
-        r = prop.metrics(vy, probs)
-        return {"val_loss": float(np.mean(losses)), "val_auc": r["auc"], "val_ece": r["ece"]}
+        probs, _ = score(m, x[val], device)
+        r = prop.metrics(vyy[:, 0].numpy(), probs)
+        out = {"val_loss": float(np.mean(losses)), "val_auc": r["auc"], "val_ece": r["ece"]}
+        if clicks:
+            items, cand = tensors["train_items"][val], tensors["train_cand"][val]
+            din, _ = click_scores(m, x[val], items, cand, device)
+            out["val_click_auc"] = prop.metrics(vyy[:, 2].numpy(), din)["auc"]
+        return out
 
     return TrainSetup(model, loss_fn, loader, validate, p.batch_size // world, "users")
 
@@ -160,6 +187,7 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
     segments, seg_section = segment_users(opt, emb, tensors, vocab, truth, p_model, y, cfg.seed)
     (out / "segments.json").write_text(json.dumps(segments["serving"]))
     why = explain_one(model, tensors["test_x"], p_model, vocab, device)
+    clicks = click_results(run_dir, model, tensors, users, device) if "test_cand" in tensors else {}
     ours, rfm = results["behaviour transformer"]["auc"], results["RFM logistic regression"]["auc"]
     metrics = {
         "split": "test",
@@ -173,6 +201,7 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
         "bgnbd_implementation": bg_how,
         "auc_minus_rfm_logistic": ours - rfm,
         "segments": segments["metrics"],
+        "click": clicks,
         "explanation": why,
         "analytics": json.loads((run_dir / "preprocess" / "analytics.json").read_text()),
         "log": {
@@ -201,6 +230,11 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
             results_table(results, bg_how),
         ),
         ("Segments", seg_section),
+        *(
+            [("Click: (user, candidate item) pairs, test window", click_table(clicks))]
+            if clicks
+            else []
+        ),
         ("Why: the events that weighed most for the highest-scored user", why_table(why)),
         ("Training", training_table(trained)),
     ]

@@ -26,6 +26,7 @@ from modelworks.artifacts import atomic_write_json
 from modelworks.errors import BehaviourDataError
 from modelworks.evaluate.event_analytics import analytics, rfm_sql
 from modelworks.tasks.base import TRAIN, TaskOptions, option
+from modelworks.tasks.user_behaviour_clicks import candidates
 
 # gap bucket edges, seconds: 1 min, 10 min, 1 h, 6 h, 1 d, 3 d, 7 d, 14 d, 30 d
 GAP_EDGES = [60, 600, 3600, 21600, 86400, 259200, 604800, 1209600, 2592000]
@@ -186,6 +187,11 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
     h = np.timedelta64(int(opt.horizon_days * 86400e6), "us")
     train_cut = np.datetime64(cutoff, "us") - h
     tensors, users, counts = {}, {}, {}
+    item_counts = np.array(
+        [r[0] for r in con.sql(
+            "SELECT count(*) AS n FROM e WHERE item IS NOT NULL GROUP BY item ORDER BY n DESC, item"
+        ).fetchall()], np.float64
+    )  # fmt: skip
     for name, cut in (
         ("train", train_cut),
         ("test", np.datetime64(cutoff, "us")),
@@ -201,6 +207,10 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
             tensors[f"{name}_bgnbd"] = torch.from_numpy(bgnbd_inputs(con, opt.target_event, cut))
             tensors[f"{name}_y"] = torch.from_numpy(y)
             tensors[f"{name}_rfm"] = torch.from_numpy(feats)
+            if len(item_counts):
+                cand, click = candidates(con, u, cut, cut + h, item_counts, cfg.seed)
+                tensors[f"{name}_cand"] = torch.from_numpy(cand)
+                tensors[f"{name}_click"] = torch.from_numpy(click)
             counts[name] = {"users": len(u), "positives": int(y.sum()), "cutoff": str(cut)}
     save_file(tensors, str(out / "windows.safetensors"))
     atomic_write_json(out / "users.json", users)

@@ -151,7 +151,8 @@ def score_user(st: dict, x: torch.Tensor, seen: set[str], k: int, field: str) ->
     segment = None
     if st["segments"]:
         s = st["segments"]
-        z = (last[0].float().cpu().numpy() - np.array(s["mean"])) / np.array(s["std"])
+        pooled = model.pooled(h, x)[0].float().cpu().numpy()
+        z = (pooled - np.array(s["mean"])) / np.array(s["std"])
         segment = int(np.argmin(((np.array(s["centroids"]) - z) ** 2).sum(1)))
     return {
         "propensity": p,
