@@ -158,3 +158,24 @@ def test_a_tiny_run_serves_a_scored_user_over_http(tmp_path, monkeypatch):
         assert "shoes-003" not in [i["item"] for i in r.json()["items"]]
         r = httpx.post(f"{base}/v1/users/score", json={"user": "nobody"}, timeout=60)
         assert r.status_code == 404 and r.json()["error"]["param"] == "user"
+
+
+@pytest.mark.slow
+def test_on_the_simulator_the_model_beats_its_baselines_on_held_out_time(tmp_path):
+    """A reduced configs/behaviour.yaml (5,000 users, shorter training): the quality claims on
+    the test window (after the cutoff), which no training step saw."""
+    cfg = load_config(
+        "configs/behaviour.yaml",
+        [f"runs_dir={tmp_path / 'runs'}", "collect.sources.0.users=5000", "model.max_len=64",
+         "tasks.user_behaviour.max_len=64", "pretrain.steps=300", "pretrain.eval_every=100",
+         "pretrain.ckpt_every=100"],
+    )  # fmt: skip
+    run(cfg)
+    m = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    p = {k: v["auc"] for k, v in m["propensity"].items()}
+    assert p["behaviour transformer"] > p["RFM logistic regression"] > p["BG/NBD"] - 0.02, p
+    assert p["oracle (simulator truth)"] - p["behaviour transformer"] < 0.06, p
+    assert m["segments"]["ari_vs_planted"] >= 0.8, m["segments"]
+    assert m["segments"]["rfm_quantile_ari_vs_planted"] < 0.3, m["segments"]
+    c = {k: v["auc"] for k, v in m["click"]["methods"].items()}
+    assert c["DIN (target attention)"] >= c["popularity"] + 0.10, c

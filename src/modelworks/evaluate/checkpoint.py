@@ -28,7 +28,15 @@ from modelworks.errors import EvaluateError
 
 # the config parts that make a run's numbers what they are (not its name, folder or device)
 RUN_KEYS = (
-    "task", "tasks", "seed", "collect", "preprocess", "model", "pretrain", "finetune", "evaluate"
+    "task",
+    "tasks",
+    "seed",
+    "collect",
+    "preprocess",
+    "model",
+    "pretrain",
+    "finetune",
+    "evaluate",
 )
 
 

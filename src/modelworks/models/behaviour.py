@@ -8,8 +8,9 @@ or item), the event name and the time-gap bucket since the previous event
   hidden state there has seen the whole history and how long ago it ended;
 - next-event logits over the token vocabulary from the tied embedding (pretraining);
 - the propensity head is a small MLP on the cutoff token's state (one logit: the target event
-  happens within the horizon); the user embedding that segments is the mean state over the
-  sequence (`pooled`).
+  happens within the horizon), with `n_features` whole-history counts beside it (the sequence
+  holds only the last max_len events; the counts hold the rest); the user embedding that
+  segments is the mean state over the sequence (`pooled`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class BehaviourConfig:
     mlp_ratio: float = 2.0
     dropout: float = 0.1
     n_items: int = 0  # > 0: the click heads (item ids 1..n_items, 0 padding); 0: none
+    n_features: int = 0  # whole-history counts (RFM) beside the state in the propensity head
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -52,7 +54,9 @@ class BehaviourModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.propensity = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 1)
+            nn.Linear(cfg.d_model + cfg.n_features, cfg.d_model),
+            nn.GELU(),
+            nn.Linear(cfg.d_model, 1),
         )
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
@@ -83,15 +87,24 @@ class BehaviourModel(nn.Module):
         n = (seq > 0).sum(1).clamp(min=1) - 1
         return h[torch.arange(len(seq), device=seq.device), n]
 
+    def propensity_logit(self, state: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.n_features:
+            state = torch.cat([state, feats.to(state.dtype)], -1)
+        return self.propensity(state).squeeze(-1)
+
     def forward(
-        self, seq: torch.Tensor, hist: torch.Tensor | None = None, cand: torch.Tensor | None = None
+        self,
+        seq: torch.Tensor,
+        hist: torch.Tensor | None = None,
+        cand: torch.Tensor | None = None,
+        feats: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """(next-token logits (B, T, vocab), propensity logit (B,)), and with `hist` (B, T) past
         item ids and `cand` (B,) candidate ids: + (click logit with target attention, click
         logit of the mean-pooling ablation) (B,) each."""
         h = self.hidden(seq)
         state = self.last(h, seq)
-        out = (h @ self.tok_emb.weight.T, self.propensity(state).squeeze(-1))
+        out = (h @ self.tok_emb.weight.T, self.propensity_logit(state, feats))
         if hist is None:
             return out
         din, plain, _ = self.click(state, hist, cand)
@@ -122,12 +135,12 @@ class BehaviourModel(nn.Module):
     def user_embedding(self, seq: torch.Tensor) -> torch.Tensor:
         return self.pooled(self.hidden(seq), seq)
 
-    def attributions(self, seq: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def attributions(self, seq: torch.Tensor, feats=None) -> tuple[float, torch.Tensor]:
         """(propensity, gradient x input summed over features per position) for one (1, T)
         sequence: how much each event's embedding pushed the propensity logit."""
         seq = seq[:, : int((seq > 0).sum())]
         emb = self.embed(seq).detach().requires_grad_(True)
-        logit = self.propensity(self.last(self.hidden(seq, emb), seq)).squeeze()
+        logit = self.propensity_logit(self.last(self.hidden(seq, emb), seq), feats).squeeze()
         (grad,) = torch.autograd.grad(logit, emb)
         return float(torch.sigmoid(logit.detach())), (grad * emb).sum(-1)[0].detach().cpu().numpy()
 

@@ -32,7 +32,15 @@ from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.tasks.base import Task
 from modelworks.tasks.user_behaviour_clicks import click_results, click_scores, click_table
-from modelworks.tasks.user_behaviour_data import N_GAPS, Options, load_windows, options_of, prepare
+from modelworks.tasks.user_behaviour_data import (
+    N_GAPS,
+    RFM_FEATURES,
+    Options,
+    history_features,
+    load_windows,
+    options_of,
+    prepare,
+)
 from modelworks.tasks.user_behaviour_serve import serve_routes
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -45,14 +53,19 @@ def is_val(user: str) -> bool:
 
 def make_loss(weight: float, clicks: bool):
     """Next-event cross-entropy + weight x propensity BCE (+ the two click heads' BCE). A batch
-    is (tokens | item history side by side, (propensity label, candidate id, click label))."""
+    is (tokens | item history side by side, (propensity label, candidate id, click label,
+    whole-history features...))."""
 
     def loss_fn(model, batch) -> torch.Tensor:
         xx, y = batch
         x, hist = xx.chunk(2, 1) if clicks else (xx, None)
         width = int((x > 0).sum(1).max())
         x = x[:, :width]
-        out = model(x, hist[:, :width], y[:, 1].long()) if clicks else model(x)
+        feats = y[:, 3:]
+        if clicks:
+            out = model(x, hist[:, :width], y[:, 1].long(), feats=feats)
+        else:
+            out = model(x, feats=feats)
         target = x[:, 1:]
         mask = target > 0
         ce = F.cross_entropy(out[0][:, :-1][mask].float(), target[mask])
@@ -68,15 +81,19 @@ def make_loss(weight: float, clicks: bool):
 def batches(tensors: dict, window: str, clicks: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of a window as make_loss reads them."""
     x, y = tensors[f"{window}_x"], tensors[f"{window}_y"].float()
+    feats = history_features(tensors[f"{window}_rfm"])
     if not clicks:
-        return x, y[:, None]
+        zero = torch.zeros_like(y)
+        return x, torch.cat([torch.stack([y, zero, zero], 1), feats], 1)
     xx = torch.cat([x, tensors[f"{window}_items"] + 1], 1)
     cand = tensors[f"{window}_cand"].float() + 1
-    return xx, torch.stack([y, cand, tensors[f"{window}_click"].float()], 1)
+    return xx, torch.cat([torch.stack([y, cand, tensors[f"{window}_click"].float()], 1), feats], 1)
 
 
 @torch.no_grad()
-def score(model, x: torch.Tensor, device, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def score(
+    model, x: torch.Tensor, device, feats: torch.Tensor | None = None, batch: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """(propensity probabilities, user embeddings) for token sequences, in batches."""
     ps, es = [], []
     for s in range(0, len(x), batch):
@@ -84,8 +101,8 @@ def score(model, x: torch.Tensor, device, batch: int = 512) -> tuple[np.ndarray,
         width = int((xb > 0).sum(1).max())
         xb = xb[:, :width]
         h = model.hidden(xb)
-        last = model.last(h, xb)
-        ps.append(torch.sigmoid(model.propensity(last).squeeze(-1)).float().cpu())
+        fb = None if feats is None else feats[s : s + batch].to(device)
+        ps.append(torch.sigmoid(model.propensity_logit(model.last(h, xb), fb)).float().cpu())
         es.append(model.pooled(h, xb).float().cpu())
     return torch.cat(ps).numpy(), torch.cat(es).numpy()
 
@@ -104,6 +121,8 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
     if clicks:
         n_items = len(json.loads((run_dir / "preprocess" / "items.json").read_text())["items"])
         model_cfg.n_items = model_cfg.n_items or n_items
+    if options_of(cfg).propensity_features:
+        model_cfg.n_features = len(RFM_FEATURES)
     x = tensors["train_x"]
     if model_cfg.vocab_size < vocab.size or model_cfg.max_len < x.shape[1]:
         raise ConfigError(
@@ -125,7 +144,7 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
                 loss_fn(m, (vxx[s : s + 512].to(device), vyy[s : s + 512].to(device))).item()
                 for s in range(0, len(vxx), 512)
             ]
-        probs, _ = score(m, x[val], device)
+        probs, _ = score(m, x[val], device, vyy[:, 3:])
         r = prop.metrics(vyy[:, 0].numpy(), probs)
         out = {"val_loss": float(np.mean(losses)), "val_auc": r["auc"], "val_ece": r["ece"]}
         if clicks:
@@ -166,7 +185,7 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
     tensors, users, vocab = load_windows(run_dir)
     stats = json.loads((run_dir / "preprocess" / "stats.json").read_text())
     y = tensors["test_y"].numpy().astype(np.float64)
-    p_model, emb = score(model, tensors["test_x"], device)
+    p_model, emb = score(model, tensors["test_x"], device, history_features(tensors["test_rfm"]))
     scores = {"behaviour transformer": p_model}
     scores["RFM logistic regression"] = prop.rfm_logistic(
         tensors["train_rfm"].numpy(), tensors["train_y"].numpy(), tensors["test_rfm"].numpy()
@@ -186,7 +205,8 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
     )
     segments, seg_section = segment_users(opt, emb, tensors, vocab, truth, p_model, y, cfg.seed)
     (out / "segments.json").write_text(json.dumps(segments["serving"]))
-    why = explain_one(model, tensors["test_x"], p_model, vocab, device)
+    feats = history_features(tensors["test_rfm"])
+    why = explain_one(model, tensors["test_x"], feats, p_model, vocab, device)
     clicks = click_results(run_dir, model, tensors, users, device) if "test_cand" in tensors else {}
     ours, rfm = results["behaviour transformer"]["auc"], results["RFM logistic regression"]["auc"]
     metrics = {
@@ -298,10 +318,10 @@ def segment_users(opt, emb, tensors, vocab, truth, p_model, y, seed):
     return {"metrics": m, "serving": serving}, "\n\n".join([*lines, table])
 
 
-def explain_one(model, x_all, p_model, vocab, device, top: int = 5) -> dict:
+def explain_one(model, x_all, feats, p_model, vocab, device, top: int = 5) -> dict:
     i = int(np.argmax(p_model))
     x = x_all[i : i + 1].to(device)
-    p, attr = model.attributions(x)
+    p, attr = model.attributions(x, feats[i : i + 1].to(device))
     n = int((x > 0).sum()) - 1  # the cutoff token is not an event
     order = np.argsort(-np.abs(attr[:n]))[:top]
     return {
@@ -324,7 +344,7 @@ def why_table(why: dict) -> str:
     )
     rows = [
         f"| {e['from_end']} | {e.get('value', '')} | {e.get('event', '')} | "
-        f"{e['gap_bucket']} | {e['weight']:+.3f} |"
+        f"{e['gap_bucket']} | {e['weight']:+.2e} |"
         for e in why["events"]
     ]
     return (

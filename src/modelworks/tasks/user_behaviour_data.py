@@ -83,6 +83,12 @@ class Options(TaskOptions):
         ge=4,
         description="events per user the model reads (cutoff token included)",
     )
+    propensity_features: bool = option(
+        True,
+        stage=TRAIN,
+        description="propensity head also reads whole-history counts (recency, purchases, "
+        "revenue, tenure, events), which a max_len window cuts",
+    )
     propensity_weight: float = option(
         1.0,
         stage=TRAIN,
@@ -201,12 +207,12 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
         users[name] = u
         tensors[f"{name}_x"] = torch.from_numpy(x)
         tensors[f"{name}_items"] = torch.from_numpy(item_hist)
+        feats = rfm_features(con, opt.target_event, cut)
+        tensors[f"{name}_rfm"] = torch.from_numpy(feats)
         if name != "now":
             y = labels(con, u, opt.target_event, cut, cut + h)
-            feats = rfm_features(con, opt.target_event, cut)
             tensors[f"{name}_bgnbd"] = torch.from_numpy(bgnbd_inputs(con, opt.target_event, cut))
             tensors[f"{name}_y"] = torch.from_numpy(y)
-            tensors[f"{name}_rfm"] = torch.from_numpy(feats)
             if len(item_counts):
                 cand, click = candidates(con, u, cut, cut + h, item_counts, cfg.seed)
                 tensors[f"{name}_cand"] = torch.from_numpy(cand)
@@ -368,6 +374,12 @@ def rfm_features(con, target: str, cut) -> np.ndarray:
     """(users with an event before `cut`, sorted, RFM_FEATURES) float32."""
     rows = con.execute(rfm_sql(target), {"target": target, "cutoff": cut.item()}).fetchall()
     return np.array([r[1:6] for r in rows], np.float32).reshape(-1, len(RFM_FEATURES))
+
+
+def history_features(rfm) -> torch.Tensor:
+    """The propensity head's whole-history inputs: log1p of RFM_FEATURES, scaled to ~[0, 2]."""
+    rfm = torch.as_tensor(rfm, dtype=torch.float32)
+    return torch.log1p(rfm.clamp(min=0)) / 5
 
 
 def bgnbd_inputs(con, target: str, cut) -> np.ndarray:

@@ -22,7 +22,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelworks import pseudonyms
-from modelworks.tasks.user_behaviour_data import N_GAPS, Options, Vocab, gap_bucket, load_windows
+from modelworks.tasks.user_behaviour_data import (
+    N_GAPS,
+    Options,
+    Vocab,
+    gap_bucket,
+    history_features,
+    load_windows,
+)
 
 
 class Event(BaseModel):
@@ -31,6 +38,7 @@ class Event(BaseModel):
     event: str = Field(..., min_length=1, description="event name, e.g. view, cart, purchase")
     item: str | None = None
     category: str | None = None
+    value: float | None = Field(None, description="revenue, for the target event")
 
 
 class ScoreRequest(BaseModel):
@@ -84,6 +92,21 @@ def tokens(events: list[Event], vocab: Vocab, field: str, at: datetime, max_len:
     return torch.tensor([toks]), kept, warnings
 
 
+def request_features(events: list[Event], target: str, at: datetime) -> torch.Tensor:
+    """The whole-history features (RFM_FEATURES) of a request's events, as of `at`."""
+    times = [_ts(e.time) for e in events]
+    now = _ts(at)
+    hits = [e for e in events if e.event == target]
+    rfm = [
+        (now - max(times)) / 86400 if times else 0.0,
+        len(hits),
+        sum(e.value or 0.0 for e in hits),
+        (now - min(times)) / 86400 if times else 0.0,
+        len(events),
+    ]
+    return history_features([rfm])
+
+
 def _ts(t: datetime) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
@@ -103,6 +126,7 @@ def load_state(run_dir: Path, device) -> dict:
         "vocab": vocab,
         "now_x": tensors["now_x"],
         "now_items": tensors["now_items"],
+        "now_feats": history_features(tensors["now_rfm"]),
         "index": {u: i for i, u in enumerate(users["now"])},
         "items": items,
         "segments": segs,
@@ -110,10 +134,10 @@ def load_state(run_dir: Path, device) -> dict:
     }
 
 
-def score_user(st: dict, x: torch.Tensor, seen: set[str], k: int, field: str) -> dict:
+def score_user(st: dict, x, feats, seen: set[str], k: int, field: str) -> dict:
     model, vocab = st["model"], st["vocab"]
     x = x.to(st["device"])
-    p, attr = model.attributions(x)
+    p, attr = model.attributions(x, feats.to(st["device"]))
     n = x.shape[1] - 1
     order = np.argsort(-np.abs(attr[:n]))[:5]
     why = [
@@ -203,14 +227,16 @@ def serve_routes(app, run_dir: Path, cfg, device: str = "auto") -> None:
             seen_idx = st["now_items"][i]
             seen = {st["items"]["items"][j] for j in seen_idx.tolist() if j >= 0}
             user = pid
+            feats = st["now_feats"][i : i + 1]
         elif req.events:
             at = req.at or datetime.now(timezone.utc)
             x, kept, warnings = tokens(req.events, st["vocab"], field, at, st["model"].cfg.max_len)
             seen = {e.item for e in kept if e.item}
+            feats = request_features(req.events, opt.target_event, at)
             user = None
         else:
             raise APIError(400, "give `user` (an id the run knows) or `events`", "events")
-        r = score_user(st, x, seen, k, field)
+        r = score_user(st, x, feats, seen, k, field)
         return ScoreResponse(
             model=st["name"],
             user=user,
