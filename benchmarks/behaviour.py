@@ -134,10 +134,14 @@ def main() -> None:
 
     from modelworks.collect.shop_simulator import simulate
 
-    load = [open("/proc/loadavg").read().split()[:3]]
+    load = [Path("/proc/loadavg").read_text().split()[:3]]
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "events.parquet")
         events, _ = simulate(args.users, 0)
+        import pyarrow as pa
+
+        # as collect writes it: each row's place in its file (orders ties in the SQL)
+        events = events.append_column("line", pa.array(range(events.num_rows), pa.int64()))
         pq.write_table(events, path)
         n = events.num_rows
         del events
@@ -149,7 +153,7 @@ def main() -> None:
                        "--threads", str(args.threads)]  # fmt: skip
                 res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
                 runs[side].append(json.loads(res.stdout.strip().splitlines()[-1]))
-    load.append(open("/proc/loadavg").read().split()[:3])
+    load.append(Path("/proc/loadavg").read_text().split()[:3])
     same = runs["duckdb"][0]["answer"] == runs["pandas"][0]["answer"]
     ratios = [
         p["seconds"] / d["seconds"] for d, p in zip(runs["duckdb"], runs["pandas"], strict=True)
