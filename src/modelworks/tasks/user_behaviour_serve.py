@@ -150,7 +150,9 @@ def score_user(st: dict, x, feats, seen: set[str], k: int, field: str) -> dict:
     ]
     with torch.no_grad():
         h = model.hidden(x)
-        last = h[:, -1]
+        # the next event after the last real one: the cutoff token itself never has a next
+        # token in training, so its state is not a next-event prediction
+        last = h[:, max(0, x.shape[1] - 2)]
         probs = torch.softmax((last @ model.tok_emb.weight.T).float(), -1)[0].cpu().numpy()
     value_p = np.zeros(len(vocab.values))
     base = np.arange(1, vocab.cutoff_base)
