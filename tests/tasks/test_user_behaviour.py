@@ -179,3 +179,34 @@ def test_on_the_simulator_the_model_beats_its_baselines_on_held_out_time(tmp_pat
     assert m["segments"]["rfm_quantile_ari_vs_planted"] < 0.3, m["segments"]
     c = {k: v["auc"] for k, v in m["click"]["methods"].items()}
     assert c["DIN (target attention)"] >= c["popularity"] + 0.10, c
+
+
+def test_many_files_of_several_formats_make_one_log(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from modelworks.collect import collect
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    pq.write_table(
+        pa.table({"who": ["a", "a"], "at": pa.array([1767600000.0, 1767600060.0]),
+                  "what": ["view", "cart"]}),
+        logs / "part1.parquet",
+    )  # fmt: skip
+    (logs / "part2.jsonl").write_text(
+        '{"who": "b", "at": "2026-01-05T10:00:00", "what": "view"}\n'
+        '{"who": "b", "at": "2026-01-05T10:02:00", "what": "purchase", "value": 9.5}\n'
+    )
+    (logs / "part3.tsv").write_text("who\tat\twhat\nc\t2026-01-06\tview\n")
+    cfg = _cfg(tmp_path, "collect.sources.0.type=events", f"collect.sources.0.paths=[{logs}]",
+               "collect.sources.0.user_field=who", "collect.sources.0.time_field=at",
+               "collect.sources.0.event_field=what")  # fmt: skip
+    summary = collect(cfg)["summary"]
+    assert summary["events"] == 5 and summary["users"] == 3
+    rows = duckdb.sql(
+        f"SELECT event, value, time FROM '{cfg.run_dir / 'collect' / 'events.parquet'}' "
+        "ORDER BY time"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["view", "cart", "view", "purchase", "view"]
+    assert rows[3][1] == 9.5 and str(rows[0][2]) == "2026-01-05 08:00:00"
