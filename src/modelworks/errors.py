@@ -103,3 +103,7 @@ class CatalogueError(ModelworksError, ValueError):
 
 class GGUFError(ModelworksError, ValueError):
     """A GGUF file we cannot read exactly (architecture, quantization, tokenizer, truncation)."""
+
+
+class BehaviourDataError(ModelworksError, ValueError):
+    """An event log the user_behaviour task cannot use (funnel steps, cutoff, target event)."""

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from modelworks.collect.rows import BadRows
 
-KINDS = ("text", "image", "table", "parallel", "interactions", "chat")
+KINDS = ("text", "image", "table", "parallel", "interactions", "chat", "events")
 
 
 class Source(BaseModel):

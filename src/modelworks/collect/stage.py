@@ -6,7 +6,8 @@ Text sources write `<run>/collect/documents.parquet` (id, text, source); image s
 `<run>/collect/images.parquet` (id, image bytes, label, source); labelled tables write
 `documents.parquet` with a `label` column; interaction sources (recommendation) write
 `interactions.parquet` (user, item, timestamp, rating, source); chat sources write
-`chats.parquet` (id, messages as JSON, source, split, topic). One run collects one kind.
+`chats.parquet` (id, messages as JSON, source, split, topic); event sources (user behaviour)
+write `events.parquet` column-wise (collect/events_stage.py). One run collects one kind.
 
 Rows a table reader cannot use are skipped under one policy (collect/rows.py): counted per reason
 with their first `file:line`s in the manifest's summary (`bad_rows`) and the report; past a
@@ -86,6 +87,10 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
     from modelworks.lifecycle import stage_writer
 
     reporter = reporter or Reporter()
+    if any(s.kind == "events" for s in cfg.collect.sources):  # event logs: column-wise, DuckDB
+        from modelworks.collect.events_stage import collect_events
+
+        return collect_events(cfg, reporter)
     kinds = {s.kind for s in cfg.collect.sources}
     if len(kinds) != 1:
         raise CollectError(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from modelworks.collect.chat import ChatSource, SyntheticChatSource
 from modelworks.collect.crawl import CrawlSource
+from modelworks.collect.events import EventsSource, ShopSimulatorSource
 from modelworks.collect.files import FilesSource, WarcSource
 from modelworks.collect.hf import HfSource
 from modelworks.collect.image_sources import ImageTableSource, NpzSource
@@ -49,6 +50,8 @@ SOURCE_TYPES: dict[str, type[Source]] = {
     "chat": ChatSource,
     "synthetic_chat": SyntheticChatSource,
     "python_qa": PythonQASource,
+    "events": EventsSource,
+    "shop_simulator": ShopSimulatorSource,
 }
 DEFAULT_SOURCE = "python_docs"  # a source that names no type
 

@@ -5,6 +5,7 @@ and one line below.
 """
 
 from modelworks.models import (  # noqa: F401  (each registers itself)
+    behaviour,
     cnn,
     encoder,
     gpt,

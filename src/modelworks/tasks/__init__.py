@@ -21,6 +21,7 @@ TASKS = {
     "translation": "modelworks.tasks.translation",
     "chat": "modelworks.tasks.chat",
     "image_generation": "modelworks.tasks.image_generation",
+    "user_behaviour": "modelworks.tasks.user_behaviour",
 }
 
 

@@ -1,0 +1,150 @@
+"""A behaviour model: a causal transformer over a user's event tokens, with a propensity head.
+
+SASRec's shape (models/sasrec.py: learned positions, the pre-norm causal blocks of vit.py, tied
+output embedding) over event tokens instead of items; a token joins what was touched (category
+or item), the event name and the time-gap bucket since the previous event
+(tasks/user_behaviour_data.Vocab). Notable choices:
+- right-padded sequences ending in a cutoff token (gap from the last event to the cutoff), so the
+  hidden state there has seen the whole history and how long ago it ended;
+- next-event logits over the token vocabulary from the tied embedding (pretraining);
+- the propensity head is a small MLP on the cutoff token's state (one logit: the target event
+  happens within the horizon), with `n_features` whole-history counts beside it (the sequence
+  holds only the last max_len events; the counts hold the rest); the user embedding that
+  segments is the mean state over the sequence (`pooled`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modelworks.models.registry import register
+from modelworks.models.vit import Block
+
+
+@dataclass
+class BehaviourConfig:
+    vocab_size: int = 0  # 0: from the data (tokens, 0 = padding)
+    max_len: int = 128  # events read per user, the cutoff token included
+    d_model: int = 64
+    n_layer: int = 2
+    n_head: int = 2
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    n_items: int = 0  # > 0: the click heads (item ids 1..n_items, 0 padding); 0: none
+    n_features: int = 0  # whole-history counts (RFM) beside the state in the propensity head
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+
+
+class BehaviourModel(nn.Module):
+    def __init__(self, cfg: BehaviourConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size < 2:
+            raise ValueError("vocab_size must be set before building the model")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, causal=True) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.propensity = nn.Sequential(
+            nn.Linear(cfg.d_model + cfg.n_features, cfg.d_model),
+            nn.GELU(),
+            nn.Linear(cfg.d_model, 1),
+        )
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        if cfg.n_items:
+            d = cfg.d_model
+            self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0)
+            # DIN's local activation unit: weight of a past item given the candidate
+            self.activation = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, 1))
+            self.click_head = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, 1))
+            # the ablation: the same head over the plain mean of the past items
+            self.click_plain = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, 1))
+            nn.init.normal_(self.item_emb.weight, std=0.02)
+
+    def embed(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) tokens -> (B, T, d) input embeddings (what attributions differentiate)."""
+        pos = torch.arange(seq.shape[1], device=seq.device)
+        return self.tok_emb(seq) * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
+
+    def hidden(self, seq: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.drop(self.embed(seq) if emb is None else emb)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    @staticmethod
+    def last(h: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """The hidden state at each sequence's last token (the cutoff token)."""
+        n = (seq > 0).sum(1).clamp(min=1) - 1
+        return h[torch.arange(len(seq), device=seq.device), n]
+
+    def propensity_logit(self, state: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.n_features:
+            state = torch.cat([state, feats.to(state.dtype)], -1)
+        return self.propensity(state).squeeze(-1)
+
+    def forward(
+        self,
+        seq: torch.Tensor,
+        hist: torch.Tensor | None = None,
+        cand: torch.Tensor | None = None,
+        feats: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """(next-token logits (B, T, vocab), propensity logit (B,)), and with `hist` (B, T) past
+        item ids and `cand` (B,) candidate ids: + (click logit with target attention, click
+        logit of the mean-pooling ablation) (B,) each."""
+        h = self.hidden(seq)
+        state = self.last(h, seq)
+        out = (h @ self.tok_emb.weight.T, self.propensity_logit(state, feats))
+        if hist is None:
+            return out
+        din, plain, _ = self.click(state, hist, cand)
+        return (*out, din, plain)
+
+    def click(self, state: torch.Tensor, hist: torch.Tensor, cand: torch.Tensor):
+        """(DIN logit, mean-pooling logit, attention weights (B, T)): DIN (Zhou et al. 2018)
+        weighs each past item by an MLP of (item, candidate, difference, product), unnormalised
+        (no softmax, so the intensity of interest survives), and sums."""
+        e = self.item_emb(hist)  # (B, T, d)
+        c = self.item_emb(cand)[:, None].expand_as(e)
+        mask = (hist > 0).to(e.dtype)
+        w = self.activation(torch.cat([e, c, e - c, e * c], -1)).squeeze(-1) * mask
+        pooled = (w[..., None] * e).sum(1)
+        mean = (e * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        c0 = c[:, 0]
+        din = self.click_head(torch.cat([pooled, c0, state], -1)).squeeze(-1)
+        plain = self.click_plain(torch.cat([mean, c0, state.detach()], -1)).squeeze(-1)
+        return din, plain, w
+
+    @staticmethod
+    def pooled(h: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """The mean hidden state over a sequence's tokens: the user embedding that segments
+        (what a user does, where `last` is dominated by how recently: measured, segments.py)."""
+        mask = (seq > 0).to(h.dtype)[..., None]
+        return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def user_embedding(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.pooled(self.hidden(seq), seq)
+
+    def attributions(self, seq: torch.Tensor, feats=None) -> tuple[float, torch.Tensor]:
+        """(propensity, gradient x input summed over features per position) for one (1, T)
+        sequence: how much each event's embedding pushed the propensity logit."""
+        seq = seq[:, : int((seq > 0).sum())]
+        emb = self.embed(seq).detach().requires_grad_(True)
+        logit = self.propensity_logit(self.last(self.hidden(seq, emb), seq), feats).squeeze()
+        (grad,) = torch.autograd.grad(logit, emb)
+        return float(torch.sigmoid(logit.detach())), (grad * emb).sum(-1)[0].detach().cpu().numpy()
+
+
+@register("behaviour", BehaviourConfig)
+def build_behaviour(cfg: BehaviourConfig) -> BehaviourModel:
+    return BehaviourModel(cfg)
