@@ -26,6 +26,7 @@ from modelworks.collect import (
     image_sources,
     interactions,
     parallel,
+    preference,
     python_qa,
     rows,
     sources,
@@ -71,6 +72,12 @@ PARALLEL_SCHEMA = pa.schema(
 )  # fmt: skip  (text: the sentence to translate; target: its translation)
 INTERACTION_TYPES = {"interactions", "stdlib_calls", "stdlib_imports"}
 CHAT_TYPES = {"chat", "synthetic_chat", "python_qa"}
+PREFERENCE_TYPES = {"preference", "word_problems"}
+PREFERENCE_SCHEMA = pa.schema(
+    [("id", pa.string()), ("prompt", pa.string()), ("chosen", pa.string()),
+     ("rejected", pa.string()), ("answer", pa.string()), ("source", pa.string()),
+     ("split", pa.string()), ("topic", pa.string())]
+)  # fmt: skip  prompt: messages as JSON; chosen/rejected: reply texts (collect/preference.py)
 CHAT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -144,6 +151,8 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
         "chat": lambda: chat.read_chats(src.paths, where, src.split_field),
         "synthetic_chat": lambda: chat.synthetic_chats(src.limit),
         "python_qa": lambda: python_qa.python_qa(),
+        "preference": lambda: preference.read_preferences(src.paths, where, src.split_field),
+        "word_problems": lambda: preference.word_problems(src.limit),
     }[src.type]()
     docs = itertools.islice(docs, src.limit) if src.limit else docs
     return with_splits(docs, src, where, INTERACTION_TYPES)
@@ -199,6 +208,8 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         if s.type == "table"
         else "chat"
         if s.type in CHAT_TYPES
+        else "preference"
+        if s.type in PREFERENCE_TYPES
         else "parallel"
         if s.type == "parallel"
         else "text"
@@ -217,6 +228,7 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         "text": (TEXT_SCHEMA, "documents"),
         "interactions": (INTERACTION_SCHEMA, "interactions"),
         "chat": (CHAT_SCHEMA, "chats"),
+        "preference": (PREFERENCE_SCHEMA, "preferences"),
     }[kind]
     writer = stage_writer(cfg, "collect")
     writer.open()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from modelworks.splits import hf_split_name, read_given, split_name
 
-SPLIT_FIELD_TYPES = ("table", "image_table", "files", "parallel", "chat")
-OWN_SPLIT_TYPES = ("python_qa",)  # built-in sources that name each record's split themselves
+SPLIT_FIELD_TYPES = ("table", "image_table", "files", "parallel", "chat", "preference")
+# built-in sources that name each record's split themselves
+OWN_SPLIT_TYPES = ("python_qa", "word_problems")
 
 
 def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str]) -> Iterator[dict]:

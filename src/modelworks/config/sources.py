@@ -32,6 +32,8 @@ class SourceConfig(_Section):
         "chat",
         "synthetic_chat",
         "python_qa",
+        "preference",
+        "word_problems",
     ] = Field(
         "python_docs",
         description="python_docs: Python's own documentation and stdlib docstrings; "
@@ -50,7 +52,10 @@ class SourceConfig(_Section):
         "prompt/completion records) from jsonl/parquet; synthetic_chat: generated instruction "
         "pairs (repeat, reverse, uppercase, add; `limit` of them, default 2000); python_qa: "
         "questions about Python's builtins, keywords and stdlib modules answered from their "
-        "docs, each with a topic; held-out topics go to the test split",
+        "docs, each with a topic; held-out topics go to the test split; "
+        "preference: prompt/chosen/rejected (or prompt/answer) records from jsonl/parquet "
+        "(dpo, grpo); word_problems: generated arithmetic and unit-conversion problems with "
+        "exact answers and worked/corrupted replies (`limit`, default 1200)",
     )
     paths: list[str] = Field(
         default_factory=list, description="files, globs or folders to read (see type)"

@@ -23,6 +23,8 @@ TASKS = {
     "recommendation": "modelworks.tasks.recommendation",
     "translation": "modelworks.tasks.translation",
     "chat": "modelworks.tasks.chat",
+    "dpo": "modelworks.tasks.dpo",
+    "grpo": "modelworks.tasks.grpo",
 }
 
 
