@@ -25,7 +25,7 @@ from pathlib import Path
 from modelworks.jsonl import json_lines
 from modelworks.train.data import DataError
 
-INSTRUCTION = "Solve the problem. End your reply with a line '#### <number>'."
+INSTRUCTION = "Write the calculation, then a last line '#### ' and the number."
 DEFAULT_PROBLEMS = 1200
 
 
@@ -205,7 +205,7 @@ def word_problems(n: int | None = None, seed: int = 0) -> Iterator[dict]:
         topic = names[i % len(names)]
         question, steps = TEMPLATES[topic](r)
         rec = {
-            "prompt": [{"role": "user", "content": f"{INSTRUCTION}\n\n{question}"}],
+            "prompt": [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}],
             "chosen": worked(steps),
             "rejected": worked(corrupt(steps, r)),
             "answer": str(steps[-1][1]),

@@ -30,7 +30,7 @@ from modelworks.config import Config
 from modelworks.progress import Reporter
 from modelworks.tasks import preference_data as data
 from modelworks.tasks.base import TRAIN, Task, TaskOptions, option
-from modelworks.train.preference import adapters_off, dpo_loss, has_adapters
+from modelworks.train.preference import IGNORE, adapters_off, dpo_loss, has_adapters
 from modelworks.train.trainer import TrainSetup
 
 
@@ -42,6 +42,10 @@ class Options(TaskOptions):
     loss: Literal["sigmoid", "ipo"] = option(
         "sigmoid", stage=TRAIN, description="sigmoid (DPO) or ipo (squared, per-token means)"
     )
+    sft_weight: float = option(
+        0.0, stage=TRAIN, ge=0,
+        description="add this times the chosen replies' NLL per token (RPO; TRL's rpo_alpha)",
+    )  # fmt: skip
     max_new_tokens: int = option(
         48, stage="evaluate", ge=1, description="evaluate: tokens per greedy answer"
     )
@@ -62,12 +66,9 @@ def setup_training(cfg: Config, run_dir: Path, device, rank: int = 0, world: int
 
 
 def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
-    from modelworks.tasks.chat import chat_format_for_base
-
     opts = options(cfg)
     ft = cfg.finetune
-    data.check_decoder(cfg, base)
-    fmt = chat_format_for_base(cfg, run_dir, base)
+    fmt = data.format_for_base(cfg, run_dir, base)
     max_len = min(ft.seq_len, base.model.cfg.context_len)
     train, n_trunc = data.encode_pairs(fmt, data.load_split(run_dir, "train"), max_len)
     val, v_trunc = data.encode_pairs(fmt, data.load_split(run_dir, "val"), max_len)
@@ -89,6 +90,10 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
         losses, rc, rr = dpo_loss(
             chosen, rejected, ref_c, ref_r, opts.beta, opts.label_smoothing, opts.loss
         )
+        if opts.sft_weight:  # the chosen reply's own likelihood, per token (a sum for sigmoid)
+            n = (y[: len(chosen)] != IGNORE).sum(-1).clamp(min=1)
+            per_token = chosen if ipo else chosen / n
+            losses = losses - opts.sft_weight * per_token
         return losses, rc, rr, chosen.detach(), rejected.detach()
 
     def loss_fn(m: nn.Module, batch) -> torch.Tensor:
@@ -124,6 +129,7 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
 
 
 def _summary(losses, rc, rr, c, r, pre: str) -> dict[str, float]:
+    losses = losses.detach()
     return {
         f"{pre}dpo_loss": float(losses.mean()),
         f"{pre}reward_accuracy": float((rc > rr).float().mean()),
@@ -134,9 +140,7 @@ def _summary(losses, rc, rr, c, r, pre: str) -> dict[str, float]:
 
 
 def save_finetuned(cfg: Config, out: Path, base) -> None:
-    from modelworks.tasks.chat import save_finetuned as chat_files
-
-    chat_files(cfg, out, base)
+    data.save_chat_files(cfg, out, base)
 
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:

@@ -141,12 +141,9 @@ def rollout_rows(prompts: list[list[int]], outs, eos: int, pad_id: int):
 
 
 def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
-    from modelworks.tasks.chat import chat_format_for_base
-
     opts = options(cfg)
     ft = cfg.finetune
-    data.check_decoder(cfg, base)
-    fmt = chat_format_for_base(cfg, run_dir, base)
+    fmt = data.format_for_base(cfg, run_dir, base)
     reward_fn = load_reward(opts.reward)
     train = data.load_split(run_dir, "train")
     val = data.load_split(run_dir, "val")[: opts.val_prompts]
@@ -264,9 +261,7 @@ def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tu
 
 
 def save_finetuned(cfg: Config, out: Path, base) -> None:
-    from modelworks.tasks.chat import save_finetuned as chat_files
-
-    chat_files(cfg, out, base)
+    data.save_chat_files(cfg, out, base)
 
 
 def serve_routes(app, run_dir: Path, cfg, device: str) -> None:

@@ -188,6 +188,34 @@ class PairLoader(_Sampled):
         return x, y, torch.from_numpy(np.asarray(idx, dtype=np.int64))
 
 
+def format_for_base(cfg: Config, run_dir: Path, base):
+    """tasks/chat.py's ChatFormat for `base`; a chat fine-tune's own start and end tokens
+    (its chat.json: e.g. SmolLM2's <|im_end|>) when the base is one, such as runs/assistant."""
+    from modelworks.tasks.chat import ChatFormat, chat_format_for_base
+
+    check_decoder(cfg, base)
+    specials = Path(base.folder) / "chat.json"
+    if base.kind == "modelworks" and specials.is_file() and base.tokenizer is not None:
+        meta = json.loads(specials.read_text())
+        template = (Path(run_dir) / "preprocess" / "chat_template.jinja").read_text()
+        return ChatFormat(base.tokenizer, template, meta["bos_id"], set(meta["eos_ids"]))
+    return chat_format_for_base(cfg, run_dir, base)
+
+
+def save_chat_files(cfg: Config, out: Path, base) -> None:
+    """The template and special tokens next to the weights (as tasks/chat.py writes them), so
+    the tuned folder chats and serves on its own."""
+    from modelworks.artifacts import atomic_write_json
+    from modelworks.tasks.chat import CHAT_TEMPLATE, DEFAULT_CHAT_STOP
+
+    fmt = format_for_base(cfg, cfg.run_dir, base)
+    (out / "chat_template.jinja").write_text(fmt.template)
+    stop = [DEFAULT_CHAT_STOP] if fmt.template == CHAT_TEMPLATE else []
+    atomic_write_json(
+        out / "chat.json", {"bos_id": fmt.bos, "eos_ids": sorted(fmt.eos), "stop": stop}
+    )
+
+
 def check_decoder(cfg: Config, base) -> None:
     from modelworks.models.gpt import GPT
 

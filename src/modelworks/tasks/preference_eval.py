@@ -75,7 +75,7 @@ def evaluate_tuned(
     ckpt = ckpt or choose_checkpoint(cfg)
     has_test = (Path(run_dir) / "preprocess" / "test.jsonl").is_file()
     split = cfg.evaluate.split or ("test" if has_test else "val")
-    records = data.load_split(run_dir, split)
+    records = data.load_split(run_dir, split)[: cfg.evaluate.limit or None]
     if not records:
         raise EvaluateError(f"{run_dir}/preprocess/{split}.jsonl: no records to evaluate on")
     engine = load_chat_engine(run_dir, cfg.device, cfg.name, weights=ckpt.folder)
@@ -135,8 +135,6 @@ def evaluate_tuned(
             ("pairs truncated to the context", str(n_trunc)),
         ]
     answerable = [r for r in records if r.get("answer") is not None]
-    limit = cfg.evaluate.limit or len(answerable)
-    answerable = answerable[:limit]
     samples = ""
     if answerable:
         base_engine = Engine(base_model, engine.tokenizer, "base", engine.eot, engine.eos,

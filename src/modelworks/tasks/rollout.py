@@ -32,6 +32,7 @@ def sample(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    ignore_eos: bool = False,
 ) -> list[tuple[list[int], str]]:
     """(completion ids, finish reason) of `n` samples per prompt, prompt-major; the end token
     that stopped a sample is not among its ids (its finish reason is "stop")."""
@@ -54,7 +55,9 @@ def sample(
             room = min(max_new_tokens, engine.context_len - len(ids) - 1)
             for j in range(n):
                 k = p * n + j
-                params = SamplingParams(max(room, 0), temperature, seed=seed + k)
+                params = SamplingParams(
+                    max(room, 0), temperature, seed=seed + k, ignore_eos=ignore_eos
+                )
                 seqs.append(engine.submit(ids, params, on_event(k)))
         for _ in seqs:
             done.acquire()

@@ -55,8 +55,10 @@ def _pairs(path, n: int, seed: int = 0):
             bad = rng.choice([c for c in COLOURS if c != good])
             q = {"role": "user", "content": f"What colour is the {t}?"}
             if i % 2:
-                rec = {"chosen": [q, {"role": "assistant", "content": f"the {t} is {good}"}],
-                       "rejected": [q, {"role": "assistant", "content": f"the {t} is {bad}"}]}
+                rec = {
+                    "chosen": [q, {"role": "assistant", "content": f"the {t} is {good}"}],
+                    "rejected": [q, {"role": "assistant", "content": f"the {t} is {bad}"}],
+                }
             else:
                 rec = {"prompt": q["content"], "chosen": f"the {t} is {good}",
                        "rejected": f"the {t} is {bad}"}  # fmt: skip
@@ -134,8 +136,8 @@ def test_dpo_bad_pairs_are_skipped_truncated_or_refused(tmp_path):
     assert ft["train_truncated"] + ft["val_truncated"] == 1
     missing = tmp_path / "missing.jsonl"
     missing.write_text(json.dumps({"prompt": "hi", "chosen": "yes"}) + "\n")
-    cfg = _cfg(tmp_path, "missing", "dpo",
-               ["collect.sources.0.type=preference", f"collect.sources.0.paths=[{missing}]"])  # fmt: skip
+    source = ["collect.sources.0.type=preference", f"collect.sources.0.paths=[{missing}]"]
+    cfg = _cfg(tmp_path, "missing", "dpo", source)
     with pytest.raises(ModelworksError, match=rf"{missing}:1: field 'rejected' is missing"):
         stage_functions()["collect"](cfg)
 
