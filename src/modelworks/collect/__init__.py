@@ -74,9 +74,16 @@ INTERACTION_TYPES = {"interactions", "stdlib_calls", "stdlib_imports"}
 CHAT_TYPES = {"chat", "synthetic_chat", "python_qa"}
 PREFERENCE_TYPES = {"preference", "word_problems"}
 PREFERENCE_SCHEMA = pa.schema(
-    [("id", pa.string()), ("prompt", pa.string()), ("chosen", pa.string()),
-     ("rejected", pa.string()), ("answer", pa.string()), ("source", pa.string()),
-     ("split", pa.string()), ("topic", pa.string())]
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("answer", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("topic", pa.string()),
+    ]
 )  # fmt: skip  prompt: messages as JSON; chosen/rejected: reply texts (collect/preference.py)
 CHAT_SCHEMA = pa.schema(
     [
