@@ -39,7 +39,7 @@ from _common import cpu_model, write_json
 PAIRS, SEQ = 4, 160
 
 
-def _load(tmp: Path):
+def _load(tmp: Path, size: str = "smollm2"):
     from modelworks.models.catalogue import resolve_target
     from modelworks.models.gguf import chat_tokens, load_gguf, open_gguf
     from modelworks.models.gguf_tokenizer import tokenizer_from_gguf
@@ -51,6 +51,14 @@ def _load(tmp: Path):
     tok = tokenizer_from_gguf(reader, path)
     bos, eos, template, _ = chat_tokens(reader)
     model = load_gguf(path, 512, reader)
+    if size == "small":  # a random 4-layer Llama with SmolLM2's tokenizer: the same code paths
+        from modelworks.models.gpt import GPTConfig
+        from modelworks.models.registry import build_model
+
+        torch.manual_seed(0)
+        model = build_model(GPTConfig(vocab_size=model.cfg.vocab_size, context_len=512,
+                                      n_layer=4, n_head=4, n_kv_head=2, d_model=256,
+                                      rope_theta=model.cfg.rope_theta))  # fmt: skip
     tok.save(str(tmp / "tokenizer.json"))
     eos_token = tok.id_to_token(min(eos))
     export_hf(model, tmp / "hf", tmp / "tokenizer.json", eos_token, template)
@@ -165,14 +173,20 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--model", choices=["smollm2", "small"], default="smollm2",
+        help="smollm2: the real 135M weights; small: a random 4-layer d256 Llama, same tokenizer",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = Path(tempfile.mkdtemp(prefix="bench_pref_"))
-    model, fmt, hf_dir = _load(tmp)
+    model, fmt, hf_dir = _load(tmp, args.model)
     records = _records(40)
     result = {"cpu": cpu_model(), "threads": args.threads, "python": sys.version.split()[0],
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+              "model": args.model,
+              "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
     if args.part in ("dpo", "both"):
         import trl
 
@@ -196,6 +210,8 @@ def main() -> None:
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
         hf_model.eval()
         prompts = [prompt_ids(fmt, r["prompt"]) for r in records[: args.prompts]]
+        sample_ours(model, fmt, prompts[:1], 2, 2)  # warm-up: first-call costs on both sides
+        sample_hf(hf_model, prompts[:1], 2, 2, min(fmt.eos))
         ours, theirs, loads = [], [], []
         for _ in range(args.rounds):
             loads.append(os.getloadavg()[0])
@@ -212,7 +228,8 @@ def main() -> None:
             f"GRPO sampling ({args.prompts} prompts x G={args.group}, {args.new} tokens): "
             f"ours {o:.1f} tok/s, transformers {t:.1f} tok/s, ratio {o / t:.2f}x (load {loads})"
         )
-    write_json(Path(__file__).parent / "results" / "preference.json", result)
+    name = "preference.json" if args.model == "smollm2" else f"preference_{args.model}.json"
+    write_json(Path(__file__).parent / "results" / name, result)
 
 
 if __name__ == "__main__":
