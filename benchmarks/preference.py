@@ -229,7 +229,9 @@ def main() -> None:
             f"ours {o:.1f} tok/s, transformers {t:.1f} tok/s, ratio {o / t:.2f}x (load {loads})"
         )
     name = "preference.json" if args.model == "smollm2" else f"preference_{args.model}.json"
-    write_json(Path(__file__).parent / "results" / name, result)
+    path = Path(__file__).parent / "results" / name
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**earlier, **result})  # a --part run keeps the other part's figures
 
 
 if __name__ == "__main__":
