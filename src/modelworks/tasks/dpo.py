@@ -29,21 +29,21 @@ from torch import nn
 from modelworks.config import Config
 from modelworks.progress import Reporter
 from modelworks.tasks import preference_data as data
-from modelworks.tasks.base import TRAIN, Task, TaskOptions, option
+from modelworks.tasks.base import Task, TaskOptions, option
 from modelworks.train.preference import IGNORE, adapters_off, dpo_loss, has_adapters
 from modelworks.train.trainer import TrainSetup
 
 
 class Options(TaskOptions):
-    beta: float = option(0.1, stage=TRAIN, gt=0, description="DPO: how sharply the loss ranks")
+    beta: float = option(0.1, stage="finetune", gt=0, description="DPO: how sharply the loss ranks")
     label_smoothing: float = option(
-        0.0, stage=TRAIN, ge=0, lt=0.5, description="sigmoid: share of pairs assumed flipped"
+        0.0, stage="finetune", ge=0, lt=0.5, description="sigmoid: share of pairs assumed flipped"
     )
     loss: Literal["sigmoid", "ipo"] = option(
-        "sigmoid", stage=TRAIN, description="sigmoid (DPO) or ipo (squared, per-token means)"
+        "sigmoid", stage="finetune", description="sigmoid (DPO) or ipo (squared, per-token means)"
     )
     sft_weight: float = option(
-        0.0, stage=TRAIN, ge=0,
+        0.0, stage="finetune", ge=0,
         description="add this times the chosen replies' NLL per token (RPO; TRL's rpo_alpha)",
     )  # fmt: skip
     max_new_tokens: int = option(

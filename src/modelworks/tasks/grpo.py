@@ -38,7 +38,7 @@ from modelworks.collect.preference import exact_match_reward
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.tasks import preference_data as data
-from modelworks.tasks.base import TRAIN, Task, TaskOptions, option
+from modelworks.tasks.base import Task, TaskOptions, option
 from modelworks.tasks.rollout import policy_engine, prompt_ids, sample
 from modelworks.train.data import EpochSampler, _Sampled
 from modelworks.train.preference import (
@@ -54,22 +54,22 @@ log = logging.getLogger("modelworks")
 
 
 class Options(TaskOptions):
-    group_size: int = option(4, stage=TRAIN, ge=2, description="G: samples per prompt")
-    clip_eps: float = option(0.2, stage=TRAIN, gt=0, description="PPO clip of the ratio")
-    kl_coef: float = option(0.04, stage=TRAIN, ge=0, description="weight of the k3 KL penalty")
+    group_size: int = option(4, stage="finetune", ge=2, description="G: samples per prompt")
+    clip_eps: float = option(0.2, stage="finetune", gt=0, description="PPO clip of the ratio")
+    kl_coef: float = option(0.04, stage="finetune", ge=0, description="weight of the k3 KL penalty")
     reward: str = option(
-        "exact_match", stage=TRAIN,
+        "exact_match", stage="finetune",
         description="exact_match (number after ####) or my_pkg.module:function",
     )  # fmt: skip
     max_new_tokens: int = option(
-        48, stage=(*TRAIN, "evaluate"), ge=1, description="tokens per sampled reply"
+        48, stage=("finetune", "evaluate"), ge=1, description="tokens per sampled reply"
     )
-    temperature: float = option(1.0, stage=TRAIN, gt=0, description="sampling temperature")
+    temperature: float = option(1.0, stage="finetune", gt=0, description="sampling temperature")
     updates_per_rollout: int = option(
-        1, stage=TRAIN, ge=1, description="optimizer steps on each rollout (mu)"
+        1, stage="finetune", ge=1, description="optimizer steps on each rollout (mu)"
     )
     val_prompts: int = option(
-        32, stage=TRAIN, ge=1, description="val records answered greedily at each check"
+        32, stage="finetune", ge=1, description="val records answered greedily at each check"
     )
 
 
