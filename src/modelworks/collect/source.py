@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from modelworks.collect.rows import BadRows
 
-KINDS = ("text", "image", "table", "parallel", "interactions", "chat", "events")
+KINDS = ("text", "image", "table", "parallel", "interactions", "chat", "events", "preference")
 
 
 class Source(BaseModel):

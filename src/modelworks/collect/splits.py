@@ -12,7 +12,8 @@ from pathlib import Path
 
 from modelworks.splits import hf_split_name, read_given, split_name
 
-OWN_SPLIT_TYPES = ("python_qa",)  # built-in sources that name each record's split themselves
+# built-in sources that name each record's split themselves
+OWN_SPLIT_TYPES = ("python_qa", "word_problems")
 
 
 def with_splits(docs: Iterable[dict], src, where: str) -> Iterator[dict]:

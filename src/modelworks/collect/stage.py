@@ -68,6 +68,18 @@ CHAT_SCHEMA = pa.schema(
         ("topic", pa.string()),
     ]
 )  # fmt: skip  messages: the conversation as JSON, [{"role", "content"}, ...] (collect/chat.py)
+PREFERENCE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("answer", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("topic", pa.string()),
+    ]
+)  # fmt: skip  prompt: messages as JSON; chosen/rejected: reply texts (collect/preference.py)
 INTERACTION_SCHEMA = pa.schema(
     [("user", pa.string()), ("item", pa.string()), ("timestamp", pa.float64()),
      ("rating", pa.float64()), ("source", pa.string())]
@@ -105,6 +117,7 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         "text": (TEXT_SCHEMA, "documents"),
         "interactions": (INTERACTION_SCHEMA, "interactions"),
         "chat": (CHAT_SCHEMA, "chats"),
+        "preference": (PREFERENCE_SCHEMA, "preferences"),
     }[kind]
     writer = stage_writer(cfg, "collect")
     writer.open()

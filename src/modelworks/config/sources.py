@@ -20,6 +20,7 @@ from modelworks.collect.interactions import (
     StdlibImportsSource,
 )
 from modelworks.collect.parallel import ParallelSource
+from modelworks.collect.preference import PreferenceSource, WordProblemsSource
 from modelworks.collect.python_qa import PythonQASource
 from modelworks.collect.source import Source
 from modelworks.collect.sources import DigitsSource, IdxSource, ImageFolderSource, PythonDocsSource
@@ -52,6 +53,8 @@ SOURCE_TYPES: dict[str, type[Source]] = {
     "python_qa": PythonQASource,
     "events": EventsSource,
     "shop_simulator": ShopSimulatorSource,
+    "preference": PreferenceSource,
+    "word_problems": WordProblemsSource,
 }
 DEFAULT_SOURCE = "python_docs"  # a source that names no type
 

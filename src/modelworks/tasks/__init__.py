@@ -22,6 +22,8 @@ TASKS = {
     "chat": "modelworks.tasks.chat",
     "image_generation": "modelworks.tasks.image_generation",
     "user_behaviour": "modelworks.tasks.user_behaviour",
+    "dpo": "modelworks.tasks.dpo",
+    "grpo": "modelworks.tasks.grpo",
 }
 
 

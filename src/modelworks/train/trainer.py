@@ -64,6 +64,9 @@ class TrainSetup:
     # (model, optimizer) -> (what runs, what steps): a method that changes how gradients are
     # made, e.g. DP-SGD's per-sample clipping and noise (train/privacy.py); None: unchanged
     wrap: Callable | None = None
+    # () -> {name: value}: the task's own numbers about the last step (a DPO step's reward
+    # accuracy, a GRPO step's mean reward and KL), merged into each logged metrics line
+    step_metrics: Callable[[], dict] | None = None
 
 
 class Trainer:
@@ -293,6 +296,8 @@ class Trainer:
                     setup.unit: self.units_seen,
                     f"{setup.unit}_per_s": round(rate, 1),
                 }
+                if setup.step_metrics is not None:
+                    record.update(setup.step_metrics())
                 if mfu is not None:
                     record["mfu"] = round(mfu, 4)
                     if mfu > 1:
