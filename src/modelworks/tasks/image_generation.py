@@ -318,8 +318,9 @@ def _sweep(cfg, opts, net, judge, f_train, x, y, device) -> tuple[str, str, dict
             "fid": fid(judge_features(judge, gen, device), f_train),
             "class_accuracy": float((judge_predict(judge, gen, device) == y).float().mean()),
             "ms_per_image": ms,
-            "network_calls": steps * (1 if guidance in (0.0, 1.0) else 2)
-            * (2 if opts.sampler == "heun" else 1),
+            # heun: two calls a step but one on the last; guidance: two rows a call
+            "network_calls": (2 * steps - 1 if opts.sampler == "heun" else steps)
+            * (1 if guidance in (0.0, 1.0) else 2),
         }  # fmt: skip
 
     def table(first: str, rows: dict) -> str:
