@@ -120,7 +120,7 @@ def plot_fid_curve(records: list[dict], path: Path, lines: dict[str, float]) -> 
         return False
     steps, values = zip(*points, strict=True)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, values, marker="o", label="model (EMA), validation")
+    ax.plot(steps, values, marker="o", label="model (EMA samples), validation labels")
     for (name, value), style in zip(lines.items(), ("--", ":", "-."), strict=False):
         ax.axhline(value, linestyle=style, color="gray", label=name)
     ax.set_xlabel("training step")

@@ -252,7 +252,17 @@ def evaluate(
         f"held-out {floor['fid']:.3f}), class accuracy {model['class_accuracy']:.4f} "
         f"({opts.sample_steps} {opts.sampler} steps, guidance {opts.guidance_scale:g})"
     )
-    images = _pictures(cfg, opts, net, ckpt, out, classes, tuple(x.shape[1:]), scores, device)
+    # the FID curve's reference lines, on the validation images (FID depends on the set size)
+    vx, vy, _ = load_images(run_dir, "val")
+    val_gauss = from_uint8(to_uint8(GaussianBaseline(x_train, y_train).sample(vy, seed=cfg.seed)))
+    val_lines = {
+        "real validation images": fid(judge_features(judge, vx, device), f_train),
+        "per-class Gaussian (validation labels)": fid(
+            judge_features(judge, val_gauss, device), f_train
+        ),
+    }
+    metrics["val_real_fid"], metrics["val_gaussian_fid"] = val_lines.values()
+    images = _pictures(cfg, opts, net, ckpt, out, classes, tuple(x.shape[1:]), val_lines, device)
     _plot_nearest(sets[names[1]], y, x_train, out / "nearest.png")
     images.append(("nearest.png", "Memorisation check: samples and their nearest training images"))
     head = (
@@ -306,8 +316,9 @@ def _sweep(cfg, opts, net, judge, f_train, x, y, device) -> tuple[str, str, dict
             "fid": fid(judge_features(judge, gen, device), f_train),
             "class_accuracy": float((judge_predict(judge, gen, device) == y).float().mean()),
             "ms_per_image": ms,
-            "network_calls": steps * (1 if guidance in (0.0, 1.0) else 2)
-            * (2 if opts.sampler == "heun" else 1),
+            # heun: two calls a step but one on the last; guidance: two rows a call
+            "network_calls": (2 * steps - 1 if opts.sampler == "heun" else steps)
+            * (1 if guidance in (0.0, 1.0) else 2),
         }  # fmt: skip
 
     def table(first: str, rows: dict) -> str:
@@ -323,7 +334,7 @@ def _sweep(cfg, opts, net, judge, f_train, x, y, device) -> tuple[str, str, dict
     return table(f"{opts.sampler} steps", per_steps), table("guidance w", per_w), per_steps, per_w
 
 
-def _pictures(cfg, opts, net, ckpt, out, classes, shape, scores, device) -> list:
+def _pictures(cfg, opts, net, ckpt, out, classes, shape, val_lines, device) -> list:
     k, null = opts.samples_per_class, len(classes)
     labels = torch.arange(null).repeat_interleave(k)
     grid = to_uint8(sample(net, labels.to(device), shape, null, steps=opts.sample_steps,
@@ -341,10 +352,7 @@ def _pictures(cfg, opts, net, ckpt, out, classes, shape, scores, device) -> list
         plot_grid(rows, titles, out / "progress.png", "One sample per class at each validation")
         images.append(("progress.png", "Samples during training"))
     records = read_metrics(ckpt.stage_dir / "metrics.jsonl")
-    names = list(scores)
-    lines = {"real held-out images (test)": scores[names[0]]["fid"],
-             "per-class Gaussian (test)": scores[names[3]]["fid"]}  # fmt: skip
-    if plot_fid_curve(records, out / "fid.png", lines):
+    if plot_fid_curve(records, out / "fid.png", val_lines):
         images.append(("fid.png", "FID during training"))
     return images
 
