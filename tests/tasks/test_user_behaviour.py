@@ -9,8 +9,10 @@ import json
 import duckdb
 import httpx
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from modelworks.cli import main
 from modelworks.collect.shop_simulator import simulate, true_probability
 from modelworks.config import load_config
 from modelworks.errors import BehaviourDataError, CollectError
@@ -158,6 +160,23 @@ def test_a_tiny_run_serves_a_scored_user_over_http(tmp_path, monkeypatch):
         assert "shoes-003" not in [i["item"] for i in r.json()["items"]]
         r = httpx.post(f"{base}/v1/users/score", json={"user": "nobody"}, timeout=60)
         assert r.status_code == 404 and r.json()["error"]["param"] == "user"
+        # `modelworks predict`: a whole log scored in batches, as the endpoint scores each user
+        log = tmp_path / "new.csv"
+        log.write_text(
+            "user,timestamp,event,item,category,value\n"
+            "ann,2026-04-20T10:00:00,view,shoes-003,shoes,\n"
+            "bob,2026-04-19T09:00:00,view,books-001,books,\n"
+            "bob,not a time,view,books-001,books,\n"
+            "ann,2026-04-20T10:01:00,cart,shoes-003,shoes,\n"
+        )
+        out = tmp_path / "scores.parquet"
+        args = ["predict", str(cfg.run_dir), "--data", str(log), "--out", str(out)]
+        assert main(args) == 0
+        rows = {r["user"]: r for r in pq.read_table(out).to_pylist()}
+        assert sorted(rows) == ["ann", "bob"] and "shoes-003" not in rows["ann"]["top_items"]
+        r = httpx.post(f"{base}/v1/users/score", json={"events": events[:2],
+                       "at": "2026-04-20T10:01:00"}, timeout=60)  # fmt: skip
+        assert abs(r.json()["propensity"] - rows["ann"]["propensity"]) < 1e-6
 
 
 @pytest.mark.slow

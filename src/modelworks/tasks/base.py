@@ -15,6 +15,8 @@ A task module builds one `Task` from its functions and names it `TASK`:
         serve_routes=serve_routes,      # optional, serve: (app, run_dir, serve_cfg, device)
         options=Options,                # optional: the task's knobs, the `tasks.<name>:` section
         test_data=TestData(...),        # optional: `evaluate RUN --data` on new data
+        predict=predict,                # optional, `modelworks predict RUN --data FILE --out
+                                        #   OUT`: (run_dir, data, out, reporter) -> summary
     )
 
 `ckpt` is the checkpoint evaluate scores (evaluate/checkpoint.py). `serve_routes` adds the task's
@@ -45,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from modelworks.errors import ConfigError
 
 HOOKS = ("prepare", "setup_training", "evaluate")
-OPTIONAL_HOOKS = ("setup_finetune", "save_finetuned", "serve_routes")
+OPTIONAL_HOOKS = ("setup_finetune", "save_finetuned", "serve_routes", "predict")
 # the stages a task option may feed: its value is part of those stages' config hash
 OPTION_STAGES = ("preprocess", "pretrain", "finetune", "evaluate", "serve")
 TRAIN = ("pretrain", "finetune")
@@ -105,6 +107,7 @@ class Task:
     setup_finetune: Callable[..., tuple] | None = None
     save_finetuned: Callable[..., None] | None = None
     serve_routes: Callable[..., None] | None = None
+    predict: Callable[..., dict] | None = None
     options: type[TaskOptions] = TaskOptions
     test_data: TestData | None = None
 

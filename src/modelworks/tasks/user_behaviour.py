@@ -41,6 +41,7 @@ from modelworks.tasks.user_behaviour_data import (
     options_of,
     prepare,
 )
+from modelworks.tasks.user_behaviour_predict import predict
 from modelworks.tasks.user_behaviour_serve import serve_routes
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -409,4 +410,5 @@ TASK = Task(
     evaluate=evaluate,
     serve_routes=serve_routes,
     options=Options,
+    predict=predict,
 )
