@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from modelworks.collect import (
     chat,
+    detection,
     files,
     image_sources,
     interactions,
@@ -69,6 +70,18 @@ PARALLEL_SCHEMA = pa.schema(
         ("split", pa.string()),
     ]
 )  # fmt: skip  (text: the sentence to translate; target: its translation)
+DETECTION_TYPES = {"digit_scenes", "coco", "yolo"}
+DETECTION_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("boxes", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+    ]
+)  # fmt: skip  (boxes: JSON [{"bbox": [x, y, w, h], "label"}], collect/detection.py)
 INTERACTION_TYPES = {"interactions", "stdlib_calls", "stdlib_imports"}
 CHAT_TYPES = {"chat", "synthetic_chat", "python_qa"}
 CHAT_SCHEMA = pa.schema(
@@ -144,6 +157,9 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
         "chat": lambda: chat.read_chats(src.paths, where, src.split_field),
         "synthetic_chat": lambda: chat.synthetic_chats(src.limit),
         "python_qa": lambda: python_qa.python_qa(),
+        "digit_scenes": lambda: detection.digit_scenes(count=src.limit or detection.SCENES),
+        "coco": lambda: detection.coco_files(src.paths, src.image_dir, where, bad, problems),
+        "yolo": lambda: detection.yolo_folders(src.paths, where, bad, problems),
     }[src.type]()
     docs = itertools.islice(docs, src.limit) if src.limit else docs
     return with_splits(docs, src, where, INTERACTION_TYPES)
@@ -199,6 +215,8 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         if s.type == "table"
         else "chat"
         if s.type in CHAT_TYPES
+        else "detection"
+        if s.type in DETECTION_TYPES
         else "parallel"
         if s.type == "parallel"
         else "text"
@@ -217,6 +235,7 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         "text": (TEXT_SCHEMA, "documents"),
         "interactions": (INTERACTION_SCHEMA, "interactions"),
         "chat": (CHAT_SCHEMA, "chats"),
+        "detection": (DETECTION_SCHEMA, "detection_images"),
     }[kind]
     writer = stage_writer(cfg, "collect")
     writer.open()

@@ -13,7 +13,8 @@ from pathlib import Path
 from modelworks.splits import hf_split_name, read_given, split_name
 
 SPLIT_FIELD_TYPES = ("table", "image_table", "files", "parallel", "chat")
-OWN_SPLIT_TYPES = ("python_qa",)  # built-in sources that name each record's split themselves
+# built-in sources that name each record's split themselves
+OWN_SPLIT_TYPES = ("python_qa", "digit_scenes")
 
 
 def with_splits(docs: Iterable[dict], src, where: str, no_split_types: set[str]) -> Iterator[dict]:

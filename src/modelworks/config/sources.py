@@ -32,6 +32,9 @@ class SourceConfig(_Section):
         "chat",
         "synthetic_chat",
         "python_qa",
+        "digit_scenes",
+        "coco",
+        "yolo",
     ] = Field(
         "python_docs",
         description="python_docs: Python's own documentation and stdlib docstrings; "
@@ -50,7 +53,13 @@ class SourceConfig(_Section):
         "prompt/completion records) from jsonl/parquet; synthetic_chat: generated instruction "
         "pairs (repeat, reverse, uppercase, add; `limit` of them, default 2000); python_qa: "
         "questions about Python's builtins, keywords and stdlib modules answered from their "
-        "docs, each with a topic; held-out topics go to the test split",
+        "docs, each with a topic; held-out topics go to the test split; object detection: "
+        "digit_scenes: built-in scenes of scikit-learn digits with boxes (`limit` scenes, "
+        "default 2000), coco: COCO JSON files (image_dir), yolo: image folders with YOLO txt "
+        "labels",
+    )
+    image_dir: str = Field(
+        "", description="coco: folder the images' file_name is relative to; '' = the JSON's folder"
     )
     paths: list[str] = Field(
         default_factory=list, description="files, globs or folders to read (see type)"

@@ -23,6 +23,7 @@ TASKS = {
     "recommendation": "modelworks.tasks.recommendation",
     "translation": "modelworks.tasks.translation",
     "chat": "modelworks.tasks.chat",
+    "object_detection": "modelworks.tasks.object_detection",
 }
 
 
