@@ -221,3 +221,35 @@ def test_image_panel_classifies_an_uploaded_digit(page, image_server, tmp_path):
     labels = api["data"][0]["labels"]
     assert [s.split()[0] for s in shown] == [x["label"] for x in labels]
     assert json.loads(json.dumps(labels))[0]["probability"] > 0
+
+
+@pytest.fixture(scope="module")
+def detect_server(tmp_path_factory):
+    from tests.tasks.test_detection import TINY
+
+    runs = tmp_path_factory.mktemp("ui-det") / "runs"
+    cfg = load_config(ROOT / "configs" / "detection.yaml", [f"runs_dir={runs}", *TINY])
+    run(cfg)
+    with served(cfg.run_dir) as (url, _):
+        yield url
+
+
+def test_detect_panel_draws_the_boxes_the_api_returns(page, detect_server, tmp_path):
+    from modelworks.collect.detection import digit_scenes
+
+    png = tmp_path / "scene.png"
+    png.write_bytes(next(digit_scenes(count=1))["image"])
+    page.goto(detect_server + "/")
+    page.wait_for_selector("#detect-panel:not([hidden])")
+    page.fill("#detect-threshold", "0")
+    page.set_input_files("#detect-file", str(png))
+    page.wait_for_function("document.getElementById('detect-stats').textContent.includes('box')")
+    shown = page.inner_text("#detect-stats")
+    size = page.evaluate("[document.getElementById('detect-canvas').width, "
+                         "document.getElementById('detect-canvas').height]")  # fmt: skip
+    shot = tmp_path / "detect.png"
+    page.screenshot(path=str(shot), full_page=True)
+    _keep(shot)
+    body = {"image": base64.b64encode(png.read_bytes()).decode(), "score_threshold": 0}
+    api = httpx.post(detect_server + "/v1/images/detect", json=body, timeout=30).json()
+    assert shown == f"{len(api['data'][0]['detections'])} box(es)" and size == [384, 384]
