@@ -59,6 +59,8 @@ def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
     name = name_of(model.modelworks_config)
     if name in ("vit", "cnn", "mlp"):
         return f"an image classifier ({name})", ("safetensors", "onnx", "int8")
+    if name == "detector":  # ONNX: the raw maps; models/detector.decode turns them into boxes
+        return "an object detector", ("safetensors", "onnx")
     return f"a {name} model", ("safetensors",)
 
 

@@ -70,6 +70,22 @@ def test_digit_scenes_collect_to_serve_with_a_real_request(tmp_path):
         r = httpx.post(url, json={"image": base64.b64encode(b"no image").decode()}, timeout=30)
         assert r.status_code == 400 and "not a readable image" in r.json()["error"]["message"]
 
+    pytest.importorskip("onnxruntime", reason="pip install -e '.[export]'")
+    from modelworks.export import export
+    from modelworks.export_onnx import load_onnx, run_onnx
+    from modelworks.models.detector import decode
+    from modelworks.tasks.object_detection_data import load_split, normalise
+    from modelworks.train.checkpoint import load_model
+
+    sess, info = load_onnx(export(cfg.run_dir, tmp_path / "onnx", "onnx"))
+    assert info["input"]["name"] == "pixel_values" and info["input"]["shape"][1:] == [1, 64, 64]
+    x, _, meta = load_split(cfg.run_dir, "test")
+    x = normalise(x[:5], meta)  # another batch size than the export traced
+    model = load_model(cfg.run_dir / "pretrain").eval()
+    ours, theirs = model.detect(x, 0.0, 20), decode(run_onnx(sess, x), 10, 0.0, 20, 0.6)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and a["labels"].equal(b["labels"])
+
 
 def test_nms_keeps_the_best_of_each_overlapping_group():
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9.0]])
