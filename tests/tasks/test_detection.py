@@ -22,6 +22,7 @@ from modelworks.pipeline import run
 from modelworks.tasks.detection_augment import BoxAugment, warp
 from tests.conftest import ROOT, served
 
+STEPS, MAP_50, MAP = 300, 0.85, 0.55  # the slow test: a shortened configs/detection.yaml
 TINY = [
     "collect.sources.0.limit=120", "model.widths=[8,16,16]", "model.head_width=16",
     "pretrain.steps=20", "pretrain.batch_size=16", "pretrain.warmup_steps=2",
@@ -231,3 +232,17 @@ def test_mixed_sizes_are_resized_with_their_boxes(tmp_path):
     x, boxes, _ = load_split(cfg.run_dir, "train")
     assert x.shape == (2, 1, 16, 16)
     assert sorted(boxes[:, 2:].tolist()) == [[0, 0, 8, 8], [8, 0, 16, 8]]
+
+
+@pytest.mark.slow
+def test_detector_beats_the_sliding_window_baseline_on_held_out_scenes(tmp_path):
+    """A shortened configs/detection.yaml (STEPS steps, about 2 minutes on 2 quiet cores): COCO
+    mAP on the held-out test scenes, whose digits no training scene used."""
+    cfg = load_config(ROOT / "configs" / "detection.yaml",
+                      [f"runs_dir={tmp_path / 'runs'}", f"pretrain.steps={STEPS}",
+                       f"pretrain.eval_every={STEPS}", f"pretrain.ckpt_every={STEPS}"])  # fmt: skip
+    run(cfg)
+    m = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
+    assert m["split"] == "test" and m["rows"] == 200
+    assert m["map_50"] >= MAP_50 and m["map"] >= MAP, m
+    assert m["map_50"] >= m["baseline_map_50"] + 0.3 and m["map"] >= 2 * m["baseline_map"], m

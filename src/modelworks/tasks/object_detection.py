@@ -185,7 +185,8 @@ def evaluate(
            for c in classes]
     )  # fmt: skip
     plot_pr_curves(curves, out / "pr_curves.png")
-    plot_detections(x.numpy(), truth, preds, classes, out / "detections.png")
+    shown = [(b[s >= 0.3], s[s >= 0.3], c[s >= 0.3]) for b, s, c in preds]  # as served
+    plot_detections(x.numpy(), truth, shown, classes, out / "detections.png")
     trained = json.loads((ckpt.stage_dir / "manifest.json").read_text())["summary"]
     summary = md_table([(f"{split} images", str(len(x))), (f"{split} boxes", str(len(boxes)))])
     sections = [
@@ -193,8 +194,10 @@ def evaluate(
         ("Per class", per_class),
         ("Training", training_table(trained)),
     ]
-    images = [("detections.png", f"Held-out {split} images: true and predicted boxes"),
-              ("pr_curves.png", "Precision-recall at IoU 0.5")]  # fmt: skip
+    images = [
+        ("detections.png", f"Held-out {split} images: true and predicted (score >= 0.3) boxes"),
+        ("pr_curves.png", "Precision-recall at IoU 0.5"),
+    ]
     return metrics, sections, images
 
 
