@@ -61,6 +61,8 @@ def formats_for(model: nn.Module) -> tuple[str, tuple[str, ...]]:
         return f"an image classifier ({name})", ("safetensors", "onnx", "int8")
     if name == "unet":
         return "an image generator (U-Net denoiser)", ("safetensors", "onnx")
+    if name == "detector":  # ONNX: the raw maps; models/detector.decode turns them into boxes
+        return "an object detector", ("safetensors", "onnx")
     return f"a {name} model", ("safetensors",)
 
 

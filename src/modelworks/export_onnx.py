@@ -229,6 +229,19 @@ def heldout(model: nn.Module, run_dir: Path, limit: int) -> tuple[str, list[tupl
         if seq < 2:
             raise ExportError(f"{run_dir}/preprocess/tokens: too few validation tokens")
         return "perplexity", list(sequential_batches(tokens, 8, seq, limit))
+    from modelworks.models.detector import Detector
+
+    if isinstance(model, Detector):  # raw maps (heatmap logits, offsets, log sizes) are checked
+        from modelworks.tasks.object_detection_data import load_split as detection_split
+        from modelworks.tasks.object_detection_data import normalise
+
+        x, _, meta = detection_split(run_dir, "test")
+        x = normalise(x if len(x) >= 4 else detection_split(run_dir, "train")[0], meta)
+        return "detection", [
+            (x[i : i + 64], torch.zeros(len(x[i : i + 64])))
+            for i in range(0, 64 * limit, 64)
+            if i < len(x)
+        ]
     from modelworks.tasks.image_classification import load_split
 
     if not (run_dir / "preprocess" / "data.safetensors").is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from modelworks.artifacts import (
     StageWriter,
@@ -32,6 +33,22 @@ STAGES: dict[str, StageSpec] = {
     "finetune": StageSpec(("task", "finetune", "seed"), ("preprocess",)),
     "evaluate": StageSpec(("task", "evaluate", "seed"), ("preprocess", "pretrain")),
 }
+
+
+def load_run(run_dir: str | Path) -> Config:
+    """A finished run's own config (its config.yaml), placed where the run folder is now."""
+    import yaml
+
+    from modelworks.config import validate_config
+    from modelworks.errors import EvaluateError
+
+    run_dir = Path(run_dir)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise EvaluateError(f"{run_dir}: not a run folder (no config.yaml)")
+    data = yaml.safe_load(stored.read_text())
+    data["runs_dir"], data["name"] = str(run_dir.parent), run_dir.name
+    return validate_config(data, source=str(stored))
 
 
 def model_stage(cfg: Config) -> str:

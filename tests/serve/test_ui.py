@@ -248,3 +248,35 @@ def test_gallery_panel_shows_generated_images_of_the_chosen_class(page, tmp_path
         body = {"prompt": "3", "n": 4, "size": "64x64", "seed": 11}
         api = httpx.post(url + "/v1/images/generations", json=body, timeout=60).json()
         assert shown == ["data:image/png;base64," + d["b64_json"] for d in api["data"]]
+
+
+@pytest.fixture(scope="module")
+def detect_server(tmp_path_factory):
+    from tests.tasks.test_detection import TINY
+
+    runs = tmp_path_factory.mktemp("ui-det") / "runs"
+    cfg = load_config(ROOT / "configs" / "detection.yaml", [f"runs_dir={runs}", *TINY])
+    run(cfg)
+    with served(cfg.run_dir) as (url, _):
+        yield url
+
+
+def test_detect_panel_draws_the_boxes_the_api_returns(page, detect_server, tmp_path):
+    from modelworks.collect.detection import digit_scenes
+
+    png = tmp_path / "scene.png"
+    png.write_bytes(next(digit_scenes(count=1))["image"])
+    page.goto(detect_server + "/")
+    page.wait_for_selector("#detect-panel:not([hidden])")
+    page.fill("#detect-threshold", "0")
+    page.set_input_files("#detect-file", str(png))
+    page.wait_for_function("document.getElementById('detect-stats').textContent.includes('box')")
+    shown = page.inner_text("#detect-stats")
+    size = page.evaluate("[document.getElementById('detect-canvas').width, "
+                         "document.getElementById('detect-canvas').height]")  # fmt: skip
+    shot = tmp_path / "detect.png"
+    page.screenshot(path=str(shot), full_page=True)
+    _keep(shot)
+    body = {"image": base64.b64encode(png.read_bytes()).decode(), "score_threshold": 0}
+    api = httpx.post(detect_server + "/v1/images/detect", json=body, timeout=30).json()
+    assert shown == f"{len(api['data'][0]['detections'])} box(es)" and size == [384, 384]

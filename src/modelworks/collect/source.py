@@ -19,7 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from modelworks.collect.rows import BadRows
 
-KINDS = ("text", "image", "table", "parallel", "interactions", "chat", "events", "preference")
+KINDS = (
+    "text",
+    "image",
+    "table",
+    "parallel",
+    "interactions",
+    "chat",
+    "events",
+    "preference",
+    "detection",
+)
 
 
 class Source(BaseModel):

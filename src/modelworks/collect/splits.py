@@ -13,7 +13,7 @@ from pathlib import Path
 from modelworks.splits import hf_split_name, read_given, split_name
 
 # built-in sources that name each record's split themselves
-OWN_SPLIT_TYPES = ("python_qa", "word_problems")
+OWN_SPLIT_TYPES = ("python_qa", "word_problems", "digit_scenes")
 
 
 def with_splits(docs: Iterable[dict], src, where: str) -> Iterator[dict]:

@@ -80,6 +80,17 @@ PREFERENCE_SCHEMA = pa.schema(
         ("topic", pa.string()),
     ]
 )  # fmt: skip  prompt: messages as JSON; chosen/rejected: reply texts (collect/preference.py)
+DETECTION_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("boxes", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+    ]
+)  # fmt: skip  (boxes: JSON [{"bbox": [x, y, w, h], "label"}], collect/detection.py)
 INTERACTION_SCHEMA = pa.schema(
     [("user", pa.string()), ("item", pa.string()), ("timestamp", pa.float64()),
      ("rating", pa.float64()), ("source", pa.string())]
@@ -118,6 +129,7 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         "interactions": (INTERACTION_SCHEMA, "interactions"),
         "chat": (CHAT_SCHEMA, "chats"),
         "preference": (PREFERENCE_SCHEMA, "preferences"),
+        "detection": (DETECTION_SCHEMA, "detection_images"),
     }[kind]
     writer = stage_writer(cfg, "collect")
     writer.open()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from modelworks.collect.chat import ChatSource, SyntheticChatSource
 from modelworks.collect.crawl import CrawlSource
+from modelworks.collect.detection import CocoSource, DigitScenesSource, YoloSource
 from modelworks.collect.events import EventsSource, ShopSimulatorSource
 from modelworks.collect.files import FilesSource, WarcSource
 from modelworks.collect.hf import HfSource
@@ -55,6 +56,9 @@ SOURCE_TYPES: dict[str, type[Source]] = {
     "shop_simulator": ShopSimulatorSource,
     "preference": PreferenceSource,
     "word_problems": WordProblemsSource,
+    "digit_scenes": DigitScenesSource,
+    "coco": CocoSource,
+    "yolo": YoloSource,
 }
 DEFAULT_SOURCE = "python_docs"  # a source that names no type
 

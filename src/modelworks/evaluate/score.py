@@ -29,19 +29,10 @@ import yaml
 
 from modelworks.artifacts import atomic_write_json
 from modelworks.collect.source import Source
-from modelworks.config import Config, parse_source, validate_config
+from modelworks.config import Config, parse_source
 from modelworks.errors import ConfigError, EvaluateError, ModelworksError
+from modelworks.lifecycle import load_run  # noqa: F401  (public here too)
 from modelworks.progress import Reporter
-
-
-def load_run(run_dir: str | Path) -> Config:
-    run_dir = Path(run_dir)
-    stored = run_dir / "config.yaml"
-    if not stored.is_file():
-        raise EvaluateError(f"{run_dir}: not a run folder (no config.yaml)")
-    data = yaml.safe_load(stored.read_text())
-    data["runs_dir"], data["name"] = str(run_dir.parent), run_dir.name
-    return validate_config(data, source=str(stored))
 
 
 def data_source(cfg: Config, values: list[str]) -> Source:

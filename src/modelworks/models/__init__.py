@@ -7,6 +7,7 @@ and one line below.
 from modelworks.models import (  # noqa: F401  (each registers itself)
     behaviour,
     cnn,
+    detector,
     encoder,
     gpt,
     gpt_classifier,

@@ -24,6 +24,7 @@ TASKS = {
     "user_behaviour": "modelworks.tasks.user_behaviour",
     "dpo": "modelworks.tasks.dpo",
     "grpo": "modelworks.tasks.grpo",
+    "object_detection": "modelworks.tasks.object_detection",
 }
 
 

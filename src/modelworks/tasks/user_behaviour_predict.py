@@ -45,7 +45,7 @@ def predict(
     import pyarrow.parquet as pq
 
     from modelworks.collect.events import TIME_SQL, expand, file_select
-    from modelworks.evaluate.score import load_run
+    from modelworks.lifecycle import load_run
     from modelworks.progress import Reporter
     from modelworks.runtime import resolve_device
     from modelworks.tasks.user_behaviour_serve import (

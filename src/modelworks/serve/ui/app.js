@@ -99,6 +99,7 @@ function setupPanels() {
   }
   if (state.paths.has("/v1/images/classify")) $("image-panel").hidden = false;
   if (state.paths.has("/v1/images/generations")) setupGallery();
+  if (state.paths.has("/v1/images/detect")) $("detect-panel").hidden = false;
   const tasks = TASK_PATHS.filter((p) => state.paths.has(p));
   if (tasks.length) {
     $("task-panel").hidden = false;
@@ -306,6 +307,54 @@ drop.addEventListener("drop", (ev) => {
   drop.classList.remove("over");
   const file = ev.dataTransfer.files[0];
   if (file) classifyImage(file).catch((e) => showError(String(e)));
+});
+
+// ---------------------------------------------------------------- object detection
+
+// Sends the image to /v1/images/detect and draws the boxes it returns over it on a canvas
+// (scaled up so that small images stay readable).
+async function detectImage(file) {
+  showError("");
+  const dataUrl = await new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(file);
+  });
+  const img = new Image();
+  await new Promise((resolve, reject) => { img.onload = resolve; img.onerror = reject; img.src = dataUrl; });
+  const body = { image: dataUrl, score_threshold: Number($("detect-threshold").value) };
+  if (state.model) body.model = state.model.id;
+  $("detect-stats").textContent = "detecting…";
+  const resp = await fetch("v1/images/detect", {
+    method: "POST", headers: headers(), body: JSON.stringify(body),
+  });
+  if (!resp.ok) {
+    $("detect-stats").textContent = "";
+    showError(await errorText(resp));
+    return;
+  }
+  const found = (await resp.json()).data[0].detections;
+  const scale = Math.max(1, Math.floor(384 / Math.max(img.width, img.height)));
+  const canvas = $("detect-canvas");
+  canvas.width = img.width * scale;
+  canvas.height = img.height * scale;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+  ctx.lineWidth = 2;
+  ctx.font = "14px sans-serif";
+  for (const d of found) {
+    const [x1, y1, x2, y2] = d.box.map((v) => v * scale);
+    ctx.strokeStyle = ctx.fillStyle = "#e4572e";
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillText(`${d.label} ${d.score.toFixed(2)}`, x1 + 2, Math.max(12, y1 - 3));
+  }
+  $("detect-stats").textContent = `${found.length} box(es)`;
+}
+
+$("detect-file").addEventListener("change", (ev) => {
+  if (ev.target.files[0]) detectImage(ev.target.files[0]).catch((e) => showError(String(e)));
 });
 
 // ---------------------------------------------------------------- image generation gallery
