@@ -348,9 +348,8 @@ def save_finetuned(cfg: Config, out: Path, base) -> None:
     fmt = chat_format_for_base(cfg, cfg.run_dir, base)
     (out / "chat_template.jinja").write_text(fmt.template)
     stop = [DEFAULT_CHAT_STOP] if fmt.template == CHAT_TEMPLATE else []
-    atomic_write_json(
-        out / "chat.json", {"bos_id": fmt.bos, "eos_ids": sorted(fmt.eos), "stop": stop}
-    )
+    specials = {"bos_id": fmt.bos, "eos_ids": sorted(fmt.eos), "stop": stop}
+    atomic_write_json(out / "chat.json", {**specials, "add_bos": base.add_bos})
 
 
 def load_chat_engine(
@@ -399,7 +398,7 @@ def load_chat_engine(
             specials["bos_id"],
             set(specials["eos_ids"]),
             (model_dir / "chat_template.jinja").read_text(),
-            **kw,
+            **{"add_start": specials.get("add_bos", True), **kw},  # older runs: no add_bos
         )
         engine.chat_stop = specials["stop"]
         return engine
