@@ -4,12 +4,17 @@ fp32 vs int8 weight-only (serve/quant.py), against transformers `generate` on th
     modelworks pull smollm2-135m-instruct
     python benchmarks/smollm2.py                 # all parts, ~5 min on 2 cores
     python benchmarks/smollm2.py --skip-hf       # without the transformers peer
+    python benchmarks/smollm2.py --skip-hf --skip-int8 --rounds 3   # fp32: 1 vs 16 streams
 
 Measures: load time from the cache (first load in this process, then again), weight bytes, batch-1
 greedy decode tok/s on a chat prompt (64 new tokens after a warm-up that pays torch.compile; the
-median and best of 5 runs, fp32 / int8 / transformers taking turns so that they share the load),
-paired median decode-step times, aggregate tok/s of 16 concurrent streams through the batching
-loop, peak RSS, and how many of the int8 engine's greedy tokens agree with fp32's. Writes
+median and best of 5 runs, fp32 / int8 / transformers / llama.cpp taking turns so that they share
+the load), paired median decode-step times, aggregate tok/s of 16 concurrent streams through the
+batching loop (all on the one prompt, and for fp32 also on 16 different questions, which share
+only the chat template's system prompt), peak RSS, and how many of the int8 engine's greedy tokens
+agree with fp32's. llama.cpp (llama-cpp-python, optional: `pip install 'modelworks[llama-cpp]'`
+compiles it) runs on the same GGUF at batch 1 only (its high-level API decodes one sequence at a
+time); without it that row is skipped with a one-line reason. Writes
 benchmarks/results/smollm2.json.
 """
 
@@ -25,16 +30,28 @@ import torch
 from _common import cpu_model, write_json
 
 PROMPT = "Explain in a few sentences what a Python list comprehension is."
+# the distinct-prompts case: 16 different questions (they share only the chat template's system
+# prompt, which the engine copies between slots rather than computing it 16 times)
+QUESTIONS = [
+    PROMPT, "What is a Python dictionary used for?", "How does a for loop work in Python?",
+    "Explain what a function is in programming.", "What is the difference between a list and a "
+    "tuple?", "Why do programmers write unit tests?", "What does the `return` statement do?",
+    "Explain recursion with a short example.", "What is an exception in Python?",
+    "How do you read a text file in Python?", "What is a class in object-oriented programming?",
+    "What does `import` do in Python?", "Explain what a variable is.",
+    "What is the purpose of comments in code?", "How does a while loop differ from a for loop?",
+    "What is a string in Python?",
+]  # fmt: skip
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def chat_ids(engine) -> list[int]:
+def chat_ids(engine, question: str = PROMPT) -> list[int]:
     from modelworks.chat_template import engine_chat_text
 
-    return engine.encode(engine_chat_text(engine, [{"role": "user", "content": PROMPT}]))
+    return engine.encode(engine_chat_text(engine, [{"role": "user", "content": question}]))
 
 
 def paired_steps(models: dict, n: int = 40) -> dict[str, float]:
@@ -57,11 +74,14 @@ def paired_steps(models: dict, n: int = 40) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def streams(engine, k: int, n: int) -> float:
-    """Aggregate tok/s of `k` greedy streams of `n` tokens submitted together."""
+def streams(engine, k: int, n: int, distinct: bool = False) -> float:
+    """Aggregate tok/s of `k` greedy streams of `n` tokens submitted together: all on one chat
+    prompt, or (`distinct`) on k different questions."""
     from modelworks.serve.engine import SamplingParams
 
-    ids = chat_ids(engine)
+    prompts = [chat_ids(engine, QUESTIONS[i % len(QUESTIONS)] if distinct else PROMPT)
+               for i in range(k)]  # fmt: skip
+    ids = prompts[0]
     lock, all_done = threading.Lock(), threading.Event()
     counts, finished = [0] * k, [0]
 
@@ -81,7 +101,7 @@ def streams(engine, k: int, n: int) -> float:
     engine.generate(ids, max_new_tokens=4, temperature=0)  # warm-up
     t = time.perf_counter()
     for i in range(k):
-        engine.submit(ids, params, on_event(i))
+        engine.submit(prompts[i], params, on_event(i))
     if not all_done.wait(timeout=1800):
         raise RuntimeError(f"{k} streams did not finish in 30 minutes")
     return sum(counts) / (time.perf_counter() - t)
@@ -96,6 +116,25 @@ def hf_generate(hf, ids: list[int], n: int) -> float:
     return (out.shape[1] - x.shape[1]) / (time.perf_counter() - t)
 
 
+def llama_cpp_batch1(path, ids: list[int], n: int, threads: int, rounds: int) -> list[float]:
+    """llama.cpp (llama-cpp-python) greedy decode tok/s at batch 1 on the same GGUF and prompt
+    ids, `rounds` runs; its high-level API decodes one sequence at a time, so no 16-stream row."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, verbose=False)
+
+    def once(k: int) -> float:
+        t, out = time.perf_counter(), 0
+        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):  # EOS does not stop it
+            out += 1
+            if out == k:
+                break
+        return out / (time.perf_counter() - t)
+
+    once(4)  # warm-up
+    return [once(n) for _ in range(rounds)]
+
+
 def main() -> None:
     import statistics
 
@@ -105,6 +144,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="batch-1 runs per engine, in turns")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/smollm2.json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -123,10 +164,12 @@ def main() -> None:
     fp32 = Engine.from_gguf(path, "cpu", max_batch=a.streams)
     res["load_s_again"] = time.perf_counter() - t
     res["rss_mb_fp32_loaded"] = rss_mb()
-    int8 = Engine.from_gguf(path, "cpu", max_batch=a.streams, quantize="int8")
     res["fp32_weight_mb"] = weight_bytes(fp32.model) / 2**20
-    res["int8_weight_mb"] = weight_bytes(int8.model) / 2**20
-    engines = {"fp32": fp32, "int8": int8}
+    engines = {"fp32": fp32}
+    if not a.skip_int8:
+        int8 = Engine.from_gguf(path, "cpu", max_batch=a.streams, quantize="int8")
+        res["int8_weight_mb"] = weight_bytes(int8.model) / 2**20
+        engines["int8"] = int8
     runs: dict[str, list[float]] = {k: [] for k in engines}
     tokens = {}
     ids = chat_ids(fp32)
@@ -141,6 +184,17 @@ def main() -> None:
         ).eval()
         hf_generate(hf, ids, 8)
         runs["transformers"] = []
+    llama = None
+    if not a.skip_llama_cpp:
+        try:
+            import llama_cpp  # noqa: F401
+
+            llama, runs["llama.cpp"] = True, []
+        except ImportError:
+            print(
+                "llama.cpp: skipped (llama-cpp-python not installed: pip install "
+                "'modelworks[llama-cpp]', which compiles llama.cpp, ~5 min on 2 cores)"
+            )
     for _ in range(a.rounds):  # in turns, so that each sees the same machine load
         for k, e in engines.items():
             t = time.perf_counter()
@@ -149,30 +203,49 @@ def main() -> None:
             tokens[k] = g.token_ids
         if hf is not None:
             runs["transformers"].append(hf_generate(hf, ids, a.tokens))
+        if llama:
+            runs["llama.cpp"] += llama_cpp_batch1(path, ids, a.tokens, a.threads, 1)
     for k, v in runs.items():  # the median, and the best run (the least disturbed by load)
         res[f"{k}_batch1_tok_s"] = statistics.median(v)
         res[f"{k}_batch1_tok_s_best"] = max(v)
     del hf
-    ref, got = tokens["fp32"], tokens["int8"]
-    same = next((i for i, (x, y) in enumerate(zip(ref, got, strict=False)) if x != y), len(ref))
-    res["int8_greedy_tokens_equal_to_fp32_prefix"] = same
+    if "int8" in tokens:
+        ref, got = tokens["fp32"], tokens["int8"]
+        same = next((i for i, (x, y) in enumerate(zip(ref, got, strict=False)) if x != y), len(ref))
+        res["int8_greedy_tokens_equal_to_fp32_prefix"] = same
     for k, ms in paired_steps({k: e.model for k, e in engines.items()}).items():
         res[f"{k}_step_ms_median"] = ms
     for k, e in engines.items():
+        e.prefix_tokens_reused = 0
         res[f"{k}_{a.streams}_streams_tok_s"] = streams(e, a.streams, a.tokens)
+        if k == "fp32":  # 16 different questions: only the system prompt is shared
+            res[f"fp32_{a.streams}_distinct_streams_tok_s"] = streams(
+                e, a.streams, a.tokens, distinct=True
+            )
+        res[f"{k}_prefix_tokens_reused"] = e.prefix_tokens_reused
         e.close()
     res["peak_rss_mb"] = rss_mb()
     res["load_after"] = os.getloadavg()[0]
     for k, v in res.items():
         print(f"{k:<40} {v:.2f}" if isinstance(v, float) else f"{k:<40} {v}")
     r = res
-    step = r["fp32_step_ms_median"] / r["int8_step_ms_median"]
-    print(f"int8 / fp32 decode step (paired medians): {step:.2f}x faster")
-    print(f"int8 / fp32 batch 1: {r['int8_batch1_tok_s'] / r['fp32_batch1_tok_s']:.2f}x; "
-          f"weights {r['int8_weight_mb'] / r['fp32_weight_mb']:.2f}x")  # fmt: skip
-    for k in ("fp32", "int8"):
+    if "int8" in engines:
+        step = r["fp32_step_ms_median"] / r["int8_step_ms_median"]
+        print(f"int8 / fp32 decode step (paired medians): {step:.2f}x faster")
+        print(f"int8 / fp32 batch 1: {r['int8_batch1_tok_s'] / r['fp32_batch1_tok_s']:.2f}x; "
+              f"weights {r['int8_weight_mb'] / r['fp32_weight_mb']:.2f}x")  # fmt: skip
+    for k in engines:
         agg = r[f"{k}_{a.streams}_streams_tok_s"] / r[f"{k}_batch1_tok_s"]
-        print(f"{k}: {a.streams} streams vs 1: {agg:.2f}x aggregate")
+        print(f"{k}: {a.streams} streams (one prompt) vs 1: {agg:.2f}x aggregate")
+    agg = r[f"fp32_{a.streams}_distinct_streams_tok_s"] / r["fp32_batch1_tok_s"]
+    print(f"fp32: {a.streams} streams ({a.streams} different questions) vs 1: {agg:.2f}x")
+    if "llama.cpp_batch1_tok_s" in r:
+        peer = r["llama.cpp_batch1_tok_s"]
+        print(f"vs llama.cpp batch 1 (n_threads={a.threads}): fp32 "
+              f"{r['fp32_batch1_tok_s'] / peer:.2f}x, fp32 {a.streams} streams aggregate "
+              f"{r[f'fp32_{a.streams}_streams_tok_s'] / peer:.2f}x" + (
+                  f", int8 {r['int8_batch1_tok_s'] / peer:.2f}x" if "int8" in engines else ""
+              ))  # fmt: skip
     if "transformers_batch1_tok_s" in r:
         peer = r["transformers_batch1_tok_s"]
         print(f"vs transformers batch 1: fp32 {r['fp32_batch1_tok_s'] / peer:.2f}x, "

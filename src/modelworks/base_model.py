@@ -27,6 +27,7 @@ class Base:
     kind: str  # modelworks, bert, llama or gguf
     # a GGUF base's (start token id, end token ids, chat template); None otherwise
     chat: tuple[int, set[int], str | None] | None = None
+    add_bos: bool = True  # prompts start with the start token (a GGUF may say they do not)
 
 
 def resolve_base_folder(cfg: Config) -> Path:
@@ -73,11 +74,12 @@ def load_base(cfg: Config) -> Base:
         from modelworks.models.gguf_tokenizer import tokenizer_from_gguf
 
         reader = open_gguf(folder)
-        bos, eos, template, _ = chat_tokens(reader)
+        bos, eos, template, add_bos = chat_tokens(reader)
         model = load_gguf(folder, cfg.finetune.seq_len, reader)
         bos = bos if bos is not None else min(eos or {0})
         chat = (bos, eos or {bos}, template)
-        return Base(model, tokenizer_from_gguf(reader, folder), folder, "gguf", chat)
+        tok = tokenizer_from_gguf(reader, folder)
+        return Base(model, tok, folder, "gguf", chat, add_bos)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"finetune.from: {folder} has no config.json; it is not a model folder")

@@ -24,6 +24,7 @@ export_onnx.py).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -151,9 +152,17 @@ def export(
         from modelworks.models.hf import export_hf
 
         template = run_chat_template(run_dir)
-        return export_hf(
-            model, out_dir, tokenizer if tokenizer.is_file() else None, "<|endoftext|>", template
-        )
+        tok_file = tokenizer if tokenizer.is_file() else None
+        eos, bos, add_bos = "<|endoftext|>", None, True
+        chat = final_model_dir(run_dir) / "chat.json"
+        if chat.is_file() and tok_file is not None:  # a chat fine-tune: its own start and end
+            from modelworks.preprocess.tokenizer import load_tokenizer
+
+            specials, tok = json.loads(chat.read_text()), load_tokenizer(tok_file)
+            eos = tok.id_to_token(min(specials["eos_ids"]))
+            bos = tok.id_to_token(specials["bos_id"])
+            add_bos = specials.get("add_bos", True)
+        return export_hf(model, out_dir, tok_file, eos, template, bos, add_bos)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir} exists and is not empty; choose a new or empty folder")
     with staged_folder(out_dir) as tmp:

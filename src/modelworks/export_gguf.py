@@ -37,6 +37,7 @@ def export_run_gguf(run_dir: Path, out: Path, model, model_dir: Path, qtype: str
     if chat.is_file():  # a chat fine-tune: its own special tokens and template
         specials = json.loads(chat.read_text())
         bos, eos = specials["bos_id"], set(specials["eos_ids"])
+        add_bos = specials.get("add_bos", True)  # runs before it was stored: True
         if (model_dir / "chat_template.jinja").is_file():
             template = (model_dir / "chat_template.jinja").read_text()
     if bos is None:
@@ -71,10 +72,8 @@ def export_from_gguf(source: Path, out: Path, fmt: str, qtype: str) -> Path:
             from modelworks.models.hf import export_hf
 
             eos_text = tok.id_to_token(min(eos)) if eos else "<|endoftext|>"
-            export_hf(model, out, tok_file, eos_text, template)
-            if bos is not None:  # export_hf names the eos token as bos too; the GGUF knows better
-                _set_bos(out, bos, tok.id_to_token(bos), add_bos)
-            return out
+            bos_text = tok.id_to_token(bos) if bos is not None else None
+            return export_hf(model, out, tok_file, eos_text, template, bos_text, add_bos)
         from modelworks.train.checkpoint import save_model
 
         if out.exists() and any(out.iterdir()):
@@ -82,20 +81,6 @@ def export_from_gguf(source: Path, out: Path, fmt: str, qtype: str) -> Path:
         save_model(out, model)
         tok.save(str(out / "tokenizer.json"))
         return out
-
-
-def _set_bos(folder: Path, bos: int, bos_text: str, add_bos: bool) -> None:
-    from modelworks.artifacts import atomic_write_json
-
-    for name, key in (("config.json", "bos_token_id"), ("generation_config.json", "bos_token_id")):
-        data = json.loads((folder / name).read_text())
-        data[key] = bos
-        atomic_write_json(folder / name, data)
-    tcfg = folder / "tokenizer_config.json"
-    if tcfg.is_file():
-        data = json.loads(tcfg.read_text())
-        data.update(bos_token=bos_text, add_bos_token=add_bos)
-        atomic_write_json(tcfg, data)
 
 
 __all__ = ["QTYPES", "export_from_gguf", "export_run_gguf", "gguf_out_path"]

@@ -184,3 +184,48 @@ def test_export_refuses_an_adapter_it_cannot_express(tmp_path, model, tokenizer_
     with pytest.raises(GGUFError, match="no Llama equivalent"):
         write_gguf(odd, tmp_path / "x.gguf", tokenizer_file)
     assert not list(tmp_path.iterdir())
+
+
+def test_hf_export_of_a_run_tuned_from_a_gguf_keeps_its_start_and_end_tokens(
+    tmp_path, model, tokenizer_file
+):
+    """The run's chat.json names <|im_start|> as start and <|im_end|> as end (from the GGUF);
+    the HF folder must say the same, not the end-of-text token for both."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from modelworks.config import load_config
+    from modelworks.export import export
+    from modelworks.pipeline import stage_functions
+
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+    gguf_file = write_gguf(
+        model, tmp_path / "base.gguf", tokenizer_file, TEMPLATE, "f32", start, {end}, False
+    )
+    data = tmp_path / "chat.jsonl"
+    rows = [{"prompt": f"say {w}", "completion": w} for w in ("yes", "no", "maybe") * 8]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(
+        [],
+        [
+            f"runs_dir={tmp_path / 'runs'}", "name=tuned", "threads=1", "task=chat",
+            "collect.sources.0.type=chat", f"collect.sources.0.paths=[{data}]",
+            "preprocess.val_fraction=0.2", f"finetune.from={gguf_file}", "finetune.steps=1",
+            "finetune.batch_size=2", "finetune.seq_len=32", "finetune.warmup_steps=0",
+            "finetune.eval_every=1", "finetune.ckpt_every=1",
+        ],
+    )  # fmt: skip
+    for stage in ("collect", "preprocess", "finetune"):
+        stage_functions()[stage](cfg)
+    out = export(cfg.run_dir, tmp_path / "hf", "hf")
+
+    for name in ("config.json", "generation_config.json"):
+        got = json.loads((out / name).read_text())
+        assert (got["bos_token_id"], got["eos_token_id"]) == (start, end), name
+    tcfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert (tcfg["bos_token"], tcfg["eos_token"]) == ("<|im_start|>", "<|im_end|>")
+    assert tcfg["add_bos_token"] is False  # as the GGUF said: the template starts each turn
+    exported = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert exported.encode("hello").ids == tok.encode("hello", add_special_tokens=False).ids

@@ -180,6 +180,21 @@ def test_batched_generation_equals_one_at_a_time(engine, temperature):
     assert engine.num_running == 0
 
 
+def test_requests_sharing_a_prompt_prefix_copy_its_cache_and_get_what_they_get_alone(engine):
+    # a common "system prompt", then different questions (and one prompt twice): the later
+    # requests copy the shared positions' keys/values from a running one instead of computing
+    # them, and still get exactly the tokens they get alone
+    system = engine.encode(" ".join(PROMPTS))
+    assert len(system) > 16
+    prompts = [system + engine.encode(q) for q in (" def", " Return the list", " def")]
+    jobs = [(ids, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)) for ids in prompts]
+    before = engine.prefix_tokens_reused
+    batched = _collect(engine, jobs)
+    assert engine.prefix_tokens_reused - before >= 2 * len(system)
+    for (ids, p), (toks, _) in zip(jobs, batched, strict=True):
+        assert toks == engine.generate(ids, p.max_tokens, 0.0).token_ids
+
+
 def test_cancelled_sequence_leaves_the_batch_and_frees_its_slot(engine):
     seen, finished = [], threading.Event()
 

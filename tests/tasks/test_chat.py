@@ -306,3 +306,16 @@ def test_chat_with_a_run_that_cannot_write_says_what_the_run_is(tmp_path, capsys
     assert err[0].startswith(f"error: {run_dir} is a {task} run ({what}:")
     assert "chat needs a language-model or chat run" in err[0]
     assert "Hugging Face Llama folder" in err[0]
+
+
+def test_replay_prompts_stay_out_of_the_general_check():
+    # the general check measures forgetting; replaying its own questions would hide it
+    from modelworks.evaluate.general import QUESTIONS
+    from modelworks.tasks.chat_replay import PROMPTS
+
+    asked = {q.lower() for q, _ in QUESTIONS}
+    assert len(set(PROMPTS)) == len(PROMPTS) and not asked & {p.lower() for p in PROMPTS}
+    replay = ROOT / "configs" / "data" / "general_replay.jsonl"
+    if replay.is_file():  # the committed replay file answers only these prompts
+        rows = [json.loads(line) for line in replay.read_text().splitlines()]
+        assert rows and all(r["messages"][0]["content"] in PROMPTS for r in rows)

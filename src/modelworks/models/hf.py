@@ -255,18 +255,28 @@ def export_hf(
     tokenizer_json: str | Path | None = None,
     eos_token: str = "<|endoftext|>",
     chat_template: str | None = None,
+    bos_token: str | None = None,
+    add_bos: bool = True,
 ) -> Path:
     """Write `model` as a Hugging Face Llama folder; with `tokenizer_json`, also tokenizer files
-    (and `chat_template` in tokenizer_config.json, for `apply_chat_template`).
+    (and `chat_template` in tokenizer_config.json, for `apply_chat_template`). `bos_token`: the
+    start token when it is not the end token (a chat model's, e.g. <|im_start|>); `add_bos`:
+    whether `tokenizer(text)` puts it first, as our engine does unless the model says not to.
 
     The folder is built next to `out_dir` and renamed into place, replacing an earlier export."""
     if not isinstance(model, GPT):
         raise HFError(f"export_hf takes a modelworks GPT, not {type(model).__name__}")
     cfg, out_dir = model.cfg, Path(out_dir)
-    eos_id = None
+    bos_token = bos_token or eos_token
+    eos_id = bos_id = None
     tok_bytes = None
     if tokenizer_json is not None:
         tok_bytes, eos_id = _read_tokenizer(Path(tokenizer_json), eos_token, cfg.vocab_size)
+        bos_id = (
+            eos_id
+            if bos_token == eos_token
+            else _read_tokenizer(Path(tokenizer_json), bos_token, cfg.vocab_size)[1]
+        )
 
     state = model.state_dict()
     names = tensor_names(cfg)
@@ -285,19 +295,22 @@ def export_hf(
         )
     with staged_folder(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        atomic_write_json(tmp / "config.json", _hf_config(cfg, dtype, eos_id))
-        generation = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
+        atomic_write_json(tmp / "config.json", _hf_config(cfg, dtype, eos_id, bos_id))
+        generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
         atomic_write_json(tmp / "generation_config.json", generation)
         if tok_bytes is not None:
-            (tmp / "tokenizer.json").write_bytes(with_start_token(tok_bytes, eos_token))
+            if add_bos:
+                tok_bytes = with_start_token(tok_bytes, bos_token)
+            (tmp / "tokenizer.json").write_bytes(tok_bytes)
             atomic_write_json(
                 tmp / "tokenizer_config.json",
                 {
                     "tokenizer_class": "PreTrainedTokenizerFast",
-                    **{f"{k}_token": eos_token for k in ("bos", "eos", "unk", "pad")},
+                    **{f"{k}_token": eos_token for k in ("eos", "unk", "pad")},
+                    "bos_token": bos_token,
                     # our engine starts every prompt with the start token (end-of-text, as
                     # documents were separated in training); so does tokenizer(text) here
-                    "add_bos_token": True,
+                    "add_bos_token": add_bos,
                     "add_eos_token": False,
                     "model_max_length": cfg.context_len,
                     # our byte-level BPE decodes exactly; HF's clean-up would alter spaces
@@ -308,7 +321,7 @@ def export_hf(
     return out_dir
 
 
-def _hf_config(cfg: GPTConfig, dtype: str, eos_id: int | None) -> dict[str, Any]:
+def _hf_config(cfg: GPTConfig, dtype: str, eos_id: int | None, bos_id: int | None) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -330,7 +343,7 @@ def _hf_config(cfg: GPTConfig, dtype: str, eos_id: int | None) -> dict[str, Any]
         "mlp_bias": False,
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
-        "bos_token_id": eos_id,
+        "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "pad_token_id": eos_id,
         "use_cache": True,

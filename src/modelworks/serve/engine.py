@@ -12,7 +12,10 @@ One `Engine` serves both the evaluate stage's sample generations and the HTTP se
   Rows sit at different positions, so the batched forward (`_forward`) indexes RoPE and the cache
   per row and masks each row's attention to its own length; it reuses the model's own layers, and
   rows that happen to share one position in slots 0..B-1 (a lone request) take the model's own
-  forward. On CPU the large linear layers run on oneDNN-packed weights (serve/packing.py).
+  forward. A joining request whose prompt starts as a running one's does (a shared system
+  prompt, the same document) copies those positions' keys/values from that slot and computes
+  only the rest (prefix sharing, as vLLM's prefix caching does across live requests). On CPU the
+  large linear layers run on oneDNN-packed weights (serve/packing.py).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from modelworks.serve.sampling import (  # noqa: F401  (public here too)
 from modelworks.train.checkpoint import load_model
 
 log = logging.getLogger("modelworks")
+# a shared prompt prefix shorter than this is computed again rather than copied between slots
+MIN_SHARED_PREFIX = 8
 
 
 class Sequence:
@@ -107,6 +112,7 @@ class Engine:
         self._cache: KVCache | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.prefix_tokens_reused = 0  # prompt tokens whose keys/values came from another slot
 
     @classmethod
     def from_run(
@@ -321,9 +327,33 @@ class Engine:
         if self.metrics is not None:
             self.metrics.set_queue(len(self._running), len(self._waiting))
 
+    def _shared_prefix(self, seq: Sequence) -> tuple[Sequence | None, int]:
+        """The running sequence whose prompt starts as `seq`'s does for the most tokens, and how
+        many (at most all but the last: its logits start the answer). Its cache slot holds the
+        keys and values of those positions, which `seq` can copy instead of computing again;
+        requests that share a system prompt or a long document (or one prompt) share them."""
+        best, n = None, 0
+        if seq.params.prompt_logprobs:  # every position's logits are wanted: compute them all
+            return None, 0
+        for other in self._running:
+            if other is seq or other.slot < 0 or other.pos < len(other.ids):
+                continue  # not prefilled (yet), or gone
+            k, top = 0, min(len(other.ids), len(seq.ids) - 1)
+            while k < top and other.ids[k] == seq.ids[k]:
+                k += 1
+            if k > n:
+                best, n = other, k
+        return (best, n) if n >= MIN_SHARED_PREFIX else (None, 0)
+
     def _prefill(self, seq: Sequence) -> None:
-        ids = torch.tensor([seq.ids], device=self.device)
-        logits = self._forward(ids, [seq.slot], [0], last_only=not seq.params.prompt_logprobs)[0]
+        donor, n = self._shared_prefix(seq)
+        if donor is not None:  # copy the shared positions' keys/values: (layers, slot, kv, pos, d)
+            for t in (self._cache.k, self._cache.v):
+                t[:, seq.slot, :, :n] = t[:, donor.slot, :, :n]
+            self.prefix_tokens_reused += n
+        ids = torch.tensor([seq.ids[n:]], device=self.device)
+        last_only = not seq.params.prompt_logprobs
+        logits = self._forward(ids, [seq.slot], [n], last_only=last_only)[0]
         seq.pos = len(seq.ids)
         if seq.params.prompt_logprobs:
             k = seq.params.logprobs or 0

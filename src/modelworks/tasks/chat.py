@@ -363,9 +363,8 @@ def save_finetuned(cfg: Config, out: Path, base) -> None:
     fmt = chat_format_for_base(cfg, cfg.run_dir, base)
     (out / "chat_template.jinja").write_text(fmt.template)
     stop = [DEFAULT_CHAT_STOP] if fmt.template == CHAT_TEMPLATE else []
-    atomic_write_json(
-        out / "chat.json", {"bos_id": fmt.bos, "eos_ids": sorted(fmt.eos), "stop": stop}
-    )
+    specials = {"bos_id": fmt.bos, "eos_ids": sorted(fmt.eos), "stop": stop}
+    atomic_write_json(out / "chat.json", {**specials, "add_bos": base.add_bos})
 
 
 def load_chat_engine(
@@ -414,7 +413,7 @@ def load_chat_engine(
             specials["bos_id"],
             set(specials["eos_ids"]),
             (model_dir / "chat_template.jinja").read_text(),
-            **kw,
+            **{"add_start": specials.get("add_bos", True), **kw},  # older runs: no add_bos
         )
         engine.chat_stop = specials["stop"]
         return engine
@@ -557,41 +556,40 @@ def evaluate(
 
 def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dict:
     """Per-conversation assistant-token nats and counts; greedy answers to the last turn; the
-    general check (evaluate/general.py)."""
-    from modelworks.evaluate.general import general_check
+    general check (evaluate/general.py). The answers go through the engine's batching loop
+    together (the same tokens as one at a time, tests/serve/test_serve.py)."""
+    from modelworks.evaluate.general import QUESTIONS, general_check
 
     nats, counts, _ = example_losses(engine.model, examples, engine.device)
-    answers, hits = [], 0
+    jobs, answers = [], []  # (prompt ids, max new tokens), and what each answer is scored for
     for messages in convs:
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         ids = engine.encode(fmt.render(messages[:last], True))
         room = engine.context_len - len(ids) - 1
         if room < 1:
             continue
-        gen = engine.generate(ids, min(max_new_tokens, room), 0.0, stop=engine.chat_stop)
-        reference = messages[last]["content"]
-        hit = gen.text.strip() == reference.strip()
-        hits += hit
-        answers.append(
-            {"prompt": messages[last - 1]["content"] if last else "", "reference": reference,
-             "response": gen.text.strip(), "hit": hit}
-        )  # fmt: skip
-
-    def answer(question: str) -> str:  # the general check: one user turn, greedy
+        jobs.append((ids, min(max_new_tokens, room)))
+        prompt = messages[last - 1]["content"] if last else ""
+        answers.append({"prompt": prompt, "reference": messages[last]["content"]})
+    general = {}  # the general check: one user turn, greedy
+    for question, _ in QUESTIONS:
         ids = engine.encode(fmt.render([{"role": "user", "content": question}], True))
         room = engine.context_len - len(ids) - 1  # a tiny test model's context may not fit it
-        return (
-            engine.generate(ids, min(24, room), 0.0, stop=engine.chat_stop).text.strip()
-            if room > 0
-            else ""
-        )
-
+        general[question] = len(jobs) if room > 0 else None
+        if room > 0:
+            jobs.append((ids, min(24, room)))
+    texts = _greedy_all(engine, jobs)
+    hits = 0
+    for a, text in zip(answers, texts, strict=False):
+        a["response"] = text.strip()
+        a["hit"] = a["response"] == a["reference"].strip()
+        hits += a["hit"]
     return {
         "nats": nats,
         "counts": counts,
         "exact_match": hits / max(len(answers), 1),
         "answers": answers,
-        "general": general_check(answer),
+        "general": general_check(lambda q: "" if general[q] is None else texts[general[q]].strip()),
     }
 
 
@@ -609,6 +607,34 @@ def prepare_test(run: Config, run_dir: Path, shadow: Path, pre: Path) -> dict:
     ]
     (pre / "test.jsonl").write_text("".join(lines))
     return {"rows": 0, "labels": {}}
+
+
+def _greedy_all(engine, jobs: list[tuple[list[int], int]]) -> list[str]:
+    """Greedy completions of every (prompt ids, max new tokens), stopping at the engine's end
+    tokens and chat stop strings, run through its batching loop `max_batch` at a time."""
+    import threading
+
+    from modelworks.serve.sampling import SamplingParams
+
+    texts, left = [""] * len(jobs), threading.Semaphore(0)
+
+    def on_event(i: int):
+        def cb(event) -> None:  # on the engine's thread
+            texts[i] += event.text or ""
+            if event.finish_reason is not None:
+                left.release()
+
+        return cb
+
+    try:
+        for i, (ids, n) in enumerate(jobs):
+            params = SamplingParams(max_tokens=n, temperature=0.0, stop=list(engine.chat_stop))
+            engine.submit(ids, params, on_event(i))
+        for _ in jobs:
+            left.acquire()
+    finally:
+        engine.close()  # no batching thread left running inside torch at exit
+    return texts
 
 
 TASK = Task(
