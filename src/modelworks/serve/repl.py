@@ -30,7 +30,7 @@ def chat_repl(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
 ) -> int:
-    from modelworks.tasks.chat import load_chat_engine
+    from modelworks.tasks.chat_serve import load_chat_engine
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     _refuse_non_generative(Path(target))

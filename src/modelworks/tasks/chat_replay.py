@@ -132,7 +132,7 @@ def replay(target: str, max_new_tokens: int = 128) -> list[dict]:
     file or a run) answers greedily within `max_new_tokens`, in PROMPTS order."""
     from modelworks.chat_template import engine_chat_text
     from modelworks.serve.sampling import SamplingParams
-    from modelworks.tasks.chat import load_chat_engine
+    from modelworks.tasks.chat_serve import load_chat_engine
 
     engine = load_chat_engine(target, "cpu")
     texts, finish = [""] * len(PROMPTS), [""] * len(PROMPTS)
