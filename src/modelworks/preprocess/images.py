@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,29 @@ def decode(data: bytes, size: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
+def decoded_rows(
+    path: Path,
+    image_size: int,
+    channels: int,
+    val_f: float,
+    test_f: float,
+    seed: int,
+    skipped: Counter,
+) -> Iterator[tuple[dict, np.ndarray, str]]:
+    """(row, pixels, split) of every readable image of a collected Parquet file: a split the
+    source named (val, test), else drawn by id; unreadable images are counted in `skipped` by
+    error type."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            try:
+                x = decode(row["image"], image_size, channels)
+            except Exception as e:  # Pillow raises many types for corrupt input
+                skipped[type(e).__name__] += 1
+                continue
+            g = row.get("split")
+            yield row, x, g if g in ("val", "test") else split_of(row["id"], val_f, test_f, seed)
+
+
 def prepare_images(
     cfg: Config, run_dir: Path, out: Path, reporter: Reporter, image_size: int, channels: int
 ) -> dict:
@@ -56,21 +80,13 @@ def prepare_images(
     val_f, test_f = drawn_fractions(read_given(path), p.val_fraction, p.test_fraction)
     given, sources, parts = [], [], {s: [] for s in SPLITS}  # per kept image, for the stats
     first_source: dict[tuple[str, str], str] = {}
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            try:
-                x = decode(row["image"], image_size, channels)
-            except Exception as e:  # Pillow raises many types for corrupt input
-                skipped[type(e).__name__] += 1
-                continue
-            g = row.get("split")
-            split = g if g in ("val", "test") else split_of(row["id"], val_f, test_f, cfg.seed)
-            parts[split].append(len(given))
-            given.append(g)
-            sources.append(row["source"])
-            first_source.setdefault((split, row["label"]), row["source"])
-            xs[split].append(x)
-            labels[split].append(row["label"])
+    for row, x, split in decoded_rows(path, image_size, channels, val_f, test_f, cfg.seed, skipped):
+        parts[split].append(len(given))
+        given.append(row.get("split"))
+        sources.append(row["source"])
+        first_source.setdefault((split, row["label"]), row["source"])
+        xs[split].append(x)
+        labels[split].append(row["label"])
     classes = sorted(set(labels["train"]))
     if len(classes) < 2:
         raise ImageDataError(

@@ -52,7 +52,7 @@ class Options(TaskOptions):
 
 
 def options(cfg: Config) -> Options:
-    return Options.model_validate(cfg.tasks.get("dpo") or {})
+    return TASK.options_from(cfg)
 
 
 def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:

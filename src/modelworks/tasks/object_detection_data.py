@@ -15,13 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
 from modelworks.artifacts import atomic_write_text
 from modelworks.errors import ImageDataError
-from modelworks.preprocess.images import decode, split_of
+from modelworks.preprocess.images import decoded_rows
 from modelworks.splits import SPLITS, drawn_fractions, read_given, split_stats
 from modelworks.train.data import EpochSampler
 
@@ -40,20 +39,12 @@ def prepare(cfg, run_dir: Path, out: Path, reporter, image_size: int, channels: 
     skipped: Counter = Counter()
     sizes: Counter = Counter()
     given, sources, parts = [], [], {s: [] for s in SPLITS}  # per kept image, for split_stats
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
-        for row in batch.to_pylist():
-            try:
-                x = decode(row["image"], image_size, channels)
-            except Exception as e:  # Pillow raises many types for corrupt input
-                skipped[type(e).__name__] += 1
-                continue
-            g = row.get("split")
-            split = g if g in ("val", "test") else split_of(row["id"], val_f, test_f, cfg.seed)
-            sizes[(row["width"], row["height"])] += 1
-            parts[split].append(len(given))
-            given.append(g)
-            sources.append(row["source"])
-            rows[split].append((x, json.loads(row["boxes"]), row["width"], row["height"]))
+    for row, x, split in decoded_rows(path, image_size, channels, val_f, test_f, cfg.seed, skipped):
+        sizes[(row["width"], row["height"])] += 1
+        parts[split].append(len(given))
+        given.append(row.get("split"))
+        sources.append(row["source"])
+        rows[split].append((x, json.loads(row["boxes"]), row["width"], row["height"]))
     classes = sorted({b["label"] for s in SPLITS for _, boxes, _, _ in rows[s] for b in boxes})
     if not rows["train"] or not classes:
         raise ImageDataError(f"{path}: no training images with boxes; check collect.sources")
