@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from modelworks.evaluate.report import md_table, training_table
 from modelworks.models.registry import build_model, fill_from_data, model_config_from
-from modelworks.tasks.base import Task
+from modelworks.tasks.base import Task, TaskOptions, option
 from modelworks.train.checkpoint import load_model
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -44,12 +44,21 @@ def _split(doc_id: str) -> str:
     return "train" if h < 70 else "val" if h < 85 else "test"
 
 
+class Options(TaskOptions):
+    """`tasks.doc_length:` (the Task's name, not its import path)"""
+
+    quantile: float = option(
+        0.5, stage="preprocess", gt=0, lt=1, description="a document is long above this quantile"
+    )
+
+
 def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
+    q = TASK.options_from(cfg).quantile
     docs = pq.read_table(run_dir / "collect" / "documents.parquet").to_pylist()
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     for d in docs:
         splits[_split(d["id"])].append(d)
-    median = sorted(len(d["text"]) for d in splits["train"])[len(splits["train"]) // 2]
+    median = sorted(len(d["text"]) for d in splits["train"])[int(len(splits["train"]) * q)]
     tensors = {}
     for name, rows in splits.items():
         tensors[f"{name}_x"] = torch.tensor([features(d["text"]) for d in rows]).reshape(-1, 4)
@@ -146,4 +155,5 @@ TASK = Task(
     setup_training=setup_training,
     evaluate=evaluate,
     serve_routes=serve_routes,
+    options=Options,
 )

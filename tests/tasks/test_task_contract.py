@@ -47,6 +47,7 @@ def test_a_task_from_outside_modelworks_runs_from_collect_to_serve(tmp_path):
             "threads=1", "collect.sources.0.limit=400", "model.name=mlp", "model.hidden=16",
             "pretrain.steps=150", "pretrain.batch_size=32", "pretrain.lr=0.01",
             "pretrain.warmup_steps=5", "pretrain.eval_every=50", "pretrain.ckpt_every=50",
+            "tasks.doc_length.quantile=0.5",  # its own section, under the Task's name
         ],
     )  # fmt: skip
     assert run(cfg) == {s: "ran" for s in ("collect", "preprocess", "pretrain", "evaluate")}

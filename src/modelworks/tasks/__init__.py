@@ -72,7 +72,7 @@ def check_task_config(cfg: Any) -> Task:
     task = get_task(cfg.task)
     for name, raw in cfg.tasks.items():
         try:
-            other = task if name == cfg.task else get_task(name)
+            other = task if name in (cfg.task, task.name) else get_task(name)
         except ConfigError as e:
             raise ConfigError(f"tasks.{name}: {e}") from None
         other.validate_options(raw or {})
