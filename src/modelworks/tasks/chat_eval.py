@@ -185,26 +185,11 @@ def _score(engine, fmt: ChatFormat, examples, convs, max_new_tokens: int) -> dic
 def _greedy_all(engine, jobs: list[tuple[list[int], int]]) -> list[str]:
     """Greedy completions of every (prompt ids, max new tokens), stopping at the engine's end
     tokens and chat stop strings, run through its batching loop `max_batch` at a time."""
-    import threading
-
+    from modelworks.serve.batch import complete_all
     from modelworks.serve.sampling import SamplingParams
 
-    texts, left = [""] * len(jobs), threading.Semaphore(0)
-
-    def on_event(i: int):
-        def cb(event) -> None:  # on the engine's thread
-            texts[i] += event.text or ""
-            if event.finish_reason is not None:
-                left.release()
-
-        return cb
-
-    try:
-        for i, (ids, n) in enumerate(jobs):
-            params = SamplingParams(max_tokens=n, temperature=0.0, stop=list(engine.chat_stop))
-            engine.submit(ids, params, on_event(i))
-        for _ in jobs:
-            left.acquire()
-    finally:
-        engine.close()  # no batching thread left running inside torch at exit
-    return texts
+    stop = list(engine.chat_stop)
+    done = complete_all(
+        engine, [(ids, SamplingParams(max_tokens=n, temperature=0.0, stop=stop)) for ids, n in jobs]
+    )
+    return [c.text for c in done]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 
 PROMPTS: tuple[str, ...] = (
@@ -131,31 +130,15 @@ def replay(target: str, max_new_tokens: int = 128) -> list[dict]:
     """[{"messages": [user, assistant]}] for each prompt `target` (a ready model's name, a .gguf
     file or a run) answers greedily within `max_new_tokens`, in PROMPTS order."""
     from modelworks.chat_template import engine_chat_text
+    from modelworks.serve.batch import complete_all
     from modelworks.serve.sampling import SamplingParams
     from modelworks.tasks.chat_serve import load_chat_engine
 
     engine = load_chat_engine(target, "cpu")
-    texts, finish = [""] * len(PROMPTS), [""] * len(PROMPTS)
-    left = threading.Semaphore(0)
-
-    def on_event(i: int):
-        def cb(event) -> None:
-            texts[i] += event.text or ""
-            if event.finish_reason is not None:
-                finish[i] = event.finish_reason
-                left.release()
-
-        return cb
-
-    try:
-        for i, prompt in enumerate(PROMPTS):
-            ids = engine.encode(engine_chat_text(engine, [{"role": "user", "content": prompt}]))
-            params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
-            engine.submit(ids, params, on_event(i))
-        for _ in PROMPTS:
-            left.acquire()
-    finally:
-        engine.close()
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
+    chats = [engine_chat_text(engine, [{"role": "user", "content": p}]) for p in PROMPTS]
+    done = complete_all(engine, [(engine.encode(c), params) for c in chats])
+    texts, finish = [c.text for c in done], [c.finish_reason for c in done]
     return [
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": t.strip()}]}
         for p, t, f in zip(PROMPTS, texts, finish, strict=True)

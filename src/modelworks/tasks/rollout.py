@@ -4,10 +4,9 @@ trained (no copy, no packed weights), so every rollout samples from the current 
 
 from __future__ import annotations
 
-import threading
-
 from torch import nn
 
+from modelworks.serve.batch import complete_all
 from modelworks.serve.engine import Engine
 from modelworks.serve.sampling import SamplingParams
 
@@ -36,32 +35,15 @@ def sample(
 ) -> list[tuple[list[int], str]]:
     """(completion ids, finish reason) of `n` samples per prompt, prompt-major; the end token
     that stopped a sample is not among its ids (its finish reason is "stop")."""
-    done = threading.Semaphore(0)
-    reasons: dict[int, str] = {}
-    seqs = []
+    jobs = []
+    for p, ids in enumerate(prompts):
+        room = max(min(max_new_tokens, engine.context_len - len(ids) - 1), 0)
+        for j in range(n):
+            params = SamplingParams(room, temperature, seed=seed + p * n + j, ignore_eos=ignore_eos)
+            jobs.append((ids, params))
     was_training = engine.model.training
     engine.model.eval()
-
-    def on_event(k):
-        def f(event):
-            if event.finish_reason is not None:
-                reasons[k] = event.finish_reason
-                done.release()
-
-        return f
-
     try:
-        for p, ids in enumerate(prompts):
-            room = min(max_new_tokens, engine.context_len - len(ids) - 1)
-            for j in range(n):
-                k = p * n + j
-                params = SamplingParams(
-                    max(room, 0), temperature, seed=seed + k, ignore_eos=ignore_eos
-                )
-                seqs.append(engine.submit(ids, params, on_event(k)))
-        for _ in seqs:
-            done.acquire()
+        return [(c.ids, c.finish_reason) for c in complete_all(engine, jobs)]
     finally:
-        engine.close()
         engine.model.train(was_training)
-    return [(list(s.out), reasons.get(k, "error")) for k, s in enumerate(seqs)]
