@@ -17,7 +17,7 @@ from modelworks.collect.preference import (
     final_answer,
     word_problems,
 )
-from modelworks.errors import ModelworksError
+from modelworks.errors import ConfigError, ModelworksError
 from modelworks.models.gpt import GPTConfig
 from modelworks.models.registry import build_model
 from modelworks.pipeline import run, stage_functions
@@ -237,3 +237,13 @@ def test_grpo_reward_that_raises_is_named_in_one_line_and_the_step_goes_on(
 
     with pytest.raises(ModelworksError, match="tasks.grpo.reward='toy_rewards_nope:fn'"):
         load_reward(options(bad).reward)
+
+
+@pytest.mark.parametrize("task", ["dpo", "grpo"])
+def test_pretrain_of_a_tuning_only_task_is_one_line(tmp_path, task):
+    from modelworks.tasks import get_task
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", f"task={task}"])
+    with pytest.raises(ConfigError, match=f"task '{task}' tunes a pretrained model") as e:
+        get_task(task).setup_training(cfg, cfg.run_dir, "cpu")
+    assert "\n" not in str(e.value)

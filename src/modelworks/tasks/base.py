@@ -85,6 +85,15 @@ def option(default: Any, *, stage: str | tuple[str, ...], description: str, **co
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
+def tunes_only(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    """`setup_training` of a task that only tunes a pretrained model (dpo, grpo): pretrain is
+    refused in one line naming what to do instead."""
+    raise ConfigError(
+        f"task {cfg.task!r} tunes a pretrained model: set finetune.from and run finetune, "
+        "not pretrain"
+    )
+
+
 @dataclass(frozen=True)
 class TestData:
     """How `evaluate RUN --data SOURCE` (evaluate/score.py) scores a finished run on new data:

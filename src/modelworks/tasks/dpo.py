@@ -29,7 +29,7 @@ from torch import nn
 from modelworks.config import Config
 from modelworks.progress import Reporter
 from modelworks.tasks import preference_data as data
-from modelworks.tasks.base import Task, TaskOptions, option
+from modelworks.tasks.base import Task, TaskOptions, option, tunes_only
 from modelworks.train.preference import IGNORE, adapters_off, dpo_loss, has_adapters
 from modelworks.train.trainer import TrainSetup
 
@@ -57,12 +57,6 @@ def options(cfg: Config) -> Options:
 
 def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     return data.prepare(cfg, run_dir, out, reporter, pairs=True)
-
-
-def setup_training(cfg: Config, run_dir: Path, device, rank: int = 0, world: int = 1):
-    from modelworks.errors import ConfigError
-
-    raise ConfigError("task dpo tunes a model: set finetune.from and run finetune, not pretrain")
 
 
 def setup_finetune(cfg: Config, run_dir: Path, device: torch.device, base) -> tuple:
@@ -159,7 +153,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=Non
 TASK = Task(
     name="dpo",
     prepare=prepare,
-    setup_training=setup_training,
+    setup_training=tunes_only,
     evaluate=evaluate,
     setup_finetune=setup_finetune,
     save_finetuned=save_finetuned,

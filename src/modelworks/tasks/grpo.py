@@ -38,7 +38,7 @@ from modelworks.collect.preference import exact_match_reward
 from modelworks.config import Config, ConfigError
 from modelworks.progress import Reporter
 from modelworks.tasks import preference_data as data
-from modelworks.tasks.base import Task, TaskOptions, option
+from modelworks.tasks.base import Task, TaskOptions, option, tunes_only
 from modelworks.tasks.rollout import policy_engine, prompt_ids, sample
 from modelworks.train.data import EpochSampler, _Sampled
 from modelworks.train.preference import (
@@ -79,10 +79,6 @@ def options(cfg: Config) -> Options:
 
 def prepare(cfg: Config, run_dir: Path, out: Path, reporter: Reporter) -> dict:
     return data.prepare(cfg, run_dir, out, reporter, pairs=False)
-
-
-def setup_training(cfg: Config, run_dir: Path, device, rank: int = 0, world: int = 1):
-    raise ConfigError("task grpo tunes a model: set finetune.from and run finetune, not pretrain")
 
 
 def load_reward(spec: str) -> Callable:
@@ -279,7 +275,7 @@ def evaluate(cfg: Config, run_dir: Path, out: Path, reporter: Reporter, ckpt=Non
 TASK = Task(
     name="grpo",
     prepare=prepare,
-    setup_training=setup_training,
+    setup_training=tunes_only,
     evaluate=evaluate,
     setup_finetune=setup_finetune,
     save_finetuned=save_finetuned,
