@@ -36,8 +36,11 @@ def complete_all(engine: Engine, jobs: list[tuple[list[int], SamplingParams]]) -
         return cb
 
     try:
-        for i, (ids, params) in enumerate(jobs):
-            seqs.append(engine.submit(ids, params, on_event(i)))
+        # all queued before the loop admits any: the batches (and so the numbers, to the last
+        # bit) do not depend on how fast this thread submits
+        with engine._cv:  # an RLock condition: submit takes it again
+            for i, (ids, params) in enumerate(jobs):
+                seqs.append(engine.submit(ids, params, on_event(i)))
         for _ in seqs:
             left.acquire()
     finally:
