@@ -92,8 +92,9 @@ def grpo_token_loss(
     n = mask.sum(-1).clamp(min=1)
     loss = ((per_token * mask).sum(-1) / n).mean()
     total = mask.sum().clamp(min=1)
-    clipped = ((ratio - ratio.clamp(1 - clip_eps, 1 + clip_eps)).abs() > 0).float()
-    return loss, float((kl * mask).sum() / total), float((clipped * mask).sum() / total)
+    with torch.no_grad():
+        clipped = ((ratio - ratio.clamp(1 - clip_eps, 1 + clip_eps)).abs() > 0).float()
+        return loss, float((kl * mask).sum() / total), float((clipped * mask).sum() / total)
 
 
 @contextlib.contextmanager
