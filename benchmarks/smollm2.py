@@ -13,8 +13,10 @@ the load), paired median decode-step times, aggregate tok/s of 16 concurrent str
 batching loop (all on the one prompt, and for fp32 also on 16 different questions, which share
 only the chat template's system prompt), peak RSS, and how many of the int8 engine's greedy tokens
 agree with fp32's. llama.cpp (llama-cpp-python, optional: `pip install 'modelworks[llama-cpp]'`
-compiles it) runs on the same GGUF at batch 1 only (its high-level API decodes one sequence at a
-time); without it that row is skipped with a one-line reason. Writes
+compiles it) runs on the same GGUF at batch 1 (its high-level API) and over the 16 streams of one
+prompt (its batch API, as its own `batched` example: the prompt once, its cache copied to each
+sequence, one `llama_decode` of 16 rows a step); without it those rows are skipped with a one-line
+reason. Writes
 benchmarks/results/smollm2.json.
 """
 
@@ -118,7 +120,7 @@ def hf_generate(hf, ids: list[int], n: int) -> float:
 
 def llama_cpp_batch1(path, ids: list[int], n: int, threads: int, rounds: int) -> list[float]:
     """llama.cpp (llama-cpp-python) greedy decode tok/s at batch 1 on the same GGUF and prompt
-    ids, `rounds` runs; its high-level API decodes one sequence at a time, so no 16-stream row."""
+    ids, `rounds` runs, through its high-level API (one sequence at a time)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, verbose=False)
@@ -133,6 +135,55 @@ def llama_cpp_batch1(path, ids: list[int], n: int, threads: int, rounds: int) ->
 
     once(4)  # warm-up
     return [once(n) for _ in range(rounds)]
+
+
+def llama_cpp_streams(path, ids: list[int], n: int, threads: int, k: int, tokens=None) -> float:
+    """llama.cpp's aggregate greedy tok/s over `k` streams of one prompt, through its batch API
+    as its own `batched` example does: the prompt decoded once, its cache copied to the other
+    sequences (as our engine shares the prefix), then one `llama_decode` of k rows a step."""
+    import llama_cpp as lc
+    import numpy as np
+
+    llm = lc.Llama(model_path=str(path), n_ctx=512, n_threads=threads, verbose=False)
+    p = lc.llama_context_default_params()
+    p.n_ctx, p.n_batch, p.n_ubatch = k * (-(-(len(ids) + n + 8) // 256) * 256), 512, 512
+    p.n_seq_max, p.n_threads, p.n_threads_batch = k, threads, threads
+    ctx = lc.llama_init_from_model(llm._model.model, p)
+    batch = lc.llama_batch_init(max(len(ids), k), 0, k)
+    tokens = [] if tokens is None else tokens  # each step's token of every stream
+    nv = llm.n_vocab()
+
+    def decode(rows: list[tuple[int, int, int]]) -> np.ndarray:  # (token, position, sequence)
+        batch.n_tokens = len(rows)
+        for i, (tok, pos, seq) in enumerate(rows):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, 0
+        batch.logits[len(rows) - 1 if rows[0][2] == rows[-1][2] else 0] = 1
+        if rows[0][2] != rows[-1][2]:  # a decode step: every row's logits
+            for i in range(len(rows)):
+                batch.logits[i] = 1
+        if lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        m = 1 if rows[0][2] == rows[-1][2] else len(rows)
+        return np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(m * nv,)).reshape(m, nv)
+
+    try:
+        t = time.perf_counter()
+        first = int(decode([(tok, j, 0) for j, tok in enumerate(ids)])[-1].argmax())
+        mem = lc.llama_get_memory(ctx)
+        for s in range(1, k):
+            lc.llama_memory_seq_cp(mem, 0, s, -1, -1)
+        nxt, made = [first] * k, k
+        tokens.append(nxt)
+        for step in range(n - 1):
+            logits = decode([(nxt[s], len(ids) + step, s) for s in range(k)])
+            nxt, made = logits.argmax(-1).tolist(), made + k
+            tokens.append(nxt)
+        return made / (time.perf_counter() - t)
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+        llm.close()
 
 
 def main() -> None:
@@ -224,6 +275,10 @@ def main() -> None:
             )
         res[f"{k}_prefix_tokens_reused"] = e.prefix_tokens_reused
         e.close()
+    if llama:  # the same 16 streams of one prompt through llama.cpp's batch API
+        res[f"llama.cpp_{a.streams}_streams_tok_s"] = llama_cpp_streams(
+            path, ids, a.tokens, a.threads, a.streams
+        )
     res["peak_rss_mb"] = rss_mb()
     res["load_after"] = os.getloadavg()[0]
     for k, v in res.items():
@@ -246,6 +301,11 @@ def main() -> None:
               f"{r[f'fp32_{a.streams}_streams_tok_s'] / peer:.2f}x" + (
                   f", int8 {r['int8_batch1_tok_s'] / peer:.2f}x" if "int8" in engines else ""
               ))  # fmt: skip
+    if f"llama.cpp_{a.streams}_streams_tok_s" in r:
+        peer = r[f"llama.cpp_{a.streams}_streams_tok_s"]
+        print(f"llama.cpp: {a.streams} streams vs 1: {peer / r['llama.cpp_batch1_tok_s']:.2f}x; "
+              f"ours / llama.cpp at {a.streams} streams: "
+              f"{r[f'fp32_{a.streams}_streams_tok_s'] / peer:.2f}x")  # fmt: skip
     if "transformers_batch1_tok_s" in r:
         peer = r["transformers_batch1_tok_s"]
         print(f"vs transformers batch 1: fp32 {r['fp32_batch1_tok_s'] / peer:.2f}x, "

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 from sklearn.datasets import load_digits
 
 from modelworks.collect import CollectError, collect
-from modelworks.config import load_config
+from modelworks.config import ConfigError, load_config
 from modelworks.errors import DataError, ImageDataError
 from modelworks.preprocess import preprocess
 from modelworks.splits import assign
@@ -251,6 +251,22 @@ def test_parallel_and_chat_read_a_split_column(tmp_path):
          f"collect.sources={json.dumps([chat])}"],
     )  # fmt: skip
     assert collect(cfg)["summary"]["splits"] == {"train": 17, "val": 3}
+
+
+def test_chat_repeat_upweights_a_training_source_and_refuses_other_splits(tmp_path):
+    convs = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(5)
+    ]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs))
+    chat = {"type": "chat", "paths": [str(tmp_path / "c.jsonl")], "split": "train", "repeat": 3}
+    synth = {"type": "synthetic_chat", "limit": 10}
+    args = [f"runs_dir={tmp_path / 'runs'}", "name=chat", "task=chat"]
+    cfg = load_config(None, [*args, f"collect.sources={json.dumps([synth, chat])}"])
+    assert collect(cfg)["summary"]["splits"] == {"train": 15, "unassigned": 10}
+    del chat["split"]  # copies drawn into val beside their twins: refused, naming the option
+    with pytest.raises(ConfigError, match="repeat=3 .*split: train"):
+        load_config(None, [*args, f"collect.sources={json.dumps([chat])}"])
 
 
 def test_files_and_image_table_read_a_split_column(tmp_path):

@@ -70,6 +70,26 @@ def test_min_numel_leaves_small_layers_alone():
     assert pack_linears(model, min_numel=64 * 300) == 1  # only lm_head (300 x 64)
 
 
+def test_small_layers_take_the_packed_path_only_for_many_rows():
+    if not can_pack():
+        pytest.skip("this torch build has no oneDNN packed linear")
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48)
+    small = PackedLinear(lin, min_rows=8)
+    with torch.no_grad():
+        few = torch.randn(2, 1, 64)
+        torch.testing.assert_close(small(few), nn.functional.linear(few, lin.weight, lin.bias))
+        assert small._packed is None  # 2 rows: plain F.linear
+        many = torch.randn(16, 1, 64)
+        got = small(many)
+    assert small._packed is not None
+    torch.testing.assert_close(got, nn.functional.linear(many, lin.weight, lin.bias))
+    model = make_gpt(300)
+    n = pack_linears(model, min_numel=64 * 300, small_numel=64 * 64, small_min_rows=8)
+    rows = sorted({m.min_rows for m in model.modules() if isinstance(m, PackedLinear)})
+    assert n > 1 and rows == [1, 8] and model.lm_head.min_rows == 1
+
+
 def _generate_batch(engine: Engine, prompts: list[list[int]], n: int) -> list[list[int]]:
     outs: list[list[int]] = [[] for _ in prompts]
     left = threading.Semaphore(0)

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import Field, model_validator
+
 from modelworks.collect.source import Paths, Source, SplitField
 from modelworks.errors import DataError
 from modelworks.jsonl import json_lines
@@ -139,9 +141,29 @@ class ChatSource(Paths, SplitField, Source):
 
     kind: ClassVar[str] = "chat"
     type: Literal["chat"] = "chat"
+    repeat: int = Field(
+        1, ge=1, description="read each conversation this many times: up-weights a small source "
+        "in the training mix (e.g. replayed general answers against forgetting)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _repeat_trains_only(self):
+        if self.repeat > 1 and (self.split != "train" or self.split_field):
+            raise ValueError(
+                f"repeat={self.repeat} up-weights training data: give split: train (and no "
+                "split_field), so that no copy lands in val or test beside its twin"
+            )
+        return self
 
     def read(self, where, problems, run_dir, bad):
-        return read_chats(self.paths, where, self.split_field)
+        rows = read_chats(self.paths, where, self.split_field)
+        if self.repeat == 1:
+            return rows
+        return (
+            {**row, "id": f"{row['id']}#{k}" if k else row["id"]}
+            for row in rows
+            for k in range(self.repeat)
+        )
 
 
 class SyntheticChatSource(Source):
