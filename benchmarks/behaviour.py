@@ -1,5 +1,6 @@
 """Event analytics at scale: sessions + funnel + weekly retention over N simulated events, the
-task's DuckDB SQL (evaluate/event_analytics.py) against a plain pandas groupby implementation.
+task's code (evaluate/event_analytics.py: a DuckDB read grouped by user, then NumPy over each
+user's sorted events) against a plain pandas groupby implementation.
 
     python benchmarks/behaviour.py --users 20000          # ~1M events
     python benchmarks/behaviour.py --users 200000         # ~10M events (the issue's size)

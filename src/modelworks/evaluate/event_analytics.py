@@ -2,13 +2,14 @@
 an ordered funnel, weekly retention cohorts (one read of the log), an RFM table (SQL).
 
 One query reads the log once, as DuckDB SQL grouped by user: per user, one sorted list of
-BIGINT keys `(epoch_us(time) - monday) * m + step code` (the user string and the event name are
-read once, never materialised again). What follows is one linear NumPy pass over those sorted
-arrays: a new session where the gap to the user's previous event exceeds the inactivity gap,
-each funnel step as "the earliest event of step k at or after step k-1's time" (in the same
+BIGINT keys `(epoch_us(time) - first Monday) << bits | step code` (the user string and the event
+name are read once, never materialised again). What follows is one linear NumPy pass over those
+sorted arrays: a new session where the gap to the user's previous event exceeds the inactivity
+gap, each funnel step as "the earliest event of step k at or after step k-1's time" (in the same
 session, or within N days of the user's first step), each user's distinct weeks for the cohorts.
-SQL says the same with two window sorts of the whole log and self-joins (slower 3-5x on two
-cores: see benchmarks/RESULTS.md); the answers are the same, checked by a test against that SQL.
+SQL says the same with a lag window, a running sum in a second window (two sorts of the whole
+log) and self-joins: ~5x slower at 10M events, 2.6x even on integer keys (benchmarks/RESULTS.md).
+The answers are the same: a test checks them against that SQL.
 
 Every figure is a sum over users, so the same step runs on one partition of users per worker
 (the Ray executor's unit) and the partial counts add up; nothing here holds one Python object
