@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from modelworks.errors import EvaluateError
 from modelworks.evaluate.event_analytics import WEEKS, analytics
 
 
@@ -95,3 +96,18 @@ def test_the_same_figures_as_the_window_and_join_sql(seed, steps):
     assert _ours(con, steps, 30, 7) == _reference(con, steps, 30, 7)
     assert _ours(con, steps, 0.5, 0.25) == _reference(con, steps, 0.5, 0.25)
     assert _ours(con, steps, 1, 2**-5) == _reference(con, steps, 1, 2**-5)  # 45 minutes
+
+
+def test_an_empty_log_gives_zeros_and_an_event_without_a_time_is_named():
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE e (user VARCHAR, time TIMESTAMP, event VARCHAR, value DOUBLE)"
+    ).fetchall()
+    a = analytics(con, ["view", "cart"], 30, 7, None)
+    assert a["sessions"]["count"] == 0 and a["retention_weekly"] == {}
+    assert [s["count"] for s in a["funnel"]["session"]] == [0, 0]
+    con.execute(
+        "INSERT INTO e VALUES ('a', '2026-01-05 10:00', 'view', 1), ('a', NULL, 'cart', 1)"
+    ).fetchall()
+    with pytest.raises(EvaluateError, match="1 events have no time"):
+        analytics(con, ["view", "cart"], 30, 7, None)

@@ -73,15 +73,14 @@ def _sorted_events(con, steps: list[str], gap_minutes: float, funnel_days: float
     offsets = _numpy(col.offsets).astype(np.int64)
     offsets -= offsets[0]
     c = (keys & ((1 << bits) - 1)).astype(np.uint8)
-    keys >>= bits  # in place: the times
-    return keys, c, offsets, (monday, gap, window)
+    return keys >> bits, c, offsets, (monday, gap, window)
 
 
 def _numpy(arr) -> np.ndarray:
-    """An Arrow integer array's values as NumPy (pyarrow's to_numpy imports pandas: ~0.3 s and
-    ~50 MB this step does not need)."""
+    """A read-only NumPy view of an Arrow integer array without nulls (pyarrow's to_numpy
+    imports pandas: ~0.3 s and ~50 MB this step does not need)."""
     dtype = np.dtype(str(arr.type))
-    return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * dtype.itemsize).copy()
+    return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * dtype.itemsize)
 
 
 def _funnel(t, at, group, n_groups, window=None) -> list[int]:
@@ -121,7 +120,7 @@ def analytics(con, steps: list[str], gap_minutes: float, funnel_days: float, cut
     new[heads] = True
     sid = np.cumsum(new, dtype=np.int32)  # session number (from 1), over all users
     starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], n) - 1
+    ends = np.append(starts[1:], n)[: len(starts)] - 1  # before the next start (empty log: none)
     minutes = (t[ends] - t[starts]) / 1e6 / 60
     del new, ends
     uid = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(offsets))
