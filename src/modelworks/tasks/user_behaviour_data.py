@@ -23,8 +23,10 @@ from pydantic import field_validator
 from safetensors.torch import load_file, save_file
 
 from modelworks.artifacts import atomic_write_json
+from modelworks.collect.events import EXTRA_PREFIX
 from modelworks.errors import BehaviourDataError
 from modelworks.evaluate.event_analytics import analytics, rfm_sql
+from modelworks.tasks import user_behaviour_extra as extra
 from modelworks.tasks.base import TRAIN, TaskOptions, option
 from modelworks.tasks.user_behaviour_clicks import candidates
 
@@ -88,6 +90,16 @@ class Options(TaskOptions):
         stage=TRAIN,
         description="propensity head also reads whole-history counts (recency, purchases, "
         "revenue, tenure, events), which a max_len window cuts",
+    )
+    extra_columns: list[str] = option(
+        None,
+        default_factory=list,
+        stage="preprocess",
+        description="more event-log columns as features (collect.sources.N.extra_fields keeps "
+        "them): numeric ones in quantile buckets, others by their most frequent values",
+    )
+    extra_buckets: int = option(
+        16, stage="preprocess", ge=3, description="buckets per extra column (0 = empty value)"
     )
     propensity_weight: float = option(
         1.0,
@@ -173,9 +185,12 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
     con.execute(f"SET threads = {max(1, cfg.threads or 1)}").fetchall()
     con.execute(f"CREATE VIEW raw AS SELECT * FROM '{path}'").fetchall()
     stats = check_log(con, opt)
+    xs = "".join(
+        f', "{r[0]}"' for r in con.sql("DESCRIBE raw").fetchall() if r[0].startswith(EXTRA_PREFIX)
+    )
     con.execute(
-        "CREATE TABLE e AS SELECT user, time, event, item, category, value, min(line) AS line "
-        "FROM raw GROUP BY ALL ORDER BY user, time, line"
+        f"CREATE TABLE e AS SELECT user, time, event, item, category, value{xs}, "
+        "min(line) AS line FROM raw GROUP BY ALL ORDER BY user, time, line"
     ).fetchall()
     cutoff, first, last = stats["cutoff"], stats["first_event"], stats["last_event"]
     figures = analytics(con, opt.funnel, opt.session_gap_minutes, opt.funnel_days, cutoff)
@@ -192,6 +207,10 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
     atomic_write_json(out / "vocab.json", vocab.to_json())
     h = np.timedelta64(int(opt.horizon_days * 86400e6), "us")
     train_cut = np.datetime64(cutoff, "us") - h
+    spec = None
+    if opt.extra_columns:
+        spec = extra.fit_spec(con, opt.extra_columns, opt.extra_buckets, train_cut)
+        atomic_write_json(out / "extra.json", spec)
     tensors, users, counts = {}, {}, {}
     item_counts = np.array(
         [r[0] for r in con.sql(
@@ -203,8 +222,10 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
         ("test", np.datetime64(cutoff, "us")),
         ("now", np.datetime64(last, "us") + np.timedelta64(1, "s")),
     ):
-        x, u, item_hist = sequences(con, vocab, field, cut, opt.max_len)
+        x, u, item_hist, ex = sequences(con, vocab, field, cut, opt.max_len, spec)
         users[name] = u
+        if spec:
+            tensors[f"{name}_extra"] = torch.from_numpy(ex)
         tensors[f"{name}_x"] = torch.from_numpy(x)
         tensors[f"{name}_items"] = torch.from_numpy(item_hist)
         feats = rfm_features(con, opt.target_event, cut)
@@ -320,9 +341,12 @@ def check_log(con, opt) -> dict:
     }
 
 
-def sequences(con, vocab: Vocab, field: str, cut, max_len: int):
+def sequences(con, vocab: Vocab, field: str, cut, max_len: int, spec: dict | None = None):
     """(tokens (users, max_len) right-padded, sorted user ids, last item ids (users, max_len)
-    as indices into items by count, -1 none) of every user with an event before `cut`."""
+    as indices into items by count, -1 none, extra-column ids (users, max_len, columns) or
+    None) of every user with an event before `cut`."""
+    xcols = [EXTRA_PREFIX + c["name"] for c in spec["columns"]] if spec else []
+    xsel = "".join(f', "{c}"' for c in xcols)
     q = f"""
         WITH v(value, vi) AS (SELECT * FROM (VALUES {
         ", ".join(f"('{_q(x)}', {i})" for i, x in enumerate(vocab.values))
@@ -332,14 +356,14 @@ def sequences(con, vocab: Vocab, field: str, cut, max_len: int):
     })),
         it AS (SELECT item, row_number() OVER (ORDER BY count(*) DESC, item) - 1 AS ii
                FROM e WHERE item IS NOT NULL GROUP BY item),
-        h AS (SELECT user, time, line, coalesce(vi, {len(vocab.values) - 1}) AS vi, ei,
+        h AS (SELECT user, time, line{xsel}, coalesce(vi, {len(vocab.values) - 1}) AS vi, ei,
                 coalesce(ii, -1) AS ii,
                 epoch(time - lag(time) OVER (PARTITION BY user ORDER BY time, line)) AS gap,
                 row_number() OVER (PARTITION BY user ORDER BY time DESC, line DESC) AS rn
               FROM e LEFT JOIN v ON coalesce(e.{field}, '(none)') = v.value
               JOIN ev USING (event) LEFT JOIN it USING (item)
               WHERE time < $cut)
-        SELECT user, vi, ei, ii, gap, rn, epoch($cut - time) AS since FROM h
+        SELECT user, vi, ei, ii, gap, rn, epoch($cut - time) AS since{xsel} FROM h
         WHERE rn < {max_len} ORDER BY user, time, line"""
     t = con.sql(q, params={"cut": cut.astype("datetime64[us]").item()}).arrow().read_all()
     user = t.column("user").to_numpy(zero_copy_only=False)
@@ -358,7 +382,12 @@ def sequences(con, vocab: Vocab, field: str, cut, max_len: int):
     items[row, pos] = t.column("ii").to_numpy()
     last = start + lengths - 1
     x[np.arange(len(users)), lengths] = vocab.cutoff_base + gap_bucket(since[last])
-    return x, [str(u) for u in users], items
+    ex = None
+    if spec:
+        raw = {c[len(EXTRA_PREFIX) :]: t.column(c).to_numpy(zero_copy_only=False) for c in xcols}
+        ex = np.zeros((len(users), max_len, len(xcols)), np.int64)
+        ex[row, pos] = extra.ids(raw, spec)
+    return x, [str(u) for u in users], items, ex
 
 
 def labels(con, users: list[str], target: str, start, end) -> np.ndarray:
