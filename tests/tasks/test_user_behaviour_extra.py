@@ -79,7 +79,8 @@ def test_an_extra_column_carrying_the_signal_is_used_on_held_out_time(tmp_path, 
     model = load_model(best_or_final(cfg.run_dir / "pretrain"), torch.device("cpu")).eval()
     t, _, _ = load_windows(cfg.run_dir)
     feats = history_features(t["test_rfm"])
-    shuffled = t["test_extra"][torch.randperm(len(t["test_extra"]), generator=torch.Generator().manual_seed(0))]  # fmt: skip
+    order = torch.randperm(len(t["test_extra"]), generator=torch.Generator().manual_seed(0))
+    shuffled = t["test_extra"][order]
     y = t["test_y"].numpy().astype(np.float64)
     real = metrics(y, score(model, t["test_x"], "cpu", feats, extra=t["test_extra"])[0])["auc"]
     gone = metrics(y, score(model, t["test_x"], "cpu", feats, extra=shuffled)[0])["auc"]

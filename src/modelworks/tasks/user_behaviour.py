@@ -28,20 +28,25 @@ import torch.nn.functional as F
 from modelworks.evaluate import propensity as prop
 from modelworks.evaluate import segments as seg
 from modelworks.evaluate.event_analytics import plots as analytics_plots
-from modelworks.evaluate.report import md_table, training_table
+from modelworks.evaluate.report import training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.tasks.base import Task
 from modelworks.tasks.user_behaviour_clicks import click_results, click_scores, click_table
 from modelworks.tasks.user_behaviour_data import (
     N_GAPS,
     RFM_FEATURES,
-    Options,
     history_features,
     load_windows,
-    options_of,
     prepare,
 )
+from modelworks.tasks.user_behaviour_options import Options, options_of
 from modelworks.tasks.user_behaviour_predict import predict
+from modelworks.tasks.user_behaviour_report import (
+    analytics_tables,
+    log_table,
+    results_table,
+    why_table,
+)
 from modelworks.tasks.user_behaviour_serve import serve_routes
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -59,6 +64,15 @@ def split_inputs(xx: torch.Tensor, clicks: bool, n_extra: int):
     x, hist = xx[:, :t], xx[:, t : 2 * t] if clicks else None
     ex = xx[:, (1 + clicks) * t :].reshape(len(xx), t, n_extra) if n_extra else None
     return x, hist, ex
+
+
+def training_windows(tensors: dict) -> list[str]:
+    """The windows training reads: train (cutoff - horizon), then train1, train2, ... further
+    back (tasks.user_behaviour.train_windows)."""
+    more = [
+        k[:-2] for k in tensors if k.startswith("train") and k.endswith("_x") and k[5:-2].isdigit()
+    ]
+    return ["train", *sorted(more, key=lambda k: int(k[5:]))]
 
 
 def make_loss(weight: float, clicks: bool, n_extra: int = 0):
@@ -149,11 +163,17 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
             "= tasks.user_behaviour.max_len"
         )
     model = build_model(model_cfg).to(device)
+    # validation users (10%) are left out of every training window; validation reads the last
     val = torch.tensor([is_val(u) for u in users["train"]])
     p = cfg.pretrain
     xx, yy = batches(tensors, "train", clicks)
-    loader = ExampleLoader(xx[~val], yy[~val], p.batch_size // world, cfg.seed, rank, world)
     vxx, vyy = xx[val], yy[val]
+    parts = [(xx[~val], yy[~val])]
+    for w in training_windows(tensors)[1:]:
+        keep = torch.tensor([not is_val(u) for u in users[w]])
+        parts.append(tuple(t[keep] for t in batches(tensors, w, clicks)))
+    xx, yy = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+    loader = ExampleLoader(xx, yy, p.batch_size // world, cfg.seed, rank, world)
     loss_fn = make_loss(options_of(cfg).propensity_weight, clicks, n_extra)
     vex = None if extra is None else extra[val]
 
@@ -209,8 +229,11 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
         model, tensors["test_x"], device, history_features(tensors["test_rfm"]), extra=test_ex
     )
     scores = {"behaviour transformer": p_model}
+    wins = training_windows(tensors)  # the baseline learns from the same training windows
     scores["RFM logistic regression"] = prop.rfm_logistic(
-        tensors["train_rfm"].numpy(), tensors["train_y"].numpy(), tensors["test_rfm"].numpy()
+        torch.cat([tensors[f"{w}_rfm"] for w in wins]).numpy(),
+        torch.cat([tensors[f"{w}_y"] for w in wins]).numpy(),
+        tensors["test_rfm"].numpy(),
     )
     b = tensors["test_bgnbd"].numpy().astype(np.float64)
     p_bg, bg_how = prop.bgnbd(b[:, 0], b[:, 1], b[:, 2], opt.horizon_days)
@@ -359,70 +382,6 @@ def explain_one(model, x_all, feats, p_model, vocab, device, extra=None, top: in
             for j in order
         ],
     }
-
-
-def why_table(why: dict) -> str:
-    head = (
-        "| events before the cutoff | value | event | gap bucket | weight |\n|---|---|---|---|---|"
-    )
-    rows = [
-        f"| {e['from_end']} | {e.get('value', '')} | {e.get('event', '')} | "
-        f"{e['gap_bucket']} | {e['weight']:+.2e} |"
-        for e in why["events"]
-    ]
-    return (
-        f"propensity {why['propensity']:.3f}; weight = gradient x input (embedding)\n\n"
-        + "\n".join([head, *rows])
-    )
-
-
-def results_table(results: dict, bg_how: str) -> str:
-    head = "| method | AUC | log loss | ECE | top-decile lift |\n|---|---|---|---|---|"
-    rows = [
-        f"| {n} | {r['auc']:.4f} | {r['log_loss']:.4f} | {r['ece']:.4f} | "
-        f"{r['lift_top_decile']:.2f} |"
-        for n, r in results.items()
-    ]
-    return "\n".join([head, *rows]) + f"\n\nBG/NBD: {bg_how}."
-
-
-def log_table(stats: dict) -> str:
-    keys = (
-        "events",
-        "users",
-        "duplicates",
-        "out_of_order",
-        "single_event_users",
-        "sessions",
-        "first_event",
-        "last_event",
-        "cutoff",
-    )
-    return md_table([(k.replace("_", " "), str(stats[k])) for k in keys if k in stats])
-
-
-def analytics_tables(a: dict, min_group: int) -> str:
-    s = a["sessions"]
-    parts = [
-        f"{s['count']:,} sessions ({s['gap_minutes']:g} min gap), {s['per_user']} per "
-        f"user, {s['events_per_session']} events each, median {s['median_minutes']} min."
-    ]
-    for name, steps in a["funnel"].items():
-        parts.append(
-            f"Funnel ({name.replace('_', ' ')}): "
-            + " -> ".join(f"{st['step']} {st['count']:,} ({st['of_first']:.1%})" for st in steps)
-        )
-    head = "| RFM cell | users | recency days | purchases | revenue |\n|---|---|---|---|---|"
-    rows = [
-        f"| {c} | {seg.hide_small(v['users'], min_group)} | "
-        + (
-            " - | - | - |"
-            if v["users"] < min_group
-            else f"{v['recency_days']} | {v['frequency']} | {v['monetary']} |"
-        )
-        for c, v in a["rfm"].items()
-    ]
-    return "\n\n".join([*parts, "\n".join([head, *rows])])
 
 
 TASK = Task(

@@ -25,12 +25,12 @@ from modelworks import pseudonyms
 from modelworks.tasks import user_behaviour_extra as extra_cols
 from modelworks.tasks.user_behaviour_data import (
     N_GAPS,
-    Options,
     Vocab,
     gap_bucket,
     history_features,
     load_windows,
 )
+from modelworks.tasks.user_behaviour_options import Options
 
 
 class Event(BaseModel):
