@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +14,7 @@ from modelworks.cli import main
 from modelworks.errors import BehaviourDataError
 from modelworks.evaluate.propensity import metrics
 from modelworks.pipeline import run
+from tests.conftest import served
 from tests.tasks.test_user_behaviour import KEY, _cfg
 
 DAY = 86400
@@ -95,6 +97,19 @@ def test_an_extra_column_carrying_the_signal_is_used_on_held_out_time(tmp_path, 
     assert main(["predict", str(cfg.run_dir), "--data", str(new), "--out", str(out)]) == 0
     p = {r["user"]: r["propensity"] for r in pq.read_table(out).to_pylist()}
     assert p["g"] > p["b"] + 0.1, p
+    # the endpoint reads the same field from posted events, and a known user's stored values
+    with served(cfg.run_dir) as (base, _):
+        got = {}
+        for plan in ("gold", "basic"):
+            ev = {"time": "2026-03-01T10:00:00", "event": "view", "item": "i1", "category": "c1",
+                  "plan": plan, "price": 50}  # fmt: skip
+            body = {"events": [ev], "at": "2026-03-01T10:00:00"}
+            r = httpx.post(f"{base}/v1/users/score", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            got[plan] = r.json()["propensity"]
+        assert abs(got["gold"] - p["g"]) < 1e-6 and abs(got["basic"] - p["b"]) < 1e-6, (got, p)
+        r = httpx.post(f"{base}/v1/users/score", json={"user": "u0"}, timeout=60)
+        assert r.status_code == 200 and 0 < r.json()["propensity"] < 1, r.text
 
 
 def test_an_extra_column_absent_from_the_log_is_named(tmp_path):
