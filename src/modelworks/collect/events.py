@@ -6,8 +6,9 @@ out of time order). Sources:
 
 - `events`: CSV, TSV/TXT, Parquet and JSONL files (globs, folders; many files), any column
   names (`user_field`, `time_field`, `event_field`, `item_field`, `category_field`,
-  `value_field`; item, category and value are optional). DuckDB reads and writes them in
-  columns and streams, never one Python object per event. A time is an ISO date / date-time
+  `value_field`; item, category and value are optional; `extra_fields` keeps more columns,
+  as text named x_<column>, for the task's `extra_columns` features). DuckDB reads and writes
+  them in columns and streams, never one Python object per event. A time is an ISO date / date-time
   or seconds since the epoch; a row whose time is neither, or whose user or event is empty, is
   a bad row: counted, its first `file:line (value)`s kept, and past `max_bad_rows` the stage
   stops in one line (collect/rows.py's policy).
@@ -34,6 +35,7 @@ SUFFIXES = {
     ".jsonl": "jsonl",
     ".json": "jsonl",
 }
+EXTRA_PREFIX = "x_"  # an `extra_fields` column in events.parquet: x_<name>, text
 # an ISO date/date-time, else seconds since the epoch, else NULL (a bad row)
 TIME_SQL = (
     "COALESCE(TRY_CAST(t_raw AS TIMESTAMP), "
@@ -94,6 +96,10 @@ def file_select(con, path: Path, src, where: str, index: int) -> str:
             if col and col in names
             else f"CAST(NULL AS VARCHAR) AS {key}"
         )
+    for col in getattr(src, "extra_fields", ()):
+        if col not in names:
+            raise missing_column(path, col, f"{where}.extra_fields", names)
+        cols.append(f'CAST("{col}" AS VARCHAR) AS "{EXTRA_PREFIX}{col}"')
     p = str(path).replace("'", "''")
     return (
         f"SELECT {', '.join(cols)}, '{p}' AS file, {index} AS file_index, "
@@ -114,6 +120,10 @@ class EventsSource(Paths, Source):
     item_field: str = Field("item", description="optional item column ('' = none)")
     category_field: str = Field("category", description="optional item category column ('' = none)")
     value_field: str = Field("value", description="optional revenue column ('' = none)")
+    extra_fields: list[str] = Field(
+        default_factory=list,
+        description="more columns kept (as text, x_<name>) for tasks.user_behaviour.extra_columns",
+    )
     max_bad_rows: float = Field(
         0.01,
         ge=0,

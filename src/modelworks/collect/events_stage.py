@@ -5,7 +5,7 @@ simulator)."""
 from __future__ import annotations
 
 from modelworks import pseudonyms
-from modelworks.collect.events import TIME_SQL, expand, file_select
+from modelworks.collect.events import EXTRA_PREFIX, TIME_SQL, expand, file_select
 from modelworks.collect.rows import BadRows
 from modelworks.errors import CollectError
 
@@ -49,7 +49,12 @@ def collect_events(cfg, reporter) -> dict:
                 continue
             selects = [file_select(con, f, src, where, i) for f in expand(src.paths, where)]
             parts.append(" UNION ALL ".join(selects))
-        con.execute("CREATE VIEW raw AS " + " UNION ALL ".join(f"({p})" for p in parts)).fetchall()
+        # sources with different extra_fields: BY NAME fills the columns one lacks with NULL
+        con.execute(
+            "CREATE VIEW raw AS " + " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+        ).fetchall()
+        kept = [f for s in cfg.collect.sources for f in getattr(s, "extra_fields", ())]
+        extras = "".join(f', "{EXTRA_PREFIX}{f}"' for f in dict.fromkeys(kept))
         con.execute(f"CREATE VIEW parsed AS SELECT *, {TIME_SQL} AS time FROM raw").fetchall()
         for i, src in enumerate(cfg.collect.sources):
             where = f"collect.sources.{i}"
@@ -65,7 +70,7 @@ def collect_events(cfg, reporter) -> dict:
         out = writer.dir / "events.parquet"
         con.execute(
             f"COPY (SELECT {pseudonyms.sql('user')} AS user, time, event, item, category, "
-            "TRY_CAST(value AS DOUBLE) AS value, file AS source, line FROM parsed "
+            f"TRY_CAST(value AS DOUBLE) AS value, file AS source, line{extras} FROM parsed "
             f"WHERE {_GOOD}) TO '{out}' (FORMAT parquet, ROW_GROUP_SIZE 1000000)",
             {"key": key},
         ).fetchall()

@@ -80,8 +80,13 @@ def bgnbd(frequency, recency, age, horizon: float) -> tuple[np.ndarray | None, s
         from lifetimes import BetaGeoFitter
     except ImportError as e:
         return None, f"unavailable: lifetimes does not import ({e})"
+    from lifetimes.utils import ConvergenceError
+
     bg = BetaGeoFitter(penalizer_coef=0.001)
-    bg.fit(frequency, recency, age)
+    try:
+        bg.fit(frequency, recency, age)
+    except ConvergenceError:  # e.g. a log with almost no repeat purchases: a row, not a crash
+        return None, "not fitted: lifetimes' BetaGeoFitter did not converge on this history"
     # dropout happens only at a purchase, so P(none in (T, T+t] | alive) = E[e^(-lambda t)] with
     # lambda's posterior Gamma(r + x, alpha + T): ((alpha + T) / (alpha + T + t))^(r + x)
     r, alpha = bg.params_["r"], bg.params_["alpha"]

@@ -28,20 +28,25 @@ import torch.nn.functional as F
 from modelworks.evaluate import propensity as prop
 from modelworks.evaluate import segments as seg
 from modelworks.evaluate.event_analytics import plots as analytics_plots
-from modelworks.evaluate.report import md_table, training_table
+from modelworks.evaluate.report import training_table
 from modelworks.models.registry import build_model, model_config_from
 from modelworks.tasks.base import Task
 from modelworks.tasks.user_behaviour_clicks import click_results, click_scores, click_table
 from modelworks.tasks.user_behaviour_data import (
     N_GAPS,
     RFM_FEATURES,
-    Options,
     history_features,
     load_windows,
-    options_of,
     prepare,
 )
+from modelworks.tasks.user_behaviour_options import Options, options_of
 from modelworks.tasks.user_behaviour_predict import predict
+from modelworks.tasks.user_behaviour_report import (
+    analytics_tables,
+    log_table,
+    results_table,
+    why_table,
+)
 from modelworks.tasks.user_behaviour_serve import serve_routes
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -52,21 +57,40 @@ def is_val(user: str) -> bool:
     return zlib.crc32(user.encode()) % 10 == 0
 
 
-def make_loss(weight: float, clicks: bool):
+def split_inputs(xx: torch.Tensor, clicks: bool, n_extra: int):
+    """(tokens, item history or None, extra ids (B, T, n_extra) or None) of a batch's inputs,
+    which `batches` lays side by side: tokens | item history | extra ids (flattened)."""
+    t = xx.shape[1] // (1 + clicks + n_extra)
+    x, hist = xx[:, :t], xx[:, t : 2 * t] if clicks else None
+    ex = xx[:, (1 + clicks) * t :].reshape(len(xx), t, n_extra) if n_extra else None
+    return x, hist, ex
+
+
+def training_windows(tensors: dict) -> list[str]:
+    """The windows training reads: train (cutoff - horizon), then train1, train2, ... further
+    back (tasks.user_behaviour.train_windows)."""
+    more = [
+        k[:-2] for k in tensors if k.startswith("train") and k.endswith("_x") and k[5:-2].isdigit()
+    ]
+    return ["train", *sorted(more, key=lambda k: int(k[5:]))]
+
+
+def make_loss(weight: float, clicks: bool, n_extra: int = 0):
     """Next-event cross-entropy + weight x propensity BCE (+ the two click heads' BCE). A batch
-    is (tokens | item history side by side, (propensity label, candidate id, click label,
-    whole-history features...))."""
+    is (tokens | item history | extra ids side by side, (propensity label, candidate id, click
+    label, whole-history features...))."""
 
     def loss_fn(model, batch) -> torch.Tensor:
         xx, y = batch
-        x, hist = xx.chunk(2, 1) if clicks else (xx, None)
+        x, hist, ex = split_inputs(xx, clicks, n_extra)
         width = int((x > 0).sum(1).max())
         x = x[:, :width]
+        ex = None if ex is None else ex[:, :width]
         feats = y[:, 3:]
         if clicks:
-            out = model(x, hist[:, :width], y[:, 1].long(), feats=feats)
+            out = model(x, hist[:, :width], y[:, 1].long(), feats=feats, extra=ex)
         else:
-            out = model(x, feats=feats)
+            out = model(x, feats=feats, extra=ex)
         target = x[:, 1:]
         mask = target > 0
         ce = F.cross_entropy(out[0][:, :-1][mask].float(), target[mask])
@@ -83,17 +107,19 @@ def batches(tensors: dict, window: str, clicks: bool) -> tuple[torch.Tensor, tor
     """(inputs, targets) of a window as make_loss reads them."""
     x, y = tensors[f"{window}_x"], tensors[f"{window}_y"].float()
     feats = history_features(tensors[f"{window}_rfm"])
+    ex = tensors.get(f"{window}_extra")
+    ex = [] if ex is None else [ex.flatten(1)]
     if not clicks:
         zero = torch.zeros_like(y)
-        return x, torch.cat([torch.stack([y, zero, zero], 1), feats], 1)
-    xx = torch.cat([x, tensors[f"{window}_items"] + 1], 1)
+        return torch.cat([x, *ex], 1), torch.cat([torch.stack([y, zero, zero], 1), feats], 1)
+    xx = torch.cat([x, tensors[f"{window}_items"] + 1, *ex], 1)
     cand = tensors[f"{window}_cand"].float() + 1
     return xx, torch.cat([torch.stack([y, cand, tensors[f"{window}_click"].float()], 1), feats], 1)
 
 
 @torch.no_grad()
 def score(
-    model, x: torch.Tensor, device, feats: torch.Tensor | None = None, batch: int = 512
+    model, x: torch.Tensor, device, feats=None, batch: int = 512, extra=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(propensity probabilities, user embeddings) for token sequences, in batches."""
     ps, es = [], []
@@ -101,7 +127,8 @@ def score(
         xb = x[s : s + batch].to(device)
         width = int((xb > 0).sum(1).max())
         xb = xb[:, :width]
-        h = model.hidden(xb)
+        eb = None if extra is None else extra[s : s + batch, :width].to(device)
+        h = model.hidden(xb, extra=eb)
         fb = None if feats is None else feats[s : s + batch].to(device)
         ps.append(torch.sigmoid(model.propensity_logit(model.last(h, xb), fb)).float().cpu())
         es.append(model.pooled(h, xb).float().cpu())
@@ -124,6 +151,10 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
         model_cfg.n_items = model_cfg.n_items or n_items
     if options_of(cfg).propensity_features:
         model_cfg.n_features = len(RFM_FEATURES)
+    extra = tensors.get("train_extra")
+    n_extra = 0 if extra is None else extra.shape[2]
+    if n_extra:
+        model_cfg.n_extra, model_cfg.extra_buckets = n_extra, options_of(cfg).extra_buckets
     x = tensors["train_x"]
     if model_cfg.vocab_size < vocab.size or model_cfg.max_len < x.shape[1]:
         raise ConfigError(
@@ -132,12 +163,19 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
             "= tasks.user_behaviour.max_len"
         )
     model = build_model(model_cfg).to(device)
+    # validation users (10%) are left out of every training window; validation reads the last
     val = torch.tensor([is_val(u) for u in users["train"]])
     p = cfg.pretrain
     xx, yy = batches(tensors, "train", clicks)
-    loader = ExampleLoader(xx[~val], yy[~val], p.batch_size // world, cfg.seed, rank, world)
     vxx, vyy = xx[val], yy[val]
-    loss_fn = make_loss(options_of(cfg).propensity_weight, clicks)
+    parts = [(xx[~val], yy[~val])]
+    for w in training_windows(tensors)[1:]:
+        keep = torch.tensor([not is_val(u) for u in users[w]])
+        parts.append(tuple(t[keep] for t in batches(tensors, w, clicks)))
+    xx, yy = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+    loader = ExampleLoader(xx, yy, p.batch_size // world, cfg.seed, rank, world)
+    loss_fn = make_loss(options_of(cfg).propensity_weight, clicks, n_extra)
+    vex = None if extra is None else extra[val]
 
     def validate(m) -> dict[str, float]:
         with torch.no_grad():
@@ -145,12 +183,12 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
                 loss_fn(m, (vxx[s : s + 512].to(device), vyy[s : s + 512].to(device))).item()
                 for s in range(0, len(vxx), 512)
             ]
-        probs, _ = score(m, x[val], device, vyy[:, 3:])
+        probs, _ = score(m, x[val], device, vyy[:, 3:], extra=vex)
         r = prop.metrics(vyy[:, 0].numpy(), probs)
         out = {"val_loss": float(np.mean(losses)), "val_auc": r["auc"], "val_ece": r["ece"]}
         if clicks:
             items, cand = tensors["train_items"][val], tensors["train_cand"][val]
-            din, _ = click_scores(m, x[val], items, cand, device)
+            din, _ = click_scores(m, x[val], items, cand, device, extra=vex)
             out["val_click_auc"] = prop.metrics(vyy[:, 2].numpy(), din)["auc"]
         return out
 
@@ -186,10 +224,16 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
     tensors, users, vocab = load_windows(run_dir)
     stats = json.loads((run_dir / "preprocess" / "stats.json").read_text())
     y = tensors["test_y"].numpy().astype(np.float64)
-    p_model, emb = score(model, tensors["test_x"], device, history_features(tensors["test_rfm"]))
+    test_ex = tensors.get("test_extra")
+    p_model, emb = score(
+        model, tensors["test_x"], device, history_features(tensors["test_rfm"]), extra=test_ex
+    )
     scores = {"behaviour transformer": p_model}
+    wins = training_windows(tensors)  # the baseline learns from the same training windows
     scores["RFM logistic regression"] = prop.rfm_logistic(
-        tensors["train_rfm"].numpy(), tensors["train_y"].numpy(), tensors["test_rfm"].numpy()
+        torch.cat([tensors[f"{w}_rfm"] for w in wins]).numpy(),
+        torch.cat([tensors[f"{w}_y"] for w in wins]).numpy(),
+        tensors["test_rfm"].numpy(),
     )
     b = tensors["test_bgnbd"].numpy().astype(np.float64)
     p_bg, bg_how = prop.bgnbd(b[:, 0], b[:, 1], b[:, 2], opt.horizon_days)
@@ -207,7 +251,7 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
     segments, seg_section = segment_users(opt, emb, tensors, vocab, truth, p_model, y, cfg.seed)
     (out / "segments.json").write_text(json.dumps(segments["serving"]))
     feats = history_features(tensors["test_rfm"])
-    why = explain_one(model, tensors["test_x"], feats, p_model, vocab, device)
+    why = explain_one(model, tensors["test_x"], feats, p_model, vocab, device, test_ex)
     clicks = click_results(run_dir, model, tensors, users, device) if "test_cand" in tensors else {}
     ours, rfm = results["behaviour transformer"]["auc"], results["RFM logistic regression"]["auc"]
     metrics = {
@@ -319,10 +363,11 @@ def segment_users(opt, emb, tensors, vocab, truth, p_model, y, seed):
     return {"metrics": m, "serving": serving}, "\n\n".join([*lines, table])
 
 
-def explain_one(model, x_all, feats, p_model, vocab, device, top: int = 5) -> dict:
+def explain_one(model, x_all, feats, p_model, vocab, device, extra=None, top: int = 5) -> dict:
     i = int(np.argmax(p_model))
     x = x_all[i : i + 1].to(device)
-    p, attr = model.attributions(x, feats[i : i + 1].to(device))
+    ex = None if extra is None else extra[i : i + 1].to(device)
+    p, attr = model.attributions(x, feats[i : i + 1].to(device), ex)
     n = int((x > 0).sum()) - 1  # the cutoff token is not an event
     order = np.argsort(-np.abs(attr[:n]))[:top]
     return {
@@ -337,70 +382,6 @@ def explain_one(model, x_all, feats, p_model, vocab, device, top: int = 5) -> di
             for j in order
         ],
     }
-
-
-def why_table(why: dict) -> str:
-    head = (
-        "| events before the cutoff | value | event | gap bucket | weight |\n|---|---|---|---|---|"
-    )
-    rows = [
-        f"| {e['from_end']} | {e.get('value', '')} | {e.get('event', '')} | "
-        f"{e['gap_bucket']} | {e['weight']:+.2e} |"
-        for e in why["events"]
-    ]
-    return (
-        f"propensity {why['propensity']:.3f}; weight = gradient x input (embedding)\n\n"
-        + "\n".join([head, *rows])
-    )
-
-
-def results_table(results: dict, bg_how: str) -> str:
-    head = "| method | AUC | log loss | ECE | top-decile lift |\n|---|---|---|---|---|"
-    rows = [
-        f"| {n} | {r['auc']:.4f} | {r['log_loss']:.4f} | {r['ece']:.4f} | "
-        f"{r['lift_top_decile']:.2f} |"
-        for n, r in results.items()
-    ]
-    return "\n".join([head, *rows]) + f"\n\nBG/NBD: {bg_how}."
-
-
-def log_table(stats: dict) -> str:
-    keys = (
-        "events",
-        "users",
-        "duplicates",
-        "out_of_order",
-        "single_event_users",
-        "sessions",
-        "first_event",
-        "last_event",
-        "cutoff",
-    )
-    return md_table([(k.replace("_", " "), str(stats[k])) for k in keys if k in stats])
-
-
-def analytics_tables(a: dict, min_group: int) -> str:
-    s = a["sessions"]
-    parts = [
-        f"{s['count']:,} sessions ({s['gap_minutes']:g} min gap), {s['per_user']} per "
-        f"user, {s['events_per_session']} events each, median {s['median_minutes']} min."
-    ]
-    for name, steps in a["funnel"].items():
-        parts.append(
-            f"Funnel ({name.replace('_', ' ')}): "
-            + " -> ".join(f"{st['step']} {st['count']:,} ({st['of_first']:.1%})" for st in steps)
-        )
-    head = "| RFM cell | users | recency days | purchases | revenue |\n|---|---|---|---|---|"
-    rows = [
-        f"| {c} | {seg.hide_small(v['users'], min_group)} | "
-        + (
-            " - | - | - |"
-            if v["users"] < min_group
-            else f"{v['recency_days']} | {v['frequency']} | {v['monetary']} |"
-        )
-        for c, v in a["rfm"].items()
-    ]
-    return "\n\n".join([*parts, "\n".join([head, *rows])])
 
 
 TASK = Task(

@@ -71,7 +71,7 @@ def logistic_on_ids(train_users, train_cand, train_y, test_users, test_cand, n_i
 
 
 @torch.no_grad()
-def click_scores(model, x, items, cand, device, batch: int = 512):
+def click_scores(model, x, items, cand, device, batch: int = 512, extra=None):
     """(DIN probabilities, mean-pooling ablation probabilities) for (user, candidate) pairs."""
     din, plain = [], []
     for s in range(0, len(x), batch):
@@ -79,7 +79,8 @@ def click_scores(model, x, items, cand, device, batch: int = 512):
         width = int((xb > 0).sum(1).max())
         xb = xb[:, :width]
         hist = (items[s : s + batch, :width] + 1).to(device)
-        state = model.last(model.hidden(xb), xb)
+        eb = None if extra is None else extra[s : s + batch, :width].to(device)
+        state = model.last(model.hidden(xb, extra=eb), xb)
         d, p, _ = model.click(state, hist, (cand[s : s + batch] + 1).to(device))
         din.append(torch.sigmoid(d).float().cpu())
         plain.append(torch.sigmoid(p).float().cpu())
@@ -91,7 +92,8 @@ def click_results(run_dir: Path, model, tensors: dict, users: dict, device) -> d
     counts = np.array(json.loads((run_dir / "preprocess" / "items.json").read_text())["counts"])
     y = tensors["test_click"].numpy().astype(np.float64)
     cand = tensors["test_cand"]
-    din, plain = click_scores(model, tensors["test_x"], tensors["test_items"], cand, device)
+    x, items, ex = tensors["test_x"], tensors["test_items"], tensors.get("test_extra")
+    din, plain = click_scores(model, x, items, cand, device, extra=ex)
     lr = logistic_on_ids(
         users["train"],
         tensors["train_cand"].numpy(),

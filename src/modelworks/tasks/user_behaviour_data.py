@@ -19,107 +19,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import field_validator
 from safetensors.torch import load_file, save_file
 
 from modelworks.artifacts import atomic_write_json
+from modelworks.collect.events import EXTRA_PREFIX
 from modelworks.errors import BehaviourDataError
 from modelworks.evaluate.event_analytics import analytics, rfm_sql
-from modelworks.tasks.base import TRAIN, TaskOptions, option
+from modelworks.tasks import user_behaviour_extra as extra
 from modelworks.tasks.user_behaviour_clicks import candidates
+from modelworks.tasks.user_behaviour_options import options_of
 
 # gap bucket edges, seconds: 1 min, 10 min, 1 h, 6 h, 1 d, 3 d, 7 d, 14 d, 30 d
 GAP_EDGES = [60, 600, 3600, 21600, 86400, 259200, 604800, 1209600, 2592000]
 N_GAPS = len(GAP_EDGES) + 1
 MAX_EVENTS = 32
 RFM_FEATURES = ["recency", "frequency", "monetary", "tenure", "events"]
-
-
-class Options(TaskOptions):
-    target_event: str = option(
-        "purchase", stage="preprocess", description="the event propensity predicts"
-    )
-    horizon_days: float = option(
-        14.0,
-        stage="preprocess",
-        gt=0,
-        description="propensity: days after the cutoff in which the target event counts",
-    )
-    cutoff: str = option(
-        "",
-        stage="preprocess",
-        description="ISO date-time splitting history from outcome; '' = last event - horizon_days",
-    )
-    funnel: list[str] = option(
-        None,
-        default_factory=lambda: ["view", "cart", "purchase"],
-        stage="preprocess",
-        description="ordered funnel steps (event names)",
-    )
-    funnel_days: float = option(
-        7.0,
-        stage="preprocess",
-        gt=0,
-        description="the user funnel: steps within this many days of the first",
-    )
-    session_gap_minutes: float = option(
-        30.0, stage="preprocess", gt=0, description="inactivity that ends a session"
-    )
-    token_field: str = option(
-        "category",
-        stage="preprocess",
-        pattern="^(category|item)$",
-        description="what a token names: category or item (with the event and gap bucket)",
-    )
-    max_token_values: int = option(
-        200,
-        stage="preprocess",
-        ge=2,
-        description="most frequent categories/items with their own tokens; the rest share one",
-    )
-    max_len: int = option(
-        128,
-        stage="preprocess",
-        ge=4,
-        description="events per user the model reads (cutoff token included)",
-    )
-    propensity_features: bool = option(
-        True,
-        stage=TRAIN,
-        description="propensity head also reads whole-history counts (recency, purchases, "
-        "revenue, tenure, events), which a max_len window cuts",
-    )
-    propensity_weight: float = option(
-        1.0,
-        stage=TRAIN,
-        ge=0,
-        description="weight of the propensity loss beside next-event prediction",
-    )
-    segments: int = option(
-        0,
-        stage="evaluate",
-        ge=0,
-        description="k-means segments of user embeddings; 0 = chosen by silhouette (2..8)",
-    )
-    min_group: int = option(
-        10,
-        stage=("evaluate", "serve"),
-        ge=1,
-        description="segment table cells with fewer users are hidden",
-    )
-    top_k: int = option(
-        10, stage="serve", ge=1, description="items returned by /v1/users/score by default"
-    )
-
-    @field_validator("cutoff", mode="before")
-    @classmethod
-    def _date_text(cls, v):  # YAML reads 2026-04-01 as a date
-        return v.isoformat() if hasattr(v, "isoformat") else v
-
-
-def options_of(cfg) -> Options:
-    """The config's `tasks.user_behaviour:` section (validated at config load)."""
-    return Options.model_validate((cfg.tasks or {}).get("user_behaviour") or {})
 
 
 class Vocab:
@@ -173,9 +87,12 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
     con.execute(f"SET threads = {max(1, cfg.threads or 1)}").fetchall()
     con.execute(f"CREATE VIEW raw AS SELECT * FROM '{path}'").fetchall()
     stats = check_log(con, opt)
+    xs = "".join(
+        f', "{r[0]}"' for r in con.sql("DESCRIBE raw").fetchall() if r[0].startswith(EXTRA_PREFIX)
+    )
     con.execute(
-        "CREATE TABLE e AS SELECT user, time, event, item, category, value, min(line) AS line "
-        "FROM raw GROUP BY ALL ORDER BY user, time, line"
+        f"CREATE TABLE e AS SELECT user, time, event, item, category, value{xs}, "
+        "min(line) AS line FROM raw GROUP BY ALL ORDER BY user, time, line"
     ).fetchall()
     cutoff, first, last = stats["cutoff"], stats["first_event"], stats["last_event"]
     figures = analytics(con, opt.funnel, opt.session_gap_minutes, opt.funnel_days, cutoff)
@@ -192,29 +109,48 @@ def prepare(cfg, run_dir: Path, out: Path, reporter) -> dict:
     atomic_write_json(out / "vocab.json", vocab.to_json())
     h = np.timedelta64(int(opt.horizon_days * 86400e6), "us")
     train_cut = np.datetime64(cutoff, "us") - h
+    spec = None
+    if opt.extra_columns:
+        spec = extra.fit_spec(con, opt.extra_columns, opt.extra_buckets, train_cut)
+        atomic_write_json(out / "extra.json", spec)
     tensors, users, counts = {}, {}, {}
     item_counts = np.array(
         [r[0] for r in con.sql(
             "SELECT count(*) AS n FROM e WHERE item IS NOT NULL GROUP BY item ORDER BY n DESC, item"
         ).fetchall()], np.float64
     )  # fmt: skip
-    for name, cut in (
-        ("train", train_cut),
-        ("test", np.datetime64(cutoff, "us")),
-        ("now", np.datetime64(last, "us") + np.timedelta64(1, "s")),
+    earlier = [(f"train{k}", train_cut - k * h) for k in range(1, opt.train_windows)]
+    if earlier and earlier[-1][1] - h <= np.datetime64(first, "us"):
+        raise BehaviourDataError(
+            f"tasks.user_behaviour.train_windows={opt.train_windows}: the earliest training "
+            f"cutoff {earlier[-1][1]} leaves less than horizon_days of history after the first "
+            f"event ({first}); lower it"
+        )
+    for k, (name, cut) in enumerate(
+        (
+            ("train", train_cut),
+            *earlier,
+            ("test", np.datetime64(cutoff, "us")),
+            ("now", np.datetime64(last, "us") + np.timedelta64(1, "s")),
+        )
     ):
-        x, u, item_hist = sequences(con, vocab, field, cut, opt.max_len)
+        x, u, item_hist, ex = sequences(con, vocab, field, cut, opt.max_len, spec)
         users[name] = u
+        if spec:
+            tensors[f"{name}_extra"] = torch.from_numpy(ex)
         tensors[f"{name}_x"] = torch.from_numpy(x)
         tensors[f"{name}_items"] = torch.from_numpy(item_hist)
         feats = rfm_features(con, opt.target_event, cut)
         tensors[f"{name}_rfm"] = torch.from_numpy(feats)
         if name != "now":
             y = labels(con, u, opt.target_event, cut, cut + h)
-            tensors[f"{name}_bgnbd"] = torch.from_numpy(bgnbd_inputs(con, opt.target_event, cut))
+            if name in ("train", "test"):
+                b = bgnbd_inputs(con, opt.target_event, cut)
+                tensors[f"{name}_bgnbd"] = torch.from_numpy(b)
             tensors[f"{name}_y"] = torch.from_numpy(y)
             if len(item_counts):
-                cand, click = candidates(con, u, cut, cut + h, item_counts, cfg.seed)
+                seed = cfg.seed + (k if name.startswith("train") else 0)
+                cand, click = candidates(con, u, cut, cut + h, item_counts, seed)
                 tensors[f"{name}_cand"] = torch.from_numpy(cand)
                 tensors[f"{name}_click"] = torch.from_numpy(click)
             counts[name] = {"users": len(u), "positives": int(y.sum()), "cutoff": str(cut)}
@@ -320,9 +256,12 @@ def check_log(con, opt) -> dict:
     }
 
 
-def sequences(con, vocab: Vocab, field: str, cut, max_len: int):
+def sequences(con, vocab: Vocab, field: str, cut, max_len: int, spec: dict | None = None):
     """(tokens (users, max_len) right-padded, sorted user ids, last item ids (users, max_len)
-    as indices into items by count, -1 none) of every user with an event before `cut`."""
+    as indices into items by count, -1 none, extra-column ids (users, max_len, columns) or
+    None) of every user with an event before `cut`."""
+    xcols = [EXTRA_PREFIX + c["name"] for c in spec["columns"]] if spec else []
+    xsel = "".join(f', "{c}"' for c in xcols)
     q = f"""
         WITH v(value, vi) AS (SELECT * FROM (VALUES {
         ", ".join(f"('{_q(x)}', {i})" for i, x in enumerate(vocab.values))
@@ -332,14 +271,14 @@ def sequences(con, vocab: Vocab, field: str, cut, max_len: int):
     })),
         it AS (SELECT item, row_number() OVER (ORDER BY count(*) DESC, item) - 1 AS ii
                FROM e WHERE item IS NOT NULL GROUP BY item),
-        h AS (SELECT user, time, line, coalesce(vi, {len(vocab.values) - 1}) AS vi, ei,
+        h AS (SELECT user, time, line{xsel}, coalesce(vi, {len(vocab.values) - 1}) AS vi, ei,
                 coalesce(ii, -1) AS ii,
                 epoch(time - lag(time) OVER (PARTITION BY user ORDER BY time, line)) AS gap,
                 row_number() OVER (PARTITION BY user ORDER BY time DESC, line DESC) AS rn
               FROM e LEFT JOIN v ON coalesce(e.{field}, '(none)') = v.value
               JOIN ev USING (event) LEFT JOIN it USING (item)
               WHERE time < $cut)
-        SELECT user, vi, ei, ii, gap, rn, epoch($cut - time) AS since FROM h
+        SELECT user, vi, ei, ii, gap, rn, epoch($cut - time) AS since{xsel} FROM h
         WHERE rn < {max_len} ORDER BY user, time, line"""
     t = con.sql(q, params={"cut": cut.astype("datetime64[us]").item()}).arrow().read_all()
     user = t.column("user").to_numpy(zero_copy_only=False)
@@ -358,7 +297,12 @@ def sequences(con, vocab: Vocab, field: str, cut, max_len: int):
     items[row, pos] = t.column("ii").to_numpy()
     last = start + lengths - 1
     x[np.arange(len(users)), lengths] = vocab.cutoff_base + gap_bucket(since[last])
-    return x, [str(u) for u in users], items
+    ex = None
+    if spec:
+        raw = {c[len(EXTRA_PREFIX) :]: t.column(c).to_numpy(zero_copy_only=False) for c in xcols}
+        ex = np.zeros((len(users), max_len, len(xcols)), np.int64)
+        ex[row, pos] = extra.ids(raw, spec)
+    return x, [str(u) for u in users], items, ex
 
 
 def labels(con, users: list[str], target: str, start, end) -> np.ndarray:

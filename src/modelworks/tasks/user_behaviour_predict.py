@@ -44,13 +44,14 @@ def predict(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from modelworks.collect.events import TIME_SQL, expand, file_select
+    from modelworks.collect.events import EXTRA_PREFIX, TIME_SQL, expand, file_select
     from modelworks.lifecycle import load_run
     from modelworks.progress import Reporter
     from modelworks.runtime import resolve_device
     from modelworks.tasks.user_behaviour_serve import (
         Event,
         load_state,
+        request_extra,
         request_features,
         score_user,
         stored_options,
@@ -67,10 +68,12 @@ def predict(
     opt = stored_options(run_dir)
     st = load_state(run_dir, resolve_device(device))
     names = _fields(run_cfg)
+    xcols = [c["name"] for c in (st["extra_spec"] or {}).get("columns", [])]
 
     class _Src:  # file_select's view of a source: the column names
         user_field, time_field, event_field = names["user"], names["time"], names["event"]
         item_field, category_field, value_field = names["item"], names["category"], names["value"]
+        extra_fields = xcols
 
     con = duckdb.connect()
     files = expand([str(data)], "--data")
@@ -84,8 +87,9 @@ def predict(
         raise BehaviourDataError(f"--data {data}: no event with a time, a user and an event name")
     at = at or last.replace(tzinfo=timezone.utc)
     reader = con.sql(
-        f"SELECT user, time, event, item, category, TRY_CAST(value AS DOUBLE) AS value "
-        f"FROM parsed WHERE {good} ORDER BY user, time, file_index, line"
+        "SELECT user, time, event, item, category, TRY_CAST(value AS DOUBLE) AS value"
+        + "".join(f', "{EXTRA_PREFIX}{c}"' for c in xcols)
+        + f" FROM parsed WHERE {good} ORDER BY user, time, file_index, line"
     ).arrow()
     tmp = out.with_name(f".{out.name}.tmp")
     strings = pa.list_(pa.string())
@@ -104,7 +108,8 @@ def predict(
                                            st["model"].cfg.max_len)  # fmt: skip
                 feats = request_features(events, opt.target_event, at)
                 seen = {e.item for e in kept if e.item}
-                r = score_user(st, x, feats, seen, opt.top_k, opt.token_field)
+                ex = request_extra(st, kept, x.shape[1])
+                r = score_user(st, x, feats, seen, opt.top_k, opt.token_field, ex)
                 rows.append({
                     "user": user, "propensity": float(r["propensity"]), "segment": r["segment"],
                     "top_items": [i["item"] for i in r["items"]],
@@ -125,7 +130,8 @@ def predict(
                     if rec["time"] <= at.replace(tzinfo=None):
                         events.append(Event(time=rec["time"], event=rec["event"],
                                             item=rec["item"], category=rec["category"],
-                                            value=rec["value"]))  # fmt: skip
+                                            value=rec["value"], **{c: rec[EXTRA_PREFIX + c]
+                                            for c in xcols}))  # fmt: skip
             if events:
                 flush_user()
             if rows:

@@ -22,18 +22,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelworks import pseudonyms
+from modelworks.tasks import user_behaviour_extra as extra_cols
 from modelworks.tasks.user_behaviour_data import (
     N_GAPS,
-    Options,
     Vocab,
     gap_bucket,
     history_features,
     load_windows,
 )
+from modelworks.tasks.user_behaviour_options import Options
 
 
 class Event(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # other fields are kept: a run trained with extra_columns reads them by name
+    model_config = ConfigDict(extra="allow")
     time: datetime = Field(..., description="ISO 8601 date-time")
     event: str = Field(..., min_length=1, description="event name, e.g. view, cart, purchase")
     item: str | None = None
@@ -119,6 +121,7 @@ def load_state(run_dir: Path, device) -> dict:
     model = load_model(best_or_final(run_dir / "pretrain"), device).eval()
     tensors, users, vocab = load_windows(run_dir)
     items = json.loads((run_dir / "preprocess" / "items.json").read_text())
+    spec = extra_cols.load_spec(run_dir)
     seg_path = run_dir / "evaluate" / "segments.json"
     segs = json.loads(seg_path.read_text()) if seg_path.is_file() else None
     return {
@@ -127,6 +130,8 @@ def load_state(run_dir: Path, device) -> dict:
         "now_x": tensors["now_x"],
         "now_items": tensors["now_items"],
         "now_feats": history_features(tensors["now_rfm"]),
+        "now_extra": tensors.get("now_extra"),
+        "extra_spec": spec,
         "index": {u: i for i, u in enumerate(users["now"])},
         "items": items,
         "segments": segs,
@@ -134,10 +139,18 @@ def load_state(run_dir: Path, device) -> dict:
     }
 
 
-def score_user(st: dict, x, feats, seen: set[str], k: int, field: str) -> dict:
+def request_extra(st: dict, kept: list[Event], width: int) -> torch.Tensor | None:
+    """Extra-column ids of a request's kept events, for a run trained with extra_columns."""
+    if not st["extra_spec"]:
+        return None
+    return torch.from_numpy(extra_cols.events_ids(kept, st["extra_spec"], width))
+
+
+def score_user(st: dict, x, feats, seen: set[str], k: int, field: str, extra=None) -> dict:
     model, vocab = st["model"], st["vocab"]
     x = x.to(st["device"])
-    p, attr = model.attributions(x, feats.to(st["device"]))
+    extra = None if extra is None else extra.to(st["device"])
+    p, attr = model.attributions(x, feats.to(st["device"]), extra)
     n = x.shape[1] - 1
     order = np.argsort(-np.abs(attr[:n]))[:5]
     why = [
@@ -149,7 +162,7 @@ def score_user(st: dict, x, feats, seen: set[str], k: int, field: str) -> dict:
         for j in order
     ]
     with torch.no_grad():
-        h = model.hidden(x)
+        h = model.hidden(x, extra=extra)
         # the next event after the last real one: the cutoff token itself never has a next
         # token in training, so its state is not a next-event prediction
         last = h[:, max(0, x.shape[1] - 2)]
@@ -226,6 +239,7 @@ def serve_routes(app, run_dir: Path, cfg, device: str = "auto") -> None:
             i = st["index"][pid]
             row = st["now_x"][i]
             x = row[: int((row > 0).sum())][None]
+            ex = None if st["now_extra"] is None else st["now_extra"][i : i + 1, : x.shape[1]]
             seen_idx = st["now_items"][i]
             seen = {st["items"]["items"][j] for j in seen_idx.tolist() if j >= 0}
             user = pid
@@ -233,12 +247,13 @@ def serve_routes(app, run_dir: Path, cfg, device: str = "auto") -> None:
         elif req.events:
             at = req.at or datetime.now(timezone.utc)
             x, kept, warnings = tokens(req.events, st["vocab"], field, at, st["model"].cfg.max_len)
+            ex = request_extra(st, kept, x.shape[1])
             seen = {e.item for e in kept if e.item}
             feats = request_features(req.events, opt.target_event, at)
             user = None
         else:
             raise APIError(400, "give `user` (an id the run knows) or `events`", "events")
-        r = score_user(st, x, feats, seen, k, field)
+        r = score_user(st, x, feats, seen, k, field, ex)
         return ScoreResponse(
             model=st["name"],
             user=user,
