@@ -10,7 +10,7 @@ Measures: load time from the cache (first load in this process, then again), wei
 greedy decode tok/s on a chat prompt (64 new tokens after a warm-up that pays torch.compile; the
 median and best of 5 runs, fp32 / int8 / transformers / llama.cpp taking turns so that they share
 the load), paired median decode-step times, aggregate tok/s of 16 concurrent streams through the
-batching loop (all on the one prompt, and for fp32 also on 16 different questions, which share
+batching loop (median of 3 runs) (all on the one prompt, and for fp32 also on 16 different questions, which share
 only the chat template's system prompt), peak RSS, and how many of the int8 engine's greedy tokens
 agree with fp32's. llama.cpp (llama-cpp-python, optional: `pip install 'modelworks[llama-cpp]'`
 compiles it) runs on the same GGUF at batch 1 (its high-level API) and over the 16 streams of one
@@ -266,19 +266,21 @@ def main() -> None:
         res["int8_greedy_tokens_equal_to_fp32_prefix"] = same
     for k, ms in paired_steps({k: e.model for k, e in engines.items()}).items():
         res[f"{k}_step_ms_median"] = ms
-    for k, e in engines.items():
+    for k, e in engines.items():  # the median of 3 runs each (one run swings by up to 2x)
         e.prefix_tokens_reused = 0
-        res[f"{k}_{a.streams}_streams_tok_s"] = streams(e, a.streams, a.tokens)
+        runs = [streams(e, a.streams, a.tokens) for _ in range(3)]
+        res[f"{k}_{a.streams}_streams_tok_s"] = statistics.median(runs)
+        res[f"{k}_{a.streams}_streams_runs"] = [round(x, 1) for x in runs]
         if k == "fp32":  # 16 different questions: only the system prompt is shared
-            res[f"fp32_{a.streams}_distinct_streams_tok_s"] = streams(
-                e, a.streams, a.tokens, distinct=True
-            )
-        res[f"{k}_prefix_tokens_reused"] = e.prefix_tokens_reused
+            runs = [streams(e, a.streams, a.tokens, distinct=True) for _ in range(3)]
+            res[f"fp32_{a.streams}_distinct_streams_tok_s"] = statistics.median(runs)
+            res[f"fp32_{a.streams}_distinct_streams_runs"] = [round(x, 1) for x in runs]
+        res[f"{k}_prefix_tokens_reused"] = e.prefix_tokens_reused // 3
         e.close()
     if llama:  # the same 16 streams of one prompt through llama.cpp's batch API
-        res[f"llama.cpp_{a.streams}_streams_tok_s"] = llama_cpp_streams(
-            path, ids, a.tokens, a.threads, a.streams
-        )
+        runs = [llama_cpp_streams(path, ids, a.tokens, a.threads, a.streams) for _ in range(3)]
+        res[f"llama.cpp_{a.streams}_streams_tok_s"] = statistics.median(runs)
+        res[f"llama.cpp_{a.streams}_streams_runs"] = [round(x, 1) for x in runs]
     res["peak_rss_mb"] = rss_mb()
     res["load_after"] = os.getloadavg()[0]
     for k, v in res.items():
