@@ -12,11 +12,11 @@ median and best of 5 runs, fp32 / int8 / transformers / llama.cpp taking turns s
 the load), paired median decode-step times, aggregate tok/s of 16 concurrent streams through the
 batching loop (the median of 3 runs; all on the one prompt, and for fp32 also on 16 different
 questions, which share only the chat template's system prompt), peak RSS, and how many of the
-int8 engine's greedy tokens agree with fp32's. llama.cpp (llama-cpp-python, optional: `pip install 'modelworks[llama-cpp]'`
-compiles it) runs on the same GGUF at batch 1 (its high-level API) and over the 16 streams of one
-prompt (its batch API, as its own `batched` example: the prompt once, its cache copied to each
-sequence, one `llama_decode` of 16 rows a step); without it those rows are skipped with a one-line
-reason. Writes
+int8 engine's greedy tokens agree with fp32's. llama.cpp (llama-cpp-python, optional:
+`pip install 'modelworks[llama-cpp]'` compiles it) runs on the same GGUF at batch 1 (its
+high-level API) and over the 16 streams of one prompt (its batch API, as its own `batched`
+example: the prompt once, its cache copied to each sequence, one `llama_decode` of 16 rows a
+step); without it those rows are skipped with a one-line reason. Writes
 benchmarks/results/smollm2.json.
 """
 
