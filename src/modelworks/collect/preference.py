@@ -146,34 +146,22 @@ def _two_step(r):
     return q, [(f"{a} * {b}", a * b), (f"{a * b} + {c}", a * b + c)]
 
 
-def _meters(r):
-    a = r.randint(2, 90)
-    return f"How many centimeters are in {a} meters?", [(f"{a} * 100", a * 100)]
+def _unit(question: str, most: int, factor: int):
+    """A unit conversion: `question` about a in [2, most], answered `a * factor`."""
+
+    def make(r):
+        a = r.randint(2, most)
+        return question.format(a=a), [(f"{a} * {factor}", a * factor)]
+
+    return make
 
 
-def _kilograms(r):
-    a = r.randint(2, 30)
-    return f"How many grams are in {a} kilograms?", [(f"{a} * 1000", a * 1000)]
-
-
-def _hours(r):
-    a = r.randint(2, 48)
-    return f"How many minutes are in {a} hours?", [(f"{a} * 60", a * 60)]
-
-
-def _weeks(r):
-    a = r.randint(2, 20)
-    return f"How many days are in {a} weeks?", [(f"{a} * 7", a * 7)]
-
-
-def _dozens(r):
-    a = r.randint(2, 25)
-    return f"How many eggs are in {a} dozen eggs?", [(f"{a} * 12", a * 12)]
-
-
-def _minutes(r):
-    a = r.randint(2, 30)
-    return f"How many seconds are in {a} minutes?", [(f"{a} * 60", a * 60)]
+_meters = _unit("How many centimeters are in {a} meters?", 90, 100)
+_kilograms = _unit("How many grams are in {a} kilograms?", 30, 1000)
+_hours = _unit("How many minutes are in {a} hours?", 48, 60)
+_weeks = _unit("How many days are in {a} weeks?", 20, 7)
+_dozens = _unit("How many eggs are in {a} dozen eggs?", 25, 12)
+_minutes = _unit("How many seconds are in {a} minutes?", 30, 60)
 
 
 TEMPLATES = {

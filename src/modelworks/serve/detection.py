@@ -13,8 +13,6 @@ multipart form files (field `image`, repeatable; form fields `score_threshold`,
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 from pathlib import Path
@@ -27,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from modelworks.artifacts import final_model_dir
 from modelworks.config import ServeConfig
 from modelworks.serve.app import APIError, serve_model
+from modelworks.serve.images import image_bytes, json_object
 
 
 class DetectRequest(BaseModel):
@@ -89,7 +88,7 @@ def add_routes(
         limit = req.max_detections or defaults["max_detections"]
         data = []
         for i, item in enumerate(items):
-            raw = item if isinstance(item, bytes) else _b64(item, i)
+            raw = item if isinstance(item, bytes) else image_bytes(item, i)
             x, (w, h) = _decode(raw, i, meta)
             x = (torch.from_numpy(x[None]).float() / 255 - meta["mean"]) / meta["std"]
             found = model.detect(x.to(state["dev"]), threshold, limit)[0]
@@ -135,25 +134,11 @@ async def _read(request: Request) -> tuple[DetectRequest, list[bytes] | None]:
             return DetectRequest.model_validate(fields), files
         except ValidationError as e:
             raise _invalid(e) from None
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise APIError(400, "body is not valid JSON (or not UTF-8)") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "body must be a JSON object with 'image' or 'images'")
+    body = await json_object(request)
     try:
         return DetectRequest.model_validate(body), None
     except ValidationError as e:
         raise _invalid(e) from None
-
-
-def _b64(s: str, i: int) -> bytes:
-    if s.startswith("data:"):
-        s = s.partition(",")[2]
-    try:
-        return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError):
-        raise APIError(400, f"images.{i}: not valid base64", f"images.{i}") from None
 
 
 def _decode(data: bytes, i: int, meta: dict) -> tuple[np.ndarray, tuple[int, int]]:

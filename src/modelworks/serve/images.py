@@ -84,24 +84,33 @@ async def _read(request: Request) -> tuple[list[bytes], object, str | None]:
         top_k = form.get("top_k", "5")
         top_k = int(top_k) if str(top_k).isdigit() else top_k
         return files, top_k, form.get("model")
+    body = await json_object(request)
+    items = body.get("images", [body["image"]] if "image" in body else [])
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise APIError(400, "images: must be a list of base64 strings", "images")
+    out = [image_bytes(s, i) for i, s in enumerate(items)]
+    return out, body.get("top_k", 5), body.get("model")
+
+
+async def json_object(request: Request) -> dict:
+    """The request's JSON body, which the image endpoints want as an object."""
     try:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
         raise APIError(400, "body is not valid JSON (or not UTF-8)") from None
     if not isinstance(body, dict):
         raise APIError(400, "body must be a JSON object with 'image' or 'images'")
-    items = body.get("images", [body["image"]] if "image" in body else [])
-    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise APIError(400, "images: must be a list of base64 strings", "images")
-    out = []
-    for i, s in enumerate(items):
-        if s.startswith("data:"):
-            s = s.partition(",")[2]
-        try:
-            out.append(base64.b64decode(s, validate=True))
-        except (binascii.Error, ValueError):
-            raise APIError(400, f"images.{i}: not valid base64", f"images.{i}") from None
-    return out, body.get("top_k", 5), body.get("model")
+    return body
+
+
+def image_bytes(s: str, i: int) -> bytes:
+    """Image `i` of a request: base64, optionally as a data: URL."""
+    if s.startswith("data:"):
+        s = s.partition(",")[2]
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"images.{i}: not valid base64", f"images.{i}") from None
 
 
 def _decode(data: bytes, i: int, meta: dict) -> np.ndarray:

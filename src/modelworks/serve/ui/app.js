@@ -265,14 +265,19 @@ $("clear").addEventListener("click", () => {
 
 // ---------------------------------------------------------------- image classification
 
-async function classifyImage(file) {
-  showError("");
-  const dataUrl = await new Promise((resolve, reject) => {
+// A file as a data: URL (what the image endpoints take as `image`).
+function readDataUrl(file) {
+  return new Promise((resolve, reject) => {
     const r = new FileReader();
     r.onload = () => resolve(r.result);
     r.onerror = () => reject(r.error);
     r.readAsDataURL(file);
   });
+}
+
+async function classifyImage(file) {
+  showError("");
+  const dataUrl = await readDataUrl(file);
   $("image-preview").src = dataUrl;
   $("image-result").innerHTML = "<li class='muted'>classifying…</li>";
   const body = { image: dataUrl, top_k: 5 };
@@ -315,12 +320,7 @@ drop.addEventListener("drop", (ev) => {
 // (scaled up so that small images stay readable).
 async function detectImage(file) {
   showError("");
-  const dataUrl = await new Promise((resolve, reject) => {
-    const r = new FileReader();
-    r.onload = () => resolve(r.result);
-    r.onerror = () => reject(r.error);
-    r.readAsDataURL(file);
-  });
+  const dataUrl = await readDataUrl(file);
   const img = new Image();
   await new Promise((resolve, reject) => { img.onload = resolve; img.onerror = reject; img.src = dataUrl; });
   const body = { image: dataUrl, score_threshold: Number($("detect-threshold").value) };
