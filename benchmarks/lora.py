@@ -39,10 +39,11 @@ def _gguf_path():
 def _ours():
     from modelworks.models.gguf import load_gguf
     from modelworks.train.lora import apply_lora
+    from modelworks.train.sft import masked_lm_loss
 
     model = load_gguf(_gguf_path(), SEQ)
     apply_lora(model, RANK, ALPHA, DROPOUT, ["wq", "wv"])
-    return model, lambda ids: model(ids)
+    return model, lambda x, y: masked_lm_loss(model, (x, y))  # the trainer's SFT loss
 
 
 def _peft():
@@ -57,14 +58,19 @@ def _peft():
         r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=["q_proj", "v_proj"]
     )
     model = peft.get_peft_model(hf, conf)
-    return model, lambda ids: model(input_ids=ids, use_cache=False).logits
+
+    def loss(x, y):  # what transformers' causal-LM loss does: float32 logits, cross-entropy
+        logits = model(input_ids=x, use_cache=False).logits.float()
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    return model, loss
 
 
 def run_side(side: str, steps: int, warmup: int) -> dict:
     """Train `steps` timed LoRA steps (after `warmup`) in this process; tokens/s and peak RSS."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model, logits_of = _ours() if side == "ours" else _peft()
+    model, loss_of = _ours() if side == "ours" else _peft()
     load_s = time.perf_counter() - t0
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -75,7 +81,7 @@ def run_side(side: str, steps: int, warmup: int) -> dict:
     for i in range(warmup + steps):
         t = time.perf_counter()
         x, y = data[i, :, :-1], data[i, :, 1:]
-        loss = torch.nn.functional.cross_entropy(logits_of(x).flatten(0, 1), y.flatten())
+        loss = loss_of(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

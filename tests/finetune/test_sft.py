@@ -16,6 +16,7 @@ from modelworks.train.sft import (
     IGNORE,
     ExampleLoader,
     Rows,
+    _plain_head,
     example_losses,
     masked_lm_loss,
     pack_rows,
@@ -81,3 +82,49 @@ def test_examples_that_do_not_fit_a_row_are_refused():
         Rows([([1, 2, 3, 4, 5], [2, 3, 4, 5, 6])], 4)
     with pytest.raises(DataError, match="same length"):
         Rows([([1, 2], [2])], 4)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_fused_output_loss_matches_the_logits_path(lora):
+    """masked_lm_loss on a plain GPT goes through train/linear_ce.py (only trained positions,
+    no logits tensor): the same loss and the same gradients, for a frozen base with adapters
+    and for full training with the tied embedding, as cross-entropy over the full logits."""
+    from modelworks.train.lora import apply_lora
+
+    torch.manual_seed(1)
+    m = GPT(GPTConfig(vocab_size=300, context_len=32, n_layer=2, n_head=2, d_model=32))
+    if lora:
+        apply_lora(m, 4, 8.0, 0.0, ["wq", "wv"])
+    x = torch.randint(0, 300, (3, 20))
+    y = torch.where(torch.rand(3, 20) < 0.6, torch.randint(0, 300, (3, 20)), IGNORE)
+    assert _plain_head(m, x) is m.lm_head  # the fused path is the one taken
+    fused = masked_lm_loss(m, (x, y))
+    fused.backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad(set_to_none=True)
+    logits = m(x).float().flatten(0, 1)
+    plain = F.cross_entropy(logits, y.flatten(), ignore_index=IGNORE)
+    plain.backward()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    trained = {n for n, p in m.named_parameters() if p.grad is not None}
+    assert set(grads) == trained and trained  # the same parameters get gradients
+    assert ("tok_emb.weight" in trained) is not lora
+    for n, p in m.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[n], p.grad, atol=1e-5, rtol=1e-4), n
+
+
+def test_fused_output_loss_is_refused_to_wrappers_and_hooks():
+    """A hooked output layer (Opacus records activations that way) or a wrapped model must see
+    its output layer called: the plain path, which the hook observes."""
+    m = GPT(GPTConfig(vocab_size=50, context_len=16, n_layer=1, n_head=2, d_model=16))
+    x = torch.zeros(1, 4, dtype=torch.long)
+    assert _plain_head(m, x) is m.lm_head
+    assert _plain_head(torch.nn.Sequential(m), x) is None
+    seen = []
+    handle = m.lm_head.register_forward_hook(lambda *a: seen.append(1))
+    masked_lm_loss(m, (x, torch.ones(1, 4, dtype=torch.long)))
+    handle.remove()
+    assert seen == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _plain_head(m, x) is None

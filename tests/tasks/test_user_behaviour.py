@@ -18,6 +18,7 @@ from modelworks.config import load_config
 from modelworks.errors import BehaviourDataError, CollectError
 from modelworks.evaluate.event_analytics import analytics
 from modelworks.pipeline import run
+from modelworks.tasks.user_behaviour import HISTORY_BOUND
 from tests.conftest import served
 
 KEY = "test-key-not-secret"
@@ -52,6 +53,36 @@ def test_the_simulators_true_probability_matches_what_happens():
     assert abs(p[known].mean() - y.mean()) < 0.02, (p[known].mean(), y.mean())
     # and it ranks: the truth separates buyers from the rest
     assert p[known][y].mean() > 2 * p[known][~y].mean()
+
+
+def test_the_history_bound_is_calibrated_and_below_the_oracle():
+    """history_probability (the simulator's Bayes posterior given a user's history) is a
+    probability: its mean is what happens; it ranks buyers below the oracle, which also knows who
+    has churned, and far above chance."""
+    from sklearn.metrics import roc_auc_score
+
+    from modelworks.collect.shop_simulator import SEGMENTS, history_probability, user_history
+
+    events, truth = simulate(3000, seed=2)
+    cutoff = np.datetime64("2026-04-01T00:00:00", "us")
+    history = user_history(events, cutoff)
+    users = list(history.pop("user"))
+    rows = {u: i for i, u in enumerate(truth.column("user").to_pylist())}
+    idx = np.array([rows[u] for u in users])
+    names = [s[0] for s in SEGMENTS]
+    segment = np.array([names.index(x) for x in truth.column("segment").to_pylist()])[idx]
+    bound = history_probability(segment, {k: np.asarray(v) for k, v in history.items()}, 14.0)
+    cols = {c: truth.column(c).to_numpy()[idx] for c in ("session_rate", "purchase_per_session",
+            "churn_hazard", "signup", "churn")}  # fmt: skip
+    oracle = true_probability(cols, cutoff, 14.0)
+    bought = duckdb.sql(
+        "SELECT DISTINCT user FROM events WHERE event = 'purchase' AND time >= $a AND time < $b",
+        params={"a": cutoff.item(), "b": (cutoff + np.timedelta64(14, "D")).item()},
+    ).fetchall()
+    y = np.isin(users, [u for (u,) in bought])
+    assert abs(bound.mean() - y.mean()) < 0.02, (bound.mean(), y.mean())
+    auc_bound, auc_oracle = roc_auc_score(y, bound), roc_auc_score(y, oracle)
+    assert 0.75 < auc_bound < auc_oracle, (auc_bound, auc_oracle)
 
 
 def _log(tmp_path, text: str, name: str = "log.csv"):
@@ -136,9 +167,11 @@ def test_a_tiny_run_serves_a_scored_user_over_http(tmp_path, monkeypatch):
     assert run(cfg) == {s: "ran" for s in ("collect", "preprocess", "pretrain", "evaluate")}
     metrics = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
     assert set(metrics["propensity"]) == {
-        "behaviour transformer", "RFM logistic regression", "BG/NBD", "oracle (simulator truth)"
+        "behaviour transformer", "RFM logistic regression", "BG/NBD", "oracle (simulator truth)",
+        HISTORY_BOUND,
     }  # fmt: skip
-    assert metrics["propensity"]["oracle (simulator truth)"]["auc"] > 0.75
+    p = {k: v["auc"] for k, v in metrics["propensity"].items()}
+    assert p["oracle (simulator truth)"] > 0.75 and 0.7 < p[HISTORY_BOUND] < 1, p
     report = (cfg.run_dir / "evaluate" / "report.md").read_text()
     assert "Funnel (session): view" in report and "cohorts.png" in report
     # privacy: no raw simulator id (u000123) anywhere in the run's files
@@ -194,6 +227,10 @@ def test_on_the_simulator_the_model_beats_its_baselines_on_held_out_time(tmp_pat
     p = {k: v["auc"] for k, v in m["propensity"].items()}
     assert p["behaviour transformer"] > p["RFM logistic regression"] > p["BG/NBD"] - 0.02, p
     assert p["oracle (simulator truth)"] - p["behaviour transformer"] < 0.06, p
+    # the simulator's Bayes posterior given the history: what no model of the log can beat
+    # (beyond noise), and below the oracle, which also knows who has churned
+    assert p["behaviour transformer"] - 0.01 < p[HISTORY_BOUND] < p["oracle (simulator truth)"]
+    assert p[HISTORY_BOUND] > p["RFM logistic regression"], p
     assert m["segments"]["ari_vs_planted"] >= 0.8, m["segments"]
     assert m["segments"]["rfm_quantile_ari_vs_planted"] < 0.3, m["segments"]
     c = {k: v["auc"] for k, v in m["click"]["methods"].items()}

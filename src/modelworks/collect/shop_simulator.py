@@ -13,7 +13,9 @@ Python object per event.
 
 The truth (`truth.parquet`, beside the log) holds each user's segment and latent rates, so the
 true probability of a purchase in any window is known in closed form (`true_probability`): an
-oracle the models are measured against.
+oracle the models are measured against. The oracle also knows whether a user has already
+churned, which no history shows; `history_probability` is the best any model of the log can do:
+the simulator's own model, the segment given, everything else inferred from the user's history.
 """
 
 from __future__ import annotations
@@ -162,6 +164,82 @@ def true_probability(
     alive = truth["churn"] > cutoff
     p = np.where(alive, p, 0.0)
     return np.where(truth["signup"] < cutoff, p, np.nan)
+
+
+def user_history(events: pa.Table, cutoff: np.datetime64) -> dict[str, np.ndarray]:
+    """Per user with an event before `cutoff` (columns user, time, event): the history that
+    `history_probability` reads. A simulated session never pauses 30 minutes inside."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("log", events)
+    return con.execute(
+        """WITH e AS (SELECT user, time, event, time - lag(time) OVER (PARTITION BY user
+                      ORDER BY time) AS gap FROM log WHERE time < $cut),
+        s AS (SELECT *, gap IS NULL OR gap > INTERVAL 30 MINUTE AS starts FROM e)
+        SELECT user, epoch($cut - min(time)) / 86400 AS tenure,
+            epoch($cut - max(time) FILTER (starts)) / 86400 AS recency,
+            count(*) FILTER (starts) AS sessions, count(*) FILTER (event = 'view') AS views,
+            count(*) FILTER (event = 'cart') AS carts,
+            count(*) FILTER (event = 'purchase') AS purchases
+        FROM s GROUP BY user""",
+        {"cut": cutoff.item()},
+    ).fetchnumpy()
+
+
+def history_probability(
+    segment: np.ndarray, history: dict[str, np.ndarray], days: float, grid: int = 24
+) -> np.ndarray:
+    """P(at least one purchase in the `days` after the cutoff | the user's history before it):
+    the Bayes posterior under this simulator, with the user's segment (index into SEGMENTS)
+    given and their latent session rate, P(cart | view) and P(purchase | cart) integrated over
+    the lognormal priors `simulate` draws them from (quantile grids of `grid`, 10 and 10
+    points), and whether they have churned inferred from the silence since their last session.
+
+    history (arrays per user): tenure (days from the first event to the cutoff), recency (days
+    from the last session's start to the cutoff), sessions, views, carts, purchases. Likelihood
+    of the history at rates (r, c, b) and hazard h, alive at the cutoff: r^(n-1) e^-(r+h)T, or
+    churned since the last session: r^(n-1) h e^-(r+h)(T-R) (1 - e^-(r+h)R) / (r+h); times the
+    binomials of carts among views and purchases among carts."""
+    from scipy.stats import norm
+
+    def quantiles(sigma: float, k: int) -> np.ndarray:
+        return np.exp(sigma * norm.ppf((np.arange(k) + 0.5) / k))
+
+    m_r, m_c, m_b = (a.ravel() for a in np.meshgrid(
+        quantiles(0.5, grid), quantiles(0.3, 10), quantiles(0.3, 10), indexing="ij"))  # fmt: skip
+    params = np.array([s[2:] for s in SEGMENTS])
+    out = np.empty(len(segment))
+    for s in range(0, len(segment), 1000):
+        i = slice(s, s + 1000)
+        seg = params[segment[i]]
+        r = seg[:, :1] * m_r
+        c = np.clip(seg[:, 1:2] * m_c, 0, 0.95)
+        b = np.clip(seg[:, 2:3] * m_b, 0, 0.95)
+        h = seg[:, 3:4]
+        tenure, rec = history["tenure"][i, None], history["recency"][i, None]
+        n, views, carts, buys = (
+            history[k][i, None].astype(np.float64)
+            for k in ("sessions", "views", "carts", "purchases")
+        )
+        common = (
+            (n - 1) * np.log(r)
+            + carts * np.log(c) + (views - carts) * np.log1p(-c)
+            + buys * np.log(b) + (carts - buys) * np.log1p(-b)
+        )  # fmt: skip
+        alive = common - (r + h) * tenure
+        churned = (
+            common + np.log(h) - (r + h) * (tenure - rec)
+            + np.log(-np.expm1(-(r + h) * np.maximum(rec, 1e-9))) - np.log(r + h)
+        )  # fmt: skip
+        top = np.maximum(alive.max(1, keepdims=True), churned.max(1, keepdims=True))
+        w_alive, w_churned = np.exp(alive - top), np.exp(churned - top)
+        per_view = c * b
+        a = r * (1 - (1 - per_view) * np.exp(-VIEWS_MEAN * per_view))
+        decay = np.exp(-(a + h) * days)
+        p = 1 - (h / (a + h) * (1 - decay) + decay)
+        out[i] = (w_alive * p).sum(1) / (w_alive + w_churned).sum(1)
+    return out
 
 
 def _draw_rows(rng, probs: np.ndarray, rows: np.ndarray, chunk: int = 200_000) -> np.ndarray:

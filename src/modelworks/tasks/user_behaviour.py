@@ -51,6 +51,8 @@ from modelworks.tasks.user_behaviour_serve import serve_routes
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
 
+HISTORY_BOUND = "history bound (simulator's Bayes posterior)"
+
 
 def is_val(user: str) -> bool:
     """10% of users, by a stable hash of their pseudonym, validate the training."""
@@ -195,21 +197,39 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
     return TrainSetup(model, loss_fn, loader, validate, p.batch_size // world, "users")
 
 
-def oracle(run_dir: Path, users: list[str], cutoff: str, horizon: float) -> np.ndarray | None:
-    """The simulator's true probabilities for `users` (None for a log with no truth)."""
+def oracle(run_dir: Path, users: list[str], cutoff: str, horizon: float):
+    """For a simulated log (else None): the simulator's true probabilities for `users`, their
+    planted segments, and the best a model of the history can do (the simulator's Bayes
+    posterior given the history, `history_probability`)."""
     path = run_dir / "collect" / "truth.parquet"
     if not path.is_file():
         return None
     import pyarrow.parquet as pq
 
-    from modelworks.collect.shop_simulator import true_probability
+    from modelworks.collect.shop_simulator import (
+        SEGMENTS,
+        history_probability,
+        true_probability,
+        user_history,
+    )
 
     t = pq.read_table(path)
     index = {u: i for i, u in enumerate(t.column("user").to_pylist())}
     rows = np.array([index[u] for u in users])
     cols = {c: t.column(c).to_numpy()[rows] for c in t.column_names if c not in ("user", "segment")}
     segs = np.array(t.column("segment").to_pylist())[rows]
-    return true_probability(cols, np.datetime64(cutoff, "us"), horizon), segs
+    cut = np.datetime64(cutoff, "us")
+    log = pq.read_table(run_dir / "collect" / "events.parquet", columns=["user", "time", "event"])
+    history = user_history(log, cut)
+    at = {u: i for i, u in enumerate(history["user"])}
+    order = np.array([at[u] for u in users])
+    names = [s[0] for s in SEGMENTS]
+    bound = history_probability(
+        np.array([names.index(x) for x in segs]),
+        {k: np.asarray(v)[order] for k, v in history.items() if k != "user"},
+        horizon,
+    )
+    return true_probability(cols, cut, horizon), segs, bound
 
 
 def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
@@ -241,6 +261,7 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
         scores["BG/NBD"] = p_bg
     truth = oracle(run_dir, users["test"], stats["cutoff"], opt.horizon_days)
     if truth is not None:
+        scores[HISTORY_BOUND] = truth[2]
         scores["oracle (simulator truth)"] = truth[0]
     results = {name: prop.metrics(y, p) for name, p in scores.items()}
     prop.reliability_plot(y, scores, out / "reliability.png")
@@ -276,11 +297,13 @@ def evaluate(cfg, run_dir: Path, out: Path, reporter, ckpt=None):
     }
     if truth is not None:
         metrics["auc_gap_to_oracle"] = results["oracle (simulator truth)"]["auc"] - ours
+        metrics["auc_gap_to_history_bound"] = results[HISTORY_BOUND]["auc"] - ours
     reporter.info(
         f"[evaluate] propensity AUC: transformer {ours:.4f}, RFM logistic {rfm:.4f}"
         + (f", BG/NBD {results['BG/NBD']['auc']:.4f}" if "BG/NBD" in results else "")
         + (
-            f", oracle {results['oracle (simulator truth)']['auc']:.4f}"
+            f", history bound {results[HISTORY_BOUND]['auc']:.4f}, "
+            f"oracle {results['oracle (simulator truth)']['auc']:.4f}"
             if truth is not None
             else ""
         )

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelworks.train.data import DataError, EpochSampler, _Sampled
+from modelworks.train.linear_ce import linear_cross_entropy
 
 IGNORE = -100  # F.cross_entropy's ignore_index: positions that are not trained
 
@@ -113,11 +114,40 @@ class ExampleLoader(_Sampled):
 
 
 def masked_lm_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over the trained targets, in float32."""
+    """Mean next-token cross-entropy over the trained targets, in float32.
+
+    On our GPT, unwrapped and without autocast, only the trained positions reach the output
+    layer, through train/linear_ce.py (no tokens x vocab logits in memory); any other model
+    (a wrapper, a sharded or hooked output layer, Opacus) takes the plain logits path."""
     x, y = batch
+    count = (y != IGNORE).sum().clamp(min=1)
+    head = _plain_head(model, x)
+    if head is not None:
+        keep = y != IGNORE
+        loss = linear_cross_entropy(model(x, hidden=True)[keep], head.weight, y[keep])
+        return loss / count
     logits = model(x).float().flatten(0, 1)
     loss = F.cross_entropy(logits, y.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss / (y != IGNORE).sum().clamp(min=1)
+    return loss / count
+
+
+def _plain_head(model: nn.Module, x: torch.Tensor) -> nn.Linear | None:
+    """The GPT's output layer when the fused loss may bypass it: a plain bias-free nn.Linear
+    with no hooks, on a plain (not wrapped, not sharded) GPT, outside autocast."""
+    from modelworks.models.gpt import GPT
+
+    head = getattr(model, "lm_head", None)
+    if (
+        type(model) is not GPT
+        or type(head) is not nn.Linear
+        or head.bias is not None
+        or head._forward_hooks
+        or head._forward_pre_hooks
+        or type(head.weight.data) is not torch.Tensor
+        or torch.is_autocast_enabled(x.device.type)
+    ):
+        return None
+    return head
 
 
 @torch.no_grad()
