@@ -42,3 +42,22 @@ def test_collect_writes_no_held_out_topic_outside_test(tmp_path):
     assert {r["topic"] for r in test} == set(HELD_OUT)
     assert not {r["topic"] for r in rest} & set(HELD_OUT)
     assert all(r["split"] is None for r in rest)
+
+
+def test_a_system_turn_opens_every_conversation_when_asked(tmp_path):
+    """`system` puts the task's instruction first in every conversation (and nothing else
+    changes); without it there is no system turn (the model's template adds its default)."""
+    plain = list(python_qa())
+    assert all(json.loads(r["messages"])[0]["role"] == "user" for r in plain)
+    cfg = Config.model_validate(
+        {"name": "qa", "task": "chat", "runs_dir": str(tmp_path),
+         "collect": {"sources": [{"type": "python_qa", "system": "Answer from the docs."}]}}
+    )  # fmt: skip
+    collect(cfg)
+    rows = pq.read_table(tmp_path / "qa" / "collect" / "chats.parquet").to_pylist()
+    assert len(rows) == len(plain)
+    by_id = {r["id"]: json.loads(r["messages"]) for r in plain}
+    for r in rows:
+        system, *rest = json.loads(r["messages"])
+        assert system == {"role": "system", "content": "Answer from the docs."}
+        assert rest == by_id[r["id"]]

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from modelworks.collect.source import Source
 from modelworks.collect.sources import _SKIP_DIRS
 
@@ -101,13 +103,15 @@ def _modules() -> Iterator[tuple[str, str, str, str]]:
         yield topic, name, line, path.name
 
 
-def python_qa(seed: int = 0) -> Iterator[dict]:
+def python_qa(seed: int = 0, system: str = "") -> Iterator[dict]:
     """Question/answer chat rows (id, messages, source, split, topic), in a seeded shuffled order
-    so that a `limit` keeps every topic."""
+    so that a `limit` keeps every topic; each opens with `system` as a system turn if given."""
     items = list(_items())
     random.Random(seed).shuffle(items)
     for topic, key, q, a in items:
         messages = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
         yield {
             "id": f"python_qa:{topic}:{key}",
             "messages": json.dumps(messages, ensure_ascii=False),
@@ -137,6 +141,11 @@ class PythonQASource(Source):
 
     kind: ClassVar[str] = "chat"
     type: Literal["python_qa"] = "python_qa"
+    system: str = Field(
+        "",
+        description="a system turn opening every conversation: the task's own instruction, so "
+        "that its terse answer style binds to it and not to every question",
+    )
 
     def read(self, where, problems, run_dir, bad):
-        return python_qa()
+        return python_qa(system=self.system)
