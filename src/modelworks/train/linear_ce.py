@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB of float32 (as fast as 128 MB here, 15% faster than 16 MB)
+# logits per chunk: 64 MB of float32 (as fast as 128 MB here, 15% faster than 16 MB)
+CHUNK_ELEMENTS = 1 << 24
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
