@@ -7,10 +7,12 @@ transformers + PEFT on the same weights (the GGUF dequantized to float32 on both
 
 Same batch (4 x 128 tokens), LoRA rank 8, alpha 16, dropout 0.05 on the attention query and value
 projections (ours: wq/wv, PEFT: q_proj/v_proj; 460,800 trainable parameters each), AdamW, a plain
-loop (forward, cross-entropy, backward, step) on both sides: HF Trainer refuses a GGUF-loaded
-model. Each side runs in its own process, so its peak RSS (ru_maxrss) is its own; the sides take
-turns `--rounds` times and the median tokens/s of each is reported. Writes
-benchmarks/results/lora.json.
+loop (forward, loss, backward, step) on both sides: HF Trainer refuses a GGUF-loaded model. Each
+side's loss is its own training loss: ours the trainer's SFT loss (train/sft.py, the fused
+output-layer cross-entropy of train/linear_ce.py), PEFT's what transformers' causal-LM loss does
+(float32 logits, cross-entropy). Each side runs in its own process, so its peak RSS (ru_maxrss)
+is its own; the sides take turns `--rounds` times and the median tokens/s of each is reported.
+Writes benchmarks/results/lora.json.
 """
 
 from __future__ import annotations
