@@ -42,11 +42,7 @@ def test_the_simulators_true_probability_matches_what_happens():
         c: truth.column(c).to_numpy() for c in truth.column_names if c not in ("user", "segment")
     }
     p = true_probability(cols, cutoff, days)
-    bought = duckdb.sql(
-        "SELECT DISTINCT user FROM events WHERE event = 'purchase' AND time >= $a AND time < $b",
-        params={"a": cutoff.item(), "b": (cutoff + np.timedelta64(14, "D")).item()},
-    ).fetchall()
-    hit = {u for (u,) in bought}
+    hit = _buyers(events, cutoff)
     users = truth.column("user").to_pylist()
     known = ~np.isnan(p)
     y = np.array([u in hit for u in users])[known]
@@ -55,31 +51,36 @@ def test_the_simulators_true_probability_matches_what_happens():
     assert p[known][y].mean() > 2 * p[known][~y].mean()
 
 
+def _buyers(events, cutoff, days: int = 14) -> set[str]:
+    """Users with a purchase in [cutoff, cutoff + days)."""
+    rows = duckdb.sql(
+        "SELECT DISTINCT user FROM events WHERE event = 'purchase' AND time >= $a AND time < $b",
+        params={"a": cutoff.item(), "b": (cutoff + np.timedelta64(days, "D")).item()},
+    ).fetchall()
+    return {u for (u,) in rows}
+
+
 def test_the_history_bound_is_calibrated_and_below_the_oracle():
     """history_probability (the simulator's Bayes posterior given a user's history) is a
     probability: its mean is what happens; it ranks buyers below the oracle, which also knows who
     has churned, and far above chance."""
     from sklearn.metrics import roc_auc_score
 
-    from modelworks.collect.shop_simulator import SEGMENTS, history_probability, user_history
+    from modelworks.collect.shop_simulator import history_bound
 
     events, truth = simulate(3000, seed=2)
     cutoff = np.datetime64("2026-04-01T00:00:00", "us")
-    history = user_history(events, cutoff)
-    users = list(history.pop("user"))
     rows = {u: i for i, u in enumerate(truth.column("user").to_pylist())}
+    seen = duckdb.sql("SELECT DISTINCT user FROM events WHERE time < $c ORDER BY user",
+                      params={"c": cutoff.item()}).fetchall()  # fmt: skip
+    users = [u for (u,) in seen]
     idx = np.array([rows[u] for u in users])
-    names = [s[0] for s in SEGMENTS]
-    segment = np.array([names.index(x) for x in truth.column("segment").to_pylist()])[idx]
-    bound = history_probability(segment, {k: np.asarray(v) for k, v in history.items()}, 14.0)
+    segments = np.array(truth.column("segment").to_pylist())[idx].tolist()
+    bound = history_bound(events, segments, users, cutoff, 14.0)
     cols = {c: truth.column(c).to_numpy()[idx] for c in ("session_rate", "purchase_per_session",
             "churn_hazard", "signup", "churn")}  # fmt: skip
     oracle = true_probability(cols, cutoff, 14.0)
-    bought = duckdb.sql(
-        "SELECT DISTINCT user FROM events WHERE event = 'purchase' AND time >= $a AND time < $b",
-        params={"a": cutoff.item(), "b": (cutoff + np.timedelta64(14, "D")).item()},
-    ).fetchall()
-    y = np.isin(users, [u for (u,) in bought])
+    y = np.isin(users, list(_buyers(events, cutoff)))
     assert abs(bound.mean() - y.mean()) < 0.02, (bound.mean(), y.mean())
     auc_bound, auc_oracle = roc_auc_score(y, bound), roc_auc_score(y, oracle)
     assert 0.75 < auc_bound < auc_oracle, (auc_bound, auc_oracle)

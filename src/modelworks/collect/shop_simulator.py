@@ -187,6 +187,19 @@ def user_history(events: pa.Table, cutoff: np.datetime64) -> dict[str, np.ndarra
     ).fetchnumpy()
 
 
+def history_bound(
+    events: pa.Table, segments: list[str], users: list[str], cutoff: np.datetime64, days: float
+) -> np.ndarray:
+    """`history_probability` for `users` (each with an event before `cutoff`), whose planted
+    segments (names) are `segments`, from the log `events` (columns user, time, event)."""
+    history = user_history(events, cutoff)
+    at = {u: i for i, u in enumerate(history.pop("user"))}
+    order = np.array([at[u] for u in users])
+    names = [s[0] for s in SEGMENTS]
+    segment = np.array([names.index(x) for x in segments])
+    return history_probability(segment, {k: np.asarray(v)[order] for k, v in history.items()}, days)
+
+
 def history_probability(
     segment: np.ndarray, history: dict[str, np.ndarray], days: float, grid: int = 24
 ) -> np.ndarray:

@@ -206,12 +206,7 @@ def oracle(run_dir: Path, users: list[str], cutoff: str, horizon: float):
         return None
     import pyarrow.parquet as pq
 
-    from modelworks.collect.shop_simulator import (
-        SEGMENTS,
-        history_probability,
-        true_probability,
-        user_history,
-    )
+    from modelworks.collect.shop_simulator import history_bound, true_probability
 
     t = pq.read_table(path)
     index = {u: i for i, u in enumerate(t.column("user").to_pylist())}
@@ -220,15 +215,7 @@ def oracle(run_dir: Path, users: list[str], cutoff: str, horizon: float):
     segs = np.array(t.column("segment").to_pylist())[rows]
     cut = np.datetime64(cutoff, "us")
     log = pq.read_table(run_dir / "collect" / "events.parquet", columns=["user", "time", "event"])
-    history = user_history(log, cut)
-    at = {u: i for i, u in enumerate(history["user"])}
-    order = np.array([at[u] for u in users])
-    names = [s[0] for s in SEGMENTS]
-    bound = history_probability(
-        np.array([names.index(x) for x in segs]),
-        {k: np.asarray(v)[order] for k, v in history.items() if k != "user"},
-        horizon,
-    )
+    bound = history_bound(log, list(segs), users, cut, horizon)
     return true_probability(cols, cut, horizon), segs, bound
 
 
