@@ -206,8 +206,10 @@ def test_sft_beats_its_base_on_held_out_conversations(chat_run):
 
 @pytest.mark.slow
 def test_longer_sft_learns_to_copy_held_out_word_pairs(tmp_path):
-    m = _check_sft(_chat_run(tmp_path, steps=600, d_model=64, lr=3e-3))
-    assert m["exact_match"] >= 0.3 and m["base_exact_match"] == 0.0, m
+    # the splits hang on the tmp path (document ids hold it): at 600 steps 8 paths gave 0.55-1.0
+    # and one CI path 0.1; at 1000 steps 15 paths, that one included, all gave 1.0
+    m = _check_sft(_chat_run(tmp_path, steps=1000, d_model=64, lr=3e-3))
+    assert m["exact_match"] >= 0.8 and m["base_exact_match"] == 0.0, m
 
 
 def _greedy_reply(run_dir, messages: list[dict]) -> str:
