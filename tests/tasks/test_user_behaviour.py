@@ -11,14 +11,19 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from modelworks.cli import main
 from modelworks.collect.shop_simulator import simulate, true_probability
 from modelworks.config import load_config
 from modelworks.errors import BehaviourDataError, CollectError
 from modelworks.evaluate.event_analytics import analytics
-from modelworks.pipeline import run
+from modelworks.lifecycle import stage_hash
+from modelworks.pipeline import run, stage_functions
+from modelworks.tasks import stage_options
 from modelworks.tasks.user_behaviour import HISTORY_BOUND
+from modelworks.tasks.user_behaviour_serve import load_state
 from tests.conftest import served
 
 KEY = "test-key-not-secret"
@@ -92,6 +97,21 @@ def _log(tmp_path, text: str, name: str = "log.csv"):
     return path
 
 
+def test_a_new_seed_simulates_a_new_shop_and_collects_it_again(tmp_path):
+    sim = ("collect.sources.0.type=shop_simulator", "collect.sources.0.users=50")
+    cfg = _cfg(tmp_path, *sim)
+    stage_functions()["collect"](cfg)
+    written = json.loads((cfg.run_dir / "collect" / "manifest.json").read_text())["config_hash"]
+
+    def digest(*overrides):
+        c = _cfg(tmp_path, *overrides)
+        return stage_hash(c, "collect", stage_options(c, "collect"))
+
+    assert written == digest(*sim) != digest(*sim, "seed=1")  # the old log is not reused
+    files = ("collect.sources.0.type=events", f"collect.sources.0.paths=[{tmp_path}]")
+    assert digest(*files) == digest(*files, "seed=1")  # files are read the same under any seed
+
+
 def test_an_unparseable_time_is_named_with_file_line_and_value(tmp_path):
     path = _log(tmp_path, "uid,ts,action\na,2026-01-01 10:00:00,view\nb,yesterday,view\n")
     cfg = _cfg(
@@ -163,9 +183,25 @@ def test_bad_funnel_steps_cutoffs_duplicates_and_order_are_named_or_counted(tmp_
 
 
 def test_a_tiny_run_serves_a_scored_user_over_http(tmp_path, monkeypatch):
+    """With the propensity head fine-tuned on the frozen transformer, which evaluate, serve and
+    predict then read."""
     monkeypatch.setenv("MODELWORKS_PSEUDONYM_KEY", KEY)
-    cfg = _cfg(tmp_path, "collect.sources.0.type=shop_simulator", "collect.sources.0.users=400")
-    assert run(cfg) == {s: "ran" for s in ("collect", "preprocess", "pretrain", "evaluate")}
+    cfg = _cfg(
+        tmp_path, "collect.sources.0.type=shop_simulator", "collect.sources.0.users=400",
+        "finetune.from=pretrain", "finetune.steps=40", "finetune.batch_size=32",
+        "finetune.lr=1e-3", "finetune.eval_every=20", "finetune.ckpt_every=20",
+        "finetune.best_metric=val_auc", "finetune.best_mode=max",
+        "tasks.user_behaviour.head_state_dim=4", "tasks.user_behaviour.head_hidden=16",
+    )  # fmt: skip
+    stages = ("collect", "preprocess", "pretrain", "finetune", "evaluate")
+    assert run(cfg) == {s: "ran" for s in stages}
+    base = load_file(str(cfg.run_dir / "pretrain" / "model.safetensors"))
+    tuned = load_file(str(cfg.run_dir / "finetune" / "best" / "model.safetensors"))
+    head = {k for k in tuned if k.startswith(("propensity.", "propensity_in."))}
+    assert tuned["propensity_in.weight"].shape == (4, 32)
+    assert tuned["propensity.0.weight"].shape == (16, 4 + 10)  # the state's 4 + 2 x 5 features
+    assert set(tuned) - head == set(base) - head  # the same body, click heads and scaling ...
+    assert all(torch.equal(tuned[k], base[k]) for k in set(tuned) - head)  # ... left as they were
     metrics = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
     assert set(metrics["propensity"]) == {
         "behaviour transformer", "RFM logistic regression", "BG/NBD", "oracle (simulator truth)",
@@ -184,6 +220,8 @@ def test_a_tiny_run_serves_a_scored_user_over_http(tmp_path, monkeypatch):
         assert r.status_code == 200, r.text
         body = r.json()
         assert 0 < body["propensity"] < 1 and len(body["items"]) == 3
+        model = load_state(cfg.run_dir, torch.device("cpu"))["model"]  # what the server loaded
+        assert model.propensity_in is not None
         assert body["user"] != "u000123" and body["weighed_most"]
         events = [{"time": "2026-04-20T10:00:00", "event": "view", "item": "shoes-003",
                    "category": "shoes"}, {"time": "2026-04-20T10:01:00", "event": "cart",
@@ -232,6 +270,17 @@ def test_on_the_simulator_the_model_beats_its_baselines_on_held_out_time(tmp_pat
     # (beyond noise), and below the oracle, which also knows who has churned
     assert p["behaviour transformer"] - 0.01 < p[HISTORY_BOUND] < p["oracle (simulator truth)"]
     assert p[HISTORY_BOUND] > p["RFM logistic regression"], p
+    # the head fine-tuned on the frozen transformer (evaluate's model) keeps pretraining's ranking
+    from modelworks.artifacts import best_or_final
+    from modelworks.evaluate.propensity import metrics
+    from modelworks.tasks.user_behaviour import score
+    from modelworks.tasks.user_behaviour_data import history_features, load_windows
+    from modelworks.train.checkpoint import load_model
+
+    t, _, _ = load_windows(cfg.run_dir)
+    pre = load_model(best_or_final(cfg.run_dir / "pretrain"), torch.device("cpu")).eval()
+    p_pre, _ = score(pre, t["test_x"], "cpu", history_features(t["test_rfm"]))
+    assert p["behaviour transformer"] > metrics(t["test_y"].numpy(), p_pre)["auc"] - 0.01, p
     assert m["segments"]["ari_vs_planted"] >= 0.8, m["segments"]
     assert m["segments"]["rfm_quantile_ari_vs_planted"] < 0.3, m["segments"]
     c = {k: v["auc"] for k, v in m["click"]["methods"].items()}

@@ -15,13 +15,14 @@ def collect_events(cfg, reporter) -> dict:
     import duckdb
 
     from modelworks.lifecycle import stage_writer
+    from modelworks.tasks import stage_options
 
     if any(s.kind != "events" for s in cfg.collect.sources):
         raise CollectError(
             "collect.sources mixes event logs with other kinds; use one kind per run"
         )
     key, key_from = pseudonyms.key()
-    writer = stage_writer(cfg, "collect")
+    writer = stage_writer(cfg, "collect", stage_options(cfg, "collect"))
     writer.open()
     con = duckdb.connect()
     con.execute(f"SET threads = {max(1, cfg.threads or 1)}").fetchall()

@@ -108,6 +108,7 @@ def _iter_source(src, where: str, problems: list[str] | None = None, run_dir=Non
 def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
     """Read every source and write the collection; returns the manifest."""
     from modelworks.lifecycle import stage_writer
+    from modelworks.tasks import stage_options
 
     reporter = reporter or Reporter()
     if any(s.kind == "events" for s in cfg.collect.sources):  # event logs: column-wise, DuckDB
@@ -131,7 +132,7 @@ def collect(cfg: Config, reporter: Reporter | None = None) -> dict:
         "preference": (PREFERENCE_SCHEMA, "preferences"),
         "detection": (DETECTION_SCHEMA, "detection_images"),
     }[kind]
-    writer = stage_writer(cfg, "collect")
+    writer = stage_writer(cfg, "collect", stage_options(cfg, "collect"))
     writer.open()
     counts: dict[str, int] = {}
     problems: dict[str, list[str]] = {}

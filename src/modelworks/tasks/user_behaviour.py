@@ -9,7 +9,9 @@ ordered funnel, weekly retention cohorts, RFM: evaluate/event_analytics.py) and 
 tokens before the cutoffs. Training: a causal transformer over the tokens (models/behaviour.py)
 with the one Trainer, on next-event prediction plus the propensity head (does the user do
 `target_event` in the `horizon_days` after the cutoff?), both on the train window
-(cutoff - horizon); validation on 10% of users held out of it. Evaluate: the test window
+(cutoff - horizon); validation on 10% of users held out of it. Fine-tune (`finetune.from:
+pretrain`, tasks/user_behaviour_head.py): a fresh propensity head fitted on the frozen
+transformer's states. Evaluate (the run's last model): the test window
 (history before the cutoff, labels after it) against an RFM logistic regression and BG/NBD on the
 same split, the simulator's oracle when the log is simulated, k-means segments of the user
 embeddings against RFM quantile segments, and the events that weighed most for one user.
@@ -39,6 +41,7 @@ from modelworks.tasks.user_behaviour_data import (
     load_windows,
     prepare,
 )
+from modelworks.tasks.user_behaviour_head import setup_finetune
 from modelworks.tasks.user_behaviour_options import Options, options_of
 from modelworks.tasks.user_behaviour_predict import predict
 from modelworks.tasks.user_behaviour_report import (
@@ -152,7 +155,7 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
         n_items = len(json.loads((run_dir / "preprocess" / "items.json").read_text())["items"])
         model_cfg.n_items = model_cfg.n_items or n_items
     if options_of(cfg).propensity_features:
-        model_cfg.n_features = len(RFM_FEATURES)
+        model_cfg.n_features = 2 * len(RFM_FEATURES)  # history_features: two scales
     extra = tensors.get("train_extra")
     n_extra = 0 if extra is None else extra.shape[2]
     if n_extra:
@@ -175,6 +178,9 @@ def setup_training(cfg, run_dir: Path, device, rank: int = 0, world: int = 1) ->
         keep = torch.tensor([not is_val(u) for u in users[w]])
         parts.append(tuple(t[keep] for t in batches(tensors, w, clicks)))
     xx, yy = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+    if model_cfg.n_features:  # the head reads each whole-history column standardised
+        model.feat_mean.copy_(yy[:, 3:].mean(0))
+        model.feat_std.copy_(yy[:, 3:].std(0).clamp(min=1e-6))
     loader = ExampleLoader(xx, yy, p.batch_size // world, cfg.seed, rank, world)
     loss_fn = make_loss(options_of(cfg).propensity_weight, clicks, n_extra)
     vex = None if extra is None else extra[val]
@@ -399,6 +405,7 @@ TASK = Task(
     prepare=prepare,
     setup_training=setup_training,
     evaluate=evaluate,
+    setup_finetune=setup_finetune,
     serve_routes=serve_routes,
     options=Options,
     predict=predict,

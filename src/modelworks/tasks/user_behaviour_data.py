@@ -321,9 +321,10 @@ def rfm_features(con, target: str, cut) -> np.ndarray:
 
 
 def history_features(rfm) -> torch.Tensor:
-    """The propensity head's whole-history inputs: log1p of RFM_FEATURES, scaled to ~[0, 2]."""
-    rfm = torch.as_tensor(rfm, dtype=torch.float32)
-    return torch.log1p(rfm.clamp(min=0)) / 5
+    """The propensity head's whole-history inputs: RFM_FEATURES on two scales, log1p and as
+    they are (the model standardises each column: models/behaviour.py)."""
+    rfm = torch.as_tensor(rfm, dtype=torch.float32).clamp(min=0)
+    return torch.cat([torch.log1p(rfm), rfm], -1)
 
 
 def bgnbd_inputs(con, target: str, cut) -> np.ndarray:

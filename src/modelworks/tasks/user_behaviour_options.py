@@ -84,6 +84,16 @@ class Options(TaskOptions):
         ge=0,
         description="weight of the propensity loss beside next-event prediction",
     )
+    head_state_dim: int = option(
+        8,
+        stage="finetune",
+        ge=0,
+        description="finetune: the fresh propensity head reads the frozen state through this "
+        "many directions (0 = the whole state)",
+    )
+    head_hidden: int = option(
+        128, stage="finetune", ge=1, description="finetune: the propensity head's hidden width"
+    )
     segments: int = option(
         0,
         stage="evaluate",

@@ -114,11 +114,11 @@ def _ts(t: datetime) -> float:
 
 
 def load_state(run_dir: Path, device) -> dict:
-    from modelworks.artifacts import best_or_final
+    from modelworks.artifacts import best_or_final, final_model_dir
     from modelworks.train.checkpoint import load_model
 
     run_dir = Path(run_dir)
-    model = load_model(best_or_final(run_dir / "pretrain"), device).eval()
+    model = load_model(best_or_final(final_model_dir(run_dir)), device).eval()
     tensors, users, vocab = load_windows(run_dir)
     items = json.loads((run_dir / "preprocess" / "items.json").read_text())
     spec = extra_cols.load_spec(run_dir)
