@@ -20,7 +20,6 @@ embeddings against RFM quantile segments, and the events that weighed most for o
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +37,10 @@ from modelworks.tasks.user_behaviour_data import (
     N_GAPS,
     RFM_FEATURES,
     history_features,
+    is_val,
     load_windows,
     prepare,
+    training_windows,
 )
 from modelworks.tasks.user_behaviour_head import setup_finetune
 from modelworks.tasks.user_behaviour_options import Options, options_of
@@ -57,11 +58,6 @@ from modelworks.train.trainer import TrainSetup
 HISTORY_BOUND = "history bound (simulator's Bayes posterior)"
 
 
-def is_val(user: str) -> bool:
-    """10% of users, by a stable hash of their pseudonym, validate the training."""
-    return zlib.crc32(user.encode()) % 10 == 0
-
-
 def split_inputs(xx: torch.Tensor, clicks: bool, n_extra: int):
     """(tokens, item history or None, extra ids (B, T, n_extra) or None) of a batch's inputs,
     which `batches` lays side by side: tokens | item history | extra ids (flattened)."""
@@ -69,15 +65,6 @@ def split_inputs(xx: torch.Tensor, clicks: bool, n_extra: int):
     x, hist = xx[:, :t], xx[:, t : 2 * t] if clicks else None
     ex = xx[:, (1 + clicks) * t :].reshape(len(xx), t, n_extra) if n_extra else None
     return x, hist, ex
-
-
-def training_windows(tensors: dict) -> list[str]:
-    """The windows training reads: train (cutoff - horizon), then train1, train2, ... further
-    back (tasks.user_behaviour.train_windows)."""
-    more = [
-        k[:-2] for k in tensors if k.startswith("train") and k.endswith("_x") and k[5:-2].isdigit()
-    ]
-    return ["train", *sorted(more, key=lambda k: int(k[5:]))]
 
 
 def make_loss(weight: float, clicks: bool, n_extra: int = 0):

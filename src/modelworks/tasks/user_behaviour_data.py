@@ -15,6 +15,7 @@ window's sequence ends with a cutoff token carrying the gap from the last event 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +355,17 @@ def load_windows(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict, Vocab]:
     users = json.loads((pre / "users.json").read_text())
     v = json.loads((pre / "vocab.json").read_text())
     return tensors, users, Vocab(v["values"], v["events"])
+
+
+def is_val(user: str) -> bool:
+    """10% of users, by a stable hash of their pseudonym, validate the training."""
+    return zlib.crc32(user.encode()) % 10 == 0
+
+
+def training_windows(tensors: dict) -> list[str]:
+    """The windows training reads: train (cutoff - horizon), then train1, train2, ... further
+    back (tasks.user_behaviour.train_windows)."""
+    more = [
+        k[:-2] for k in tensors if k.startswith("train") and k.endswith("_x") and k[5:-2].isdigit()
+    ]
+    return ["train", *sorted(more, key=lambda k: int(k[5:]))]

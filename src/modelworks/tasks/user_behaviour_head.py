@@ -23,7 +23,12 @@ from modelworks.errors import ConfigError
 from modelworks.evaluate import propensity as prop
 from modelworks.models.behaviour import BehaviourModel
 from modelworks.models.registry import build_model
-from modelworks.tasks.user_behaviour_data import history_features, load_windows
+from modelworks.tasks.user_behaviour_data import (
+    history_features,
+    is_val,
+    load_windows,
+    training_windows,
+)
 from modelworks.tasks.user_behaviour_options import options_of
 from modelworks.train.data import ExampleLoader
 from modelworks.train.trainer import TrainSetup
@@ -45,8 +50,6 @@ def cutoff_states(model: BehaviourModel, x, extra, device, batch: int = 512) -> 
 
 
 def setup_finetune(cfg, run_dir: Path, device, base) -> tuple[TrainSetup, dict]:
-    from modelworks.tasks.user_behaviour import is_val, training_windows
-
     if not isinstance(base.model, BehaviourModel) or not base.model.cfg.n_features:
         raise ConfigError(
             f"finetune.from={cfg.finetune.from_!r}: user_behaviour fine-tunes the propensity head "
