@@ -65,7 +65,12 @@ def page(browser):
 def lm_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("ui") / "runs"
     # a little more training than `tiny`, so the screenshot shows words rather than newlines
-    more = ["pretrain.steps=80", "pretrain.lr=0.006", "pretrain.batch_size=8"]
+    more = [
+        "pretrain.steps=80",
+        "pretrain.lr=0.006",
+        "pretrain.batch_size=8",
+        "model.context_len=96",
+    ]  # room for a 48-token reply (the chat test)
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", [*tiny_overrides(runs, "lm"), *more])
     run(cfg)
     return cfg.run_dir
@@ -89,7 +94,9 @@ def test_chat_streams_tokens_into_the_page(page, lm_server, tmp_path):
     sync_api.expect(page.locator("#health")).to_have_attribute("data-state", "ok")
     page.click("#settings summary")
     page.fill("#temperature", "0")
-    page.fill("#max-tokens", "12")
+    # the server merges the events a client has not yet read into one chunk: 12 tokens made in
+    # 30 ms once reached a busy CI page as one; 48 take long enough to arrive in several
+    page.fill("#max-tokens", "48")
     # record every state of the assistant's bubble while it fills
     page.evaluate(
         """() => {
@@ -119,7 +126,7 @@ def test_chat_streams_tokens_into_the_page(page, lm_server, tmp_path):
     # the page shows exactly what the API answers for the same greedy request
     body = {
         "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 12,
+        "max_tokens": 48,
         "temperature": 0,
         "top_p": 0.95,
     }
