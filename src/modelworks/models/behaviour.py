@@ -103,6 +103,15 @@ class BehaviourModel(nn.Module):
             x = block(x)
         return self.norm(x)
 
+    def hidden_batches(self, x: torch.Tensor, device, extra=None, batch: int = 512):
+        """(first row, tokens trimmed to the batch's longest sequence, hidden states) per batch
+        of `x` (and its extra-column ids): the loop scoring, clicks and the head fine-tune share."""
+        for s in range(0, len(x), batch):
+            xb = x[s : s + batch].to(device)
+            xb = xb[:, : int((xb > 0).sum(1).max())]
+            eb = None if extra is None else extra[s : s + batch, : xb.shape[1]].to(device)
+            yield s, xb, self.hidden(xb, extra=eb)
+
     @staticmethod
     def last(h: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """The hidden state at each sequence's last token (the cutoff token)."""

@@ -115,12 +115,7 @@ def score(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(propensity probabilities, user embeddings) for token sequences, in batches."""
     ps, es = [], []
-    for s in range(0, len(x), batch):
-        xb = x[s : s + batch].to(device)
-        width = int((xb > 0).sum(1).max())
-        xb = xb[:, :width]
-        eb = None if extra is None else extra[s : s + batch, :width].to(device)
-        h = model.hidden(xb, extra=eb)
+    for s, xb, h in model.hidden_batches(x, device, extra, batch):
         fb = None if feats is None else feats[s : s + batch].to(device)
         ps.append(torch.sigmoid(model.propensity_logit(model.last(h, xb), fb)).float().cpu())
         es.append(model.pooled(h, xb).float().cpu())

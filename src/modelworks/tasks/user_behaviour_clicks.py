@@ -74,13 +74,9 @@ def logistic_on_ids(train_users, train_cand, train_y, test_users, test_cand, n_i
 def click_scores(model, x, items, cand, device, batch: int = 512, extra=None):
     """(DIN probabilities, mean-pooling ablation probabilities) for (user, candidate) pairs."""
     din, plain = [], []
-    for s in range(0, len(x), batch):
-        xb = x[s : s + batch].to(device)
-        width = int((xb > 0).sum(1).max())
-        xb = xb[:, :width]
-        hist = (items[s : s + batch, :width] + 1).to(device)
-        eb = None if extra is None else extra[s : s + batch, :width].to(device)
-        state = model.last(model.hidden(xb, extra=eb), xb)
+    for s, xb, h in model.hidden_batches(x, device, extra, batch):
+        hist = (items[s : s + batch, : xb.shape[1]] + 1).to(device)
+        state = model.last(h, xb)
         d, p, _ = model.click(state, hist, (cand[s : s + batch] + 1).to(device))
         din.append(torch.sigmoid(d).float().cpu())
         plain.append(torch.sigmoid(p).float().cpu())

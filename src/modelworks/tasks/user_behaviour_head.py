@@ -39,14 +39,8 @@ HEAD = ("propensity.", "propensity_in.")
 @torch.no_grad()
 def cutoff_states(model: BehaviourModel, x, extra, device, batch: int = 512) -> torch.Tensor:
     """(users, d) the hidden state at each user's cutoff token, the body in eval mode."""
-    out = []
-    for s in range(0, len(x), batch):
-        xb = x[s : s + batch].to(device)
-        width = int((xb > 0).sum(1).max())
-        xb = xb[:, :width]
-        eb = None if extra is None else extra[s : s + batch, :width].to(device)
-        out.append(model.last(model.hidden(xb, extra=eb), xb).float().cpu())
-    return torch.cat(out)
+    batches = model.hidden_batches(x, device, extra, batch)
+    return torch.cat([model.last(h, xb).float().cpu() for _, xb, h in batches])
 
 
 def setup_finetune(cfg, run_dir: Path, device, base) -> tuple[TrainSetup, dict]:
