@@ -139,6 +139,7 @@ class ShopSimulatorSource(Source):
     """A seeded built-in shop's event log, with its ground truth (segments, true rates)."""
 
     kind: ClassVar[str] = "events"
+    uses_run_seed: ClassVar[bool] = True
     type: Literal["shop_simulator"] = "shop_simulator"
     users: int = Field(20000, ge=10, description="how many users to simulate")
     max_bad_rows: float = Field(0.01, ge=0, description="(generated rows are never bad)")

@@ -37,6 +37,8 @@ class Source(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     kind: ClassVar[str] = "text"
+    # draws its records with the run's `seed` (a generator): the seed is part of collect's hash
+    uses_run_seed: ClassVar[bool] = False
 
     type: str
     limit: int | None = Field(

@@ -59,8 +59,8 @@ def task_options(cfg: Any, name: str | None = None) -> TaskOptions:
 def stage_options(cfg: Any, stage: str) -> dict[str, Any]:
     """The config's task knobs that feed `stage` (part of its hash), as {"tasks.NAME": {...}};
     empty when the task has none for this stage."""
-    if stage == "collect":  # a simulated log is drawn with the run's seed: a new seed, new data
-        seeded = any(getattr(s, "type", None) == "shop_simulator" for s in cfg.collect.sources)
+    if stage == "collect":  # a source drawn with the run's seed: a new seed, new data
+        seeded = any(getattr(s, "uses_run_seed", False) for s in cfg.collect.sources)
         return {"seed": cfg.seed} if seeded else {}
     task = get_task(cfg.task)
     values = task.options_from(cfg).for_stage(stage)
