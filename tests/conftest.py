@@ -1,6 +1,7 @@
 import contextlib
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -181,6 +182,9 @@ def minilm_classifier(tmp_path_factory) -> Path:
     ft += ["finetune.seq_len=32", "finetune.eval_every=4", "finetune.warmup_steps=1"]
     cfg = load_config(None, classifier_overrides(tmp, "minilm") + ft)
     run(cfg)
+    # the tests read the finished model; the resume checkpoint (weights + AdamW state) is 270 MB
+    # that would sit on CI's small disk for the whole session
+    shutil.rmtree(cfg.run_dir / "finetune" / "checkpoints")
     return cfg.run_dir
 
 
